@@ -1,0 +1,66 @@
+# neuron-operator — run `make help` for the list of targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+export PYTHONPATH := $(CURDIR)/e2e
+export UV_CACHE_DIR ?= $(HOME)/.cache/neuron-operator/uv-cache
+PYTEST_ARGS ?=
+
+##@ Getting started
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## Install everything: Debian packages, .venv (torch included), control-plane binaries from Go modules
+	@bash .ci/bootstrap
+
+.PHONY: demo
+demo: setup ## Local cluster + operator (Helm chart) + real compile + real serving + one inference request
+	@$(PY) -m e2e.demo up
+
+.PHONY: demo-down
+demo-down: ## Tear the demo down
+	@$(PY) -m e2e.demo down
+
+##@ Development
+.PHONY: test
+test: setup lint ## Lint, then every test (unit + real local control plane); what CI runs
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-fast
+test-fast: ## Only the tests that need no cluster
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: ## ruff, mypy --strict, import-linter (layer rules), CRDs up to date
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	.venv/bin/lint-imports
+
+.PHONY: fmt
+fmt: ## Format and auto-fix
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+.PHONY: crds
+crds: ## Regenerate crds/ and the chart's CRD copy from the pydantic models
+	$(PY) -m neuron_operator.crdgen
+
+.PHONY: bench
+bench: ## Runtime benchmarks: throughput/latency and the ratio to the in-process limit
+	$(PY) -m benchmarks
+
+##@ Local control plane
+.PHONY: cluster-up
+cluster-up: setup ## Start etcd, apiserver, controller-manager, scheduler, kwok fleet, exec node (.cluster/kubeconfig)
+	$(PY) -m localcluster up --state-dir .cluster
+
+.PHONY: cluster-down
+cluster-down: ## Stop every process of the local cluster and remove .cluster/
+	$(PY) -m localcluster down --state-dir .cluster
+
+.PHONY: build-tools
+build-tools: ## Build (or locate cached) etcd, kube-*, kubectl, kwok, helm from Go modules
+	bash e2e/localcluster/build-tools.sh
