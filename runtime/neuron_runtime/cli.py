@@ -1,0 +1,158 @@
+"""`neuron-runtime` command line: `compile` (run by the operator's compile Job) and `serve` (the serving pod).
+
+Heavy modules (torch, aiohttp) are imported inside the commands, so `neuron-runtime --help` stays fast and a
+compile-cache hit never loads torch.
+
+`compile` exit codes (also in the termination message's `reason`):
+  0  succeeded (or cache hit)
+  2  BadRequest        the compile request is not valid JSON / fails validation
+  3  SourceFailed      the model source cannot be fetched, verified (sha256) or loaded
+  4  TraceFailed       tracing, or checking the traced graph against eager output, failed
+  5  NeuronMissing     the target needs torch-neuronx / torch-neuron, which this image lacks
+  1  InternalError     anything else
+
+`serve` exits 0 after a SIGTERM drain, 3 when the artifact does not verify, 2 on invalid settings or placement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_REQUEST = 2
+EXIT_SOURCE = 3
+EXIT_TRACE = 4
+EXIT_NEURON_MISSING = 5
+
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_ENV = "NEURON_RUNTIME_TERMINATION_LOG"
+COMPILE_REQUEST_ENV = "NEURON_RUNTIME_COMPILE_REQUEST"
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuron-runtime", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    comp = sub.add_parser("compile", help="compile a model into a cached, verified artifact")
+    src = comp.add_mutually_exclusive_group()
+    src.add_argument("--request-json", help="CompileRequest as JSON")
+    src.add_argument("--request", type=Path, help="file holding the CompileRequest JSON")
+    comp.add_argument("--output-root", type=Path, required=True, help="artifact root; writes ROOT/<cache key>/")
+    comp.add_argument(
+        "--termination-log",
+        help=f"termination message path (env {TERMINATION_LOG_ENV}; default {DEFAULT_TERMINATION_LOG} if it exists)",
+    )
+    comp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    serve = sub.add_parser("serve", help="serve an artifact over the Open Inference Protocol v2")
+    serve.add_argument("--config", type=Path, help="YAML/JSON file of ServeSettings (env vars take precedence)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "compile":
+        return run_compile(args)
+    return run_serve(args)
+
+
+def _termination_log(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get(TERMINATION_LOG_ENV):
+        return Path(env)
+    default = Path(DEFAULT_TERMINATION_LOG)
+    return default if default.exists() else None
+
+
+def write_termination_message(path: Path | None, message: dict[str, Any]) -> str:
+    """Write the one-line JSON result (< 4096 bytes; long messages are cut) where kubelet reads it."""
+    line = json.dumps(message, sort_keys=True, separators=(",", ":"))
+    if len(line.encode()) >= TERMINATION_MESSAGE_LIMIT and "message" in message:
+        excess = len(line.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+        message = {**message, "message": str(message["message"])[: max(0, len(message["message"]) - excess)] + "…"}
+        line = json.dumps(message, sort_keys=True, separators=(",", ":"))
+    if path is not None:
+        try:
+            path.write_text(line + "\n")
+        except OSError as exc:
+            print(f"cannot write termination message to {path}: {exc}", file=sys.stderr)
+    print(line)
+    return line
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from neuron_runtime.config import CompileRequest  # noqa: PLC0415
+
+    log_path = _termination_log(args.termination_log)
+
+    def fail(code: int, reason: str, message: str) -> int:
+        write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message})
+        return code
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[neuron-runtime compile] {message}", file=sys.stderr, flush=True)
+
+    try:
+        if args.request_json is not None:
+            raw = args.request_json
+        elif args.request is not None:
+            raw = args.request.read_text()
+        elif COMPILE_REQUEST_ENV in os.environ:
+            raw = os.environ[COMPILE_REQUEST_ENV]
+        else:
+            return fail(EXIT_BAD_REQUEST, "BadRequest", f"give --request-json, --request or {COMPILE_REQUEST_ENV}")
+        request = CompileRequest.model_validate_json(raw)
+    except (OSError, ValidationError) as exc:
+        return fail(EXIT_BAD_REQUEST, "BadRequest", f"invalid compile request: {exc}")
+
+    from neuron_runtime.compile import TraceError, compile_artifact  # noqa: PLC0415
+    from neuron_runtime.neuron import NeuronPackageMissing  # noqa: PLC0415
+    from neuron_runtime.sources import SourceError  # noqa: PLC0415
+
+    try:
+        result = compile_artifact(request, args.output_root, progress)
+    except NeuronPackageMissing as exc:
+        return fail(EXIT_NEURON_MISSING, "NeuronMissing", str(exc))
+    except SourceError as exc:
+        return fail(EXIT_SOURCE, "SourceFailed", str(exc))
+    except TraceError as exc:
+        return fail(EXIT_TRACE, "TraceFailed", str(exc))
+    except Exception as exc:
+        return fail(EXIT_INTERNAL, "InternalError", f"{type(exc).__name__}: {exc}")
+    manifest = result.manifest
+    write_termination_message(
+        log_path,
+        {
+            "status": "Succeeded",
+            "cacheKey": manifest.cache_key,
+            "uri": str(result.directory.resolve()),
+            "sha256": result.digest,
+            "sizeBytes": manifest.size_bytes,
+            "compileSeconds": manifest.compile_seconds,
+            "neuronCoreVersion": manifest.neuron_core_version,
+            "compilerVersion": manifest.compiler_version,
+            "torchVersion": manifest.torch_version,
+            "cached": result.cached,
+            "maxAbsError": manifest.max_abs_error,
+        },
+    )
+    return EXIT_OK
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from neuron_runtime.server import serve_main  # noqa: PLC0415
+
+    return serve_main(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

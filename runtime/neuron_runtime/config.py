@@ -1,0 +1,277 @@
+"""Typed configuration shared by the operator and the runtime: compile requests and serving settings.
+
+This is the contract between `neuron_operator` (which builds compile Jobs and serving Deployments) and the runtime
+in the pod. It must never import torch: the operator image does not have it. Everything here is plain pydantic,
+validated eagerly so that a bad spec fails with an error naming the field, before any pod is started.
+
+- `CompileRequest` describes one compilation; `cache_key()` is the content address of its artifact.
+- `ServeSettings` is read by `neuron-runtime serve` from `NEURON_RUNTIME_*` env vars (nested with `__`);
+  `to_env()` is what the operator writes onto the Deployment, and reproduces the settings exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ARTIFACT_FORMAT_VERSION = 1
+"""Bumped whenever the artifact layout or the manifest schema changes; part of every cache key."""
+
+MANIFEST_NAME = "manifest.json"
+
+ENV_PREFIX = "NEURON_RUNTIME_"
+ENV_NESTED_DELIMITER = "__"
+
+Target = Literal["inf1", "inf2", "trn1", "trn2", "cpu"]
+DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
+
+NEURON_CORE_VERSIONS: dict[str, str | None] = {"inf1": "v1", "inf2": "v2", "trn1": "v2", "trn2": "v3", "cpu": None}
+"""NeuronCore generation each target compiles for (`None` = plain CPU TorchScript)."""
+
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_sha256(value: str | None) -> str | None:
+    if value is not None and not _SHA256_RE.match(value):
+        raise ValueError("must be 64 lowercase hex characters (a sha256 digest)")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Placement(_Strict):
+    """How model copies map onto the cores this pod can see (`NEURON_RT_VISIBLE_CORES`).
+
+    `pinned`: `workers` copies, each on `cores_per_worker` consecutive visible cores.
+    `multicore`: one copy replicated over all visible cores (`torch_neuronx.multicore_context`), one executor per core;
+    `workers` and `cores_per_worker` are then ignored.
+    """
+
+    workers: int = Field(1, ge=1, le=128)
+    cores_per_worker: int = Field(1, ge=1, le=128)
+    mode: Literal["pinned", "multicore"] = "pinned"
+
+
+class Batching(_Strict):
+    """Server-side dynamic batching (per model, per input-shape bucket).
+
+    A batch is dispatched when it holds `max_batch_size` rows (or exactly a preferred size) or when its oldest
+    request has waited `max_delay_ms`. `max_queue` bounds the queued *rows* (a request of shape [k, ...] is k rows);
+    beyond it requests get 429. `timeout_ms` is the per-request deadline (504 after it).
+    """
+
+    max_batch_size: int = Field(8, ge=1)
+    max_delay_ms: float = Field(5.0, ge=0.0)
+    max_queue: int = Field(256, ge=1)
+    timeout_ms: int = Field(30000, ge=1)
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _preferred_sorted(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("every preferred batch size must be >= 1")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> Batching:
+        too_big = [v for v in self.preferred_batch_sizes if v > self.max_batch_size]
+        if too_big:
+            raise ValueError(
+                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
+            )
+        if self.max_queue < self.max_batch_size:
+            raise ValueError(f"max_queue {self.max_queue} must be >= max_batch_size {self.max_batch_size}")
+        return self
+
+
+class TensorSpec(_Strict):
+    """One model input; `shape[0]` is the batch dimension (the traced batch size is `CompileRequest.batch_size`)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][\w.\-]*$")
+    shape: list[int] = Field(min_length=1)
+    dtype: DType
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dims(cls, value: list[int]) -> list[int]:
+        if any(d < 1 for d in value):
+            raise ValueError(f"every dimension must be >= 1, got {value}")
+        return value
+
+
+class Buckets(_Strict):
+    """Shape buckets along one non-batch axis (e.g. sequence length): one traced graph per size."""
+
+    input: str | None = None
+    axis: int = Field(ge=1)
+    sizes: list[int] = Field(min_length=1)
+
+    @field_validator("sizes")
+    @classmethod
+    def _ascending_unique(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError("bucket sizes must be >= 1")
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"bucket sizes must be ascending and unique, got {value}")
+        return value
+
+
+class TorchScriptSource(_Strict):
+    kind: Literal["torchscript"] = "torchscript"
+    uri: str = Field(min_length=1)
+    sha256: str | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _check_sha256(cls, value: str | None) -> str | None:
+        return _check_sha256(value)
+
+
+class PythonSource(_Strict):
+    kind: Literal["python"] = "python"
+    factory: str = Field(description="`pkg.module:function` returning a torch.nn.Module")
+    args: dict[str, Any] = Field(default_factory=dict)
+    weights_uri: str | None = None
+    weights_sha256: str | None = None
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str) -> str:
+        if not _FACTORY_RE.match(value):
+            raise ValueError(f"must look like 'pkg.module:function', got {value!r}")
+        return value
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _check_weights_sha256(cls, value: str | None) -> str | None:
+        return _check_sha256(value)
+
+
+Source = Annotated[TorchScriptSource | PythonSource, Field(discriminator="kind")]
+
+
+class CompilerOptions(_Strict):
+    """Neuron compiler options. `auto_cast` is always passed explicitly (its default changed in SDK 2.27)."""
+
+    args: list[str] = Field(default_factory=list)
+    auto_cast: Literal["none", "matmult", "all"] = "none"
+    auto_cast_type: Literal["bf16", "fp16", "tf32", "fp8_e4m3"] = "bf16"
+    opt_level: Literal[1, 2, 3] = 2
+
+
+class CompileRequest(_Strict):
+    """Everything that determines a compiled artifact; `cache_key()` hashes all of it."""
+
+    source: Source
+    inputs: list[TensorSpec] = Field(min_length=1)
+    batch_size: int = Field(ge=1, le=4096)
+    buckets: Buckets | None = None
+    target: Target
+    dynamic_batch: bool = False
+    compiler: CompilerOptions = Field(default_factory=CompilerOptions)
+    runtime_image: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompileRequest:
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input names must be unique, got {names}")
+        for spec in self.inputs:
+            if spec.shape[0] != self.batch_size:
+                raise ValueError(
+                    f"inputs[{spec.name}].shape[0]={spec.shape[0]} must equal batch_size={self.batch_size}"
+                )
+        if self.buckets is not None:
+            targets = self.bucketed_inputs()
+            if self.buckets.input is not None and self.buckets.input not in names:
+                raise ValueError(f"buckets.input {self.buckets.input!r} is not one of the inputs {names}")
+            for spec in self.inputs:
+                if spec.name in targets and self.buckets.axis >= len(spec.shape):
+                    raise ValueError(
+                        f"buckets.axis={self.buckets.axis} is out of range for input {spec.name} "
+                        f"of rank {len(spec.shape)}"
+                    )
+        return self
+
+    def bucketed_inputs(self) -> set[str]:
+        """Names of the inputs whose `buckets.axis` varies with the bucket (empty without buckets)."""
+        if self.buckets is None:
+            return set()
+        if self.buckets.input is None:
+            return {i.name for i in self.inputs}
+        return {self.buckets.input}
+
+    def canonical_json(self) -> str:
+        """Canonical JSON of every field (sorted keys, no whitespace): the input of `cache_key`."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def cache_key(self) -> str:
+        payload = f"v{ARTIFACT_FORMAT_VERSION}:{self.canonical_json()}"
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def artifact_path(root: Path, cache_key: str) -> Path:
+    """Where the artifact of `cache_key` lives under an artifact root."""
+    return root / cache_key
+
+
+class ServeSettings(BaseSettings):
+    """Settings of `neuron-runtime serve`, from `NEURON_RUNTIME_*` env vars (nested fields with `__`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid", frozen=True
+    )
+
+    model_name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    artifact_dir: Path
+    expected_sha256: str | None = Field(
+        None, description="sha256 of the artifact's manifest.json (the artifact digest the operator pins)"
+    )
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    placement: Placement = Field(default_factory=Placement)
+    batching: Batching = Field(default_factory=Batching)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    warmup_runs: int = Field(2, ge=0, le=100, description="runs of every bucket on every worker before ready")
+    shutdown_delay_s: float = Field(
+        0.0, ge=0.0, description="after SIGTERM: keep serving this long while endpoints drop the pod"
+    )
+    drain_timeout_s: float = Field(60.0, ge=0.0, description="after SIGTERM: longest wait for in-flight requests")
+    pin_cpu_threads: bool = Field(True, description="cpu target: pin each worker thread to its cores")
+
+    @field_validator("expected_sha256")
+    @classmethod
+    def _check_expected_sha256(cls, value: str | None) -> str | None:
+        return _check_sha256(value)
+
+    def to_env(self) -> dict[str, str]:
+        """The env vars that reproduce these settings exactly (what the operator puts on the Deployment)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            key = f"{ENV_PREFIX}{name.upper()}"
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    subkey = f"{key}{ENV_NESTED_DELIMITER}{sub.upper()}"
+                    env[subkey] = _env_value(subvalue)
+            else:
+                env[key] = _env_value(value)
+        return env
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,185 @@
+"""A served model: a verified artifact, its worker pool and its batcher, behind one small async contract.
+
+`ServedModel.infer(inputs)` checks and pads a request (`collate.prepare`), queues it in the `Batcher`, and returns
+that request's outputs once its batch ran. Executing a batch (`_execute`) cuts it into chunks of the traced batch
+size and runs every chunk on the least-loaded worker; the tensor work of a one-chunk batch (concatenate, pad,
+run, split, crop) happens on the worker thread, so the event loop only parses and answers HTTP.
+
+The HTTP layer (`server`) depends only on this module's public surface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from neuron_runtime import artifact, placement
+from neuron_runtime.batching import collate
+from neuron_runtime.batching.queue import Batcher, DispatchInfo
+from neuron_runtime.config import Batching, ServeSettings
+from neuron_runtime.metrics import Metrics
+from neuron_runtime.tensors import torch_dtype
+from neuron_runtime.workers import Graphs, WorkerPool
+
+log = logging.getLogger(__name__)
+
+Outputs = list[torch.Tensor]
+
+
+class ConfigurationError(ValueError):
+    """Settings that contradict the artifact (e.g. a batch size it cannot run)."""
+
+
+def signature_of(manifest: artifact.Manifest) -> collate.Signature:
+    bucketed = set(manifest.bucketed_inputs)
+    sizes = tuple(int(s) for s in (manifest.buckets or {}).get("sizes", []))  # type: ignore[attr-defined]
+    inputs = []
+    for spec in manifest.inputs:
+        shape = list(spec.shape[1:])
+        if spec.name in bucketed and manifest.bucket_axis is not None:
+            shape[manifest.bucket_axis - 1] = sizes[-1]
+        inputs.append(collate.InputSig(spec.name, torch_dtype(spec.dtype), tuple(shape), spec.name in bucketed))
+    return collate.Signature(
+        inputs=tuple(inputs),
+        batch_size=manifest.batch_size,
+        bucket_sizes=sizes,
+        bucket_axis=manifest.bucket_axis,
+    )
+
+
+class ServedModel:
+    def __init__(
+        self,
+        name: str,
+        manifest: artifact.Manifest,
+        digest: str,
+        pool: WorkerPool,
+        batching: Batching,
+        metrics: Metrics,
+    ) -> None:
+        if batching.max_batch_size > manifest.batch_size and not manifest.dynamic_batch:
+            raise ConfigurationError(
+                f"batching.max_batch_size={batching.max_batch_size} exceeds the traced batch size "
+                f"{manifest.batch_size} and the artifact was compiled without dynamicBatch "
+                "(recompile with dynamicBatch: true, or lower maxBatchSize)"
+            )
+        self.name = name
+        self.manifest = manifest
+        self.digest = digest
+        self.signature = signature_of(manifest)
+        self.output_axes = [o.bucket_axis for o in manifest.outputs]
+        self.pool = pool
+        self.batching = batching
+        self.metrics = metrics
+        pool.set_busy_observer(lambda index, seconds: metrics.worker_busy.labels(str(index)).inc(seconds))
+        self.batcher: Batcher[collate.Prepared, Outputs] = Batcher(
+            self._execute,
+            batching,
+            max_in_flight=len(pool.workers) + 1,
+            on_dispatch=self._observe_dispatch,
+        )
+
+    @classmethod
+    def load(cls, settings: ServeSettings, metrics: Metrics) -> ServedModel:
+        """Verify the artifact (refusing any digest mismatch), plan placement and load every worker."""
+        manifest, digest = artifact.verify(settings.artifact_dir, settings.expected_sha256)
+        cores = placement.visible_cores(manifest.target)
+        slots = placement.plan(settings.placement, cores)
+        pool = WorkerPool.load(settings.artifact_dir, manifest, slots, settings.pin_cpu_threads)
+        return cls(settings.model_name, manifest, digest, pool, settings.batching, metrics)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def warmup(self, runs: int) -> None:
+        """Run every bucket's graph `runs` times on every worker before the model reports ready."""
+        for bucket in self.manifest.graphs:
+            example = self._example(bucket.bucket)
+            for _ in range(runs):
+                await self.pool.run_on_each(lambda graphs, b=bucket.bucket, x=example: graphs[b](*x))
+
+    def _example(self, bucket: int | None) -> list[torch.Tensor]:
+        tensors = []
+        for sig in self.signature.inputs:
+            shape = [self.signature.batch_size, *sig.shape]
+            if sig.bucketed and bucket is not None and self.signature.bucket_axis is not None:
+                shape[self.signature.bucket_axis] = bucket
+            tensors.append(torch.ones(shape, dtype=sig.dtype))
+        return tensors
+
+    def prepare(self, inputs: dict[str, torch.Tensor]) -> collate.Prepared:
+        return collate.prepare(self.signature, inputs, max_rows=self.batching.max_batch_size)
+
+    def submit(self, prepared: collate.Prepared) -> asyncio.Future[Outputs]:
+        """Queue a prepared request; raises `QueueFull` / `ShuttingDown` at once, else the future of its outputs.
+
+        Cancelling the future (e.g. `asyncio.wait_for` timing out) takes the request out of the queue.
+        """
+        future = self.batcher.submit(prepared.key, prepared, prepared.rows)
+        self.metrics.queue_depth.set(self.batcher.queued_rows)
+        return future
+
+    async def infer(self, prepared: collate.Prepared) -> Outputs:
+        return await self.submit(prepared)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self.pool.shutdown()
+
+    # -- batch execution ----------------------------------------------------------------------------------------
+    def _observe_dispatch(self, info: DispatchInfo) -> None:
+        m = self.metrics
+        for wait in info.waits:
+            m.queue_wait.observe(wait)
+        size = self.signature.batch_size
+        executed = -(-info.rows // size) * size
+        m.batch_rows.observe(info.rows)
+        m.rows_executed.inc(executed)
+        m.rows_padded.inc(executed - info.rows)
+        m.padding_ratio.observe((executed - info.rows) / executed)
+        m.queue_depth.set(self.batcher.queued_rows)
+
+    async def _execute(self, batch: Sequence[collate.Prepared]) -> list[Outputs]:
+        size = self.signature.batch_size
+        bucket = batch[0].bucket
+        rows = [p.rows for p in batch]
+        axes = self.output_axes
+        if sum(rows) <= size:
+            return await self.pool.run(lambda graphs: _run_whole(graphs, bucket, batch, size, axes))
+        # Larger than one traced batch (dynamicBatch): chunks run in parallel on the least-loaded workers.
+        joined = collate.concat([p.tensors for p in batch])
+        chunks = collate.chunk(joined, size)
+        outputs = await asyncio.gather(
+            *(self.pool.run(lambda graphs, c=c: _run_graph(graphs, bucket, c)) for c, _real in chunks)
+        )
+        merged = collate.unchunk(outputs, [real for _c, real in chunks])
+        return [collate.crop(out, axes, p.length) for out, p in zip(collate.split(merged, rows), batch, strict=True)]
+
+
+def _run_graph(graphs: Graphs, bucket: int | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    from neuron_runtime.tensors import flatten_outputs  # noqa: PLC0415
+
+    return flatten_outputs(graphs[bucket](*tensors))
+
+
+def _run_whole(
+    graphs: Graphs,
+    bucket: int | None,
+    batch: Sequence[collate.Prepared],
+    size: int,
+    axes: Sequence[int | None],
+) -> list[Outputs]:
+    """One traced call for a whole batch (runs on the worker thread)."""
+    joined = collate.concat([p.tensors for p in batch])
+    padded = [collate.pad_rows(t, size) for t in joined]
+    outputs = _run_graph(graphs, bucket, padded)
+    total = sum(p.rows for p in batch)
+    outputs = [o[:total] for o in outputs]
+    return [
+        collate.crop(out, axes, p.length)
+        for out, p in zip(collate.split(outputs, [p.rows for p in batch]), batch, strict=True)
+    ]
+

@@ -1,0 +1,252 @@
+"""Open Inference Protocol v2 (KServe v2 / Triton HTTP) request decoding and response encoding.
+
+Pure functions over bytes: no HTTP framework, no model. Handles JSON tensors (nested or flat `data`) and the
+binary tensor extension (raw little-endian bytes after the JSON header, whose length is given by the
+`Inference-Header-Content-Length` header). Binary vs JSON is decided by that header alone, never by
+Content-Type (tritonclient sends no Content-Type; see docs/batching-and-inference-api.md §2.4).
+
+Every malformed request raises `ProtocolError` with a message naming the field; the server answers it with 400.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from neuron_runtime.tensors import ITEM_SIZES, NUMPY_DTYPES, OIP_DATATYPES, TORCH_DTYPES
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DTYPE_OF_DATATYPE = {v: k for k, v in OIP_DATATYPES.items()}
+MAX_ELEMENTS = 1 << 28
+
+
+class ProtocolError(ValueError):
+    """The request is not a valid v2 inference request for this model (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str
+    inputs: dict[str, torch.Tensor]
+    outputs: list[RequestedOutput] | None  # None: all outputs
+    binary_output: bool  # request-level `binary_data_output`
+    timeout_s: float | None  # Triton's `timeout` parameter (microseconds on the wire)
+
+
+def _dict(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} must be a JSON object")
+    return value
+
+
+def decode_request(body: bytes, header_length: str | None, input_dtypes: Mapping[str, str]) -> InferRequest:
+    """Parse an infer request. `input_dtypes` maps each model input to its dtype name (`float32`, ...)."""
+    binary = b""
+    if header_length is not None:
+        try:
+            json_length = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 < json_length <= len(body):
+            raise ProtocolError(f"{HEADER_LENGTH}={json_length} is outside the body of {len(body)} bytes")
+        header, binary = body[:json_length], body[json_length:]
+    else:
+        header = body
+    try:
+        doc = _dict(orjson.loads(header), "the request body")
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+
+    request_id = doc.get("id", "")
+    if not isinstance(request_id, str):
+        raise ProtocolError("'id' must be a string")
+    params = _dict(doc.get("parameters") or {}, "'parameters'")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ProtocolError("'inputs' must be a non-empty list")
+
+    inputs: dict[str, torch.Tensor] = {}
+    offset = 0
+    view = memoryview(binary)
+    for i, raw in enumerate(raw_inputs):
+        entry = _dict(raw, f"inputs[{i}]")
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(f"inputs[{i}].name must be a string")
+        where = f"input {name!r}"
+        if name not in input_dtypes:
+            raise ProtocolError(f"unknown input {name!r}; the model takes {sorted(input_dtypes)}")
+        if name in inputs:
+            raise ProtocolError(f"{where} is given twice")
+        shape = _shape(entry.get("shape"), where)
+        datatype = entry.get("datatype")
+        expected = OIP_DATATYPES[input_dtypes[name]]
+        if datatype != expected:
+            raise ProtocolError(f"{where}: datatype {datatype!r} does not match the model's {expected!r}")
+        dtype = input_dtypes[name]
+        count = math.prod(shape)
+        entry_params = _dict(entry.get("parameters") or {}, f"{where}.parameters")
+        if "binary_data_size" in entry_params:
+            size = entry_params["binary_data_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(f"{where}: parameters.binary_data_size must be a non-negative integer")
+            if header_length is None:
+                raise ProtocolError(f"{where} has binary_data_size but the request has no {HEADER_LENGTH} header")
+            if offset + size > len(binary):
+                raise ProtocolError(
+                    f"{where}: binary_data_size={size} runs past the end of the binary data ({len(binary)} bytes)"
+                )
+            if size != count * ITEM_SIZES[dtype]:
+                raise ProtocolError(
+                    f"{where}: binary_data_size={size} does not match shape {shape} of {datatype} "
+                    f"({count * ITEM_SIZES[dtype]} bytes)"
+                )
+            inputs[name] = _from_bytes(view[offset : offset + size], dtype, shape)
+            offset += size
+        else:
+            if "data" not in entry:
+                raise ProtocolError(f"{where} has neither 'data' nor parameters.binary_data_size")
+            inputs[name] = _from_json(entry["data"], dtype, shape, where)
+    if offset != len(binary):
+        raise ProtocolError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+
+    outputs = None
+    if "outputs" in doc:
+        raw_outputs = doc["outputs"]
+        if not isinstance(raw_outputs, list):
+            raise ProtocolError("'outputs' must be a list")
+        outputs = []
+        for i, raw in enumerate(raw_outputs):
+            entry = _dict(raw, f"outputs[{i}]")
+            name = entry.get("name")
+            if not isinstance(name, str):
+                raise ProtocolError(f"outputs[{i}].name must be a string")
+            out_params = _dict(entry.get("parameters") or {}, f"outputs[{i}].parameters")
+            outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", False))))
+    timeout_s = None
+    if "timeout" in params:
+        timeout = params["timeout"]
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+            raise ProtocolError("parameters.timeout must be a non-negative integer (microseconds)")
+        timeout_s = timeout / 1e6 if timeout else None
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(params.get("binary_data_output", False)),
+        timeout_s=timeout_s,
+    )
+
+
+def _shape(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise ProtocolError(f"{where}: 'shape' must be a list of integers")
+    if any(d < 0 for d in value):
+        raise ProtocolError(f"{where}: shape {value} has a negative dimension")
+    if math.prod(value) > MAX_ELEMENTS:
+        raise ProtocolError(f"{where}: shape {value} is too large")
+    return value
+
+
+def _from_bytes(data: memoryview, dtype: str, shape: list[int]) -> torch.Tensor:
+    if dtype == "bfloat16":
+        return torch.frombuffer(bytearray(data), dtype=torch.bfloat16).reshape(shape) if data.nbytes else (
+            torch.empty(shape, dtype=torch.bfloat16)
+        )
+    array = np.frombuffer(data, dtype=NUMPY_DTYPES[dtype]).reshape(shape).copy()
+    return torch.from_numpy(array)
+
+
+def _from_json(data: Any, dtype: str, shape: list[int], where: str) -> torch.Tensor:
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}: 'data' must be a list")
+    np_dtype = NUMPY_DTYPES.get(dtype, np.dtype("<f4"))  # bfloat16 goes through float32
+    try:
+        array = np.asarray(data)
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise ValueError("non-numeric or ragged data")
+        if np_dtype.kind in "biu" and array.dtype.kind == "f":
+            raise ValueError(f"floating-point values for an integer datatype {OIP_DATATYPES[dtype]}")
+        if np_dtype.kind == "b" and array.dtype.kind != "b":
+            raise ValueError("BOOL data must be true/false")
+        array = array.astype(np_dtype, copy=False)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"{where}: 'data' is not a valid {OIP_DATATYPES[dtype]} tensor ({exc})") from None
+    if array.size != math.prod(shape):
+        raise ProtocolError(f"{where}: 'data' has {array.size} elements but shape {shape} needs {math.prod(shape)}")
+    tensor = torch.from_numpy(array.reshape(shape))
+    return tensor.to(TORCH_DTYPES[dtype]) if dtype == "bfloat16" else tensor
+
+
+def encode_response(
+    model_name: str,
+    request: InferRequest,
+    names: Sequence[str],
+    tensors: Sequence[torch.Tensor],
+    model_version: str | None = None,
+) -> tuple[bytes, int | None]:
+    """Build the response body; returns (body, JSON header length when binary data follows, else None)."""
+    selected: list[tuple[str, torch.Tensor, bool]] = []
+    if request.outputs is None:
+        selected = [(n, t, request.binary_output) for n, t in zip(names, tensors, strict=True)]
+    else:
+        by_name = dict(zip(names, tensors, strict=True))
+        for wanted in request.outputs:
+            if wanted.name not in by_name:
+                raise ProtocolError(f"unknown output {wanted.name!r}; the model returns {list(names)}")
+            selected.append((wanted.name, by_name[wanted.name], wanted.binary or request.binary_output))
+    doc_outputs = []
+    blobs: list[bytes] = []
+    for name, tensor, binary in selected:
+        dtype = _dtype_name(tensor.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": OIP_DATATYPES[dtype], "shape": list(tensor.shape)}
+        if binary:
+            raw = _to_bytes(tensor)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = _to_numpy(tensor).ravel()
+        doc_outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "id": request.id, "outputs": doc_outputs}
+    if model_version is not None:
+        doc["model_version"] = model_version
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    for name, value in TORCH_DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"output dtype {dtype} has no v2 datatype")
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return np.ascontiguousarray(tensor.detach().cpu().numpy())
+
+
+def _to_bytes(tensor: torch.Tensor) -> bytes:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().tobytes()
+    return tensor.numpy().tobytes()
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

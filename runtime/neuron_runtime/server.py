@@ -1,0 +1,315 @@
+"""`neuron-runtime serve`: the Open Inference Protocol v2 REST server (aiohttp) and its lifecycle.
+
+Endpoints: `/v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{m}[/versions/{v}]`, `.../ready`,
+`.../infer`, and `/metrics` (Prometheus). Health answers carry JSON bodies (the kserve client parses them);
+every error is `{"error": "..."}` with a 4xx status for anything the client did wrong (never 500), 429 +
+`Retry-After` when the queue is full, 504 after the request's deadline, 503 while warming up or draining.
+
+Lifecycle: listen (live, not ready) → verify + load the artifact → warm every bucket on every worker → ready.
+SIGTERM/SIGINT → not ready → (optional `shutdown_delay_s` while endpoints drop the pod) → refuse new requests →
+drain in-flight ones → exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from neuron_runtime import __version__
+from neuron_runtime.batching.collate import RequestError
+from neuron_runtime.batching.queue import QueueFull, ShuttingDown
+from neuron_runtime.config import ServeSettings
+from neuron_runtime.metrics import Metrics
+from neuron_runtime.model import ServedModel
+from neuron_runtime.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
+from neuron_runtime.tensors import OIP_DATATYPES
+
+log = logging.getLogger("neuron_runtime.server")
+
+MODEL_VERSION = "1"
+JSON = "application/json"
+
+
+@dataclass
+class ServerState:
+    ready: bool = False
+    accepting: bool = True
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type=JSON, headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(message), content_type=JSON, headers=headers)
+
+
+@web.middleware
+async def _errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (404 route, 405, 413 body too large) as `{"error": ...}`; never an HTML page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text or exc.reason
+        if exc.status == 413:
+            message = f"request body too large: {exc.text}"
+        return _error(exc.status, message)
+
+
+def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, state: ServerState) -> web.Application:
+    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[_errors_as_json])
+    name = model.name
+    input_dtypes = {spec.name: spec.dtype for spec in model.manifest.inputs}
+    output_names = [o.name for o in model.manifest.outputs]
+    timeout_default = settings.batching.timeout_ms / 1000.0
+
+    def check_model(request: web.Request) -> web.Response | None:
+        if request.match_info["model"] != name:
+            return _error(404, f"unknown model {request.match_info['model']!r}; this server serves {name!r}")
+        version = request.match_info.get("version")
+        if version is not None and version != MODEL_VERSION:
+            return _error(404, f"model {name!r} has no version {version!r}; it has {MODEL_VERSION!r}")
+        return None
+
+    async def live(_request: web.Request) -> web.Response:
+        return _json(200, {"live": True})
+
+    async def ready(_request: web.Request) -> web.Response:
+        return _json(200 if state.ready else 503, {"ready": state.ready})
+
+    async def server_metadata(_request: web.Request) -> web.Response:
+        return _json(200, {"name": "neuron-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        if (bad := check_model(request)) is not None:
+            return bad
+        manifest = model.manifest
+        sig = model.signature
+        inputs = []
+        for spec, isig in zip(manifest.inputs, sig.inputs, strict=True):
+            shape = [-1, *isig.shape]
+            if isig.bucketed and sig.bucket_axis is not None:
+                shape[sig.bucket_axis] = -1
+            inputs.append({"name": spec.name, "datatype": OIP_DATATYPES[spec.dtype], "shape": shape})
+        outputs = [
+            {"name": o.name, "datatype": OIP_DATATYPES[o.dtype], "shape": [-1, *o.shape[1:]]} for o in manifest.outputs
+        ]
+        return _json(
+            200,
+            {
+                "name": name,
+                "versions": [MODEL_VERSION],
+                "platform": "pytorch_torchscript",
+                "inputs": inputs,
+                "outputs": outputs,
+                "parameters": {
+                    "target": manifest.target,
+                    "artifact_sha256": model.digest,
+                    "traced_batch_size": manifest.batch_size,
+                    "buckets": list(sig.bucket_sizes),
+                    "max_batch_size": settings.batching.max_batch_size,
+                },
+            },
+        )
+
+    async def model_ready(request: web.Request) -> web.Response:
+        if (bad := check_model(request)) is not None:
+            return bad
+        return _json(200 if state.ready else 503, {"name": name, "ready": state.ready})
+
+    async def infer(request: web.Request) -> web.Response:
+        if (bad := check_model(request)) is not None:
+            return bad
+        if not state.accepting:
+            metrics.rejections.labels("shutting_down").inc()
+            return _error(503, "the server is shutting down", {"Retry-After": "1"})
+        if not state.ready:
+            return _error(503, f"model {name!r} is not ready yet", {"Retry-After": "1"})
+        state.in_flight += 1
+        metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            response = await _infer(request)
+        finally:
+            metrics.in_flight.dec()
+            state.in_flight -= 1
+            if state.in_flight == 0 and not state.accepting:
+                state.drained.set()
+        metrics.request_latency.observe(time.perf_counter() - started)
+        metrics.requests.labels(str(response.status)).inc()
+        return response
+
+    async def _infer(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            decoded = decode_request(body, request.headers.get(HEADER_LENGTH), input_dtypes)
+            prepared = model.prepare(decoded.inputs)
+        except (ProtocolError, RequestError) as exc:
+            metrics.rejections.labels("bad_request").inc()
+            return _error(400, str(exc))
+        timeout = decoded.timeout_s if decoded.timeout_s is not None else timeout_default
+        try:
+            future = model.submit(prepared)
+        except QueueFull as exc:
+            metrics.rejections.labels("queue_full").inc()
+            return _error(429, str(exc), {"Retry-After": "1"})
+        except ShuttingDown as exc:
+            metrics.rejections.labels("shutting_down").inc()
+            return _error(503, str(exc), {"Retry-After": "1"})
+        try:
+            outputs = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            metrics.rejections.labels("timeout").inc()
+            return _error(504, f"request timed out after {timeout * 1000:.0f} ms")
+        except Exception as exc:
+            log.exception("batch failed")
+            return _error(500, f"inference failed: {type(exc).__name__}: {exc}")
+        try:
+            payload, header_length = encode_response(name, decoded, output_names, outputs)
+        except ProtocolError as exc:
+            metrics.rejections.labels("bad_request").inc()
+            return _error(400, str(exc))
+        if header_length is None:
+            return web.Response(body=payload, content_type=JSON)
+        return web.Response(
+            body=payload,
+            content_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(header_length)},
+        )
+
+    async def metrics_handler(_request: web.Request) -> web.Response:
+        metrics.queue_depth.set(model.batcher.queued_rows)
+        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    routes = [
+        web.get("/v2/health/live", live),
+        web.get("/v2/health/ready", ready),
+        web.get("/v2", server_metadata),
+        web.get("/metrics", metrics_handler),
+    ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            web.get(prefix, model_metadata),
+            web.get(prefix + "/ready", model_ready),
+            web.post(prefix + "/infer", infer),
+        ]
+    app.add_routes(routes)
+    return app
+
+
+def load_settings(config: Path | None) -> ServeSettings:
+    """Settings from env vars, with an optional YAML/JSON file underneath (env vars win, nested keys merge)."""
+    if config is None:
+        return ServeSettings()  # type: ignore[call-arg]
+    import yaml  # noqa: PLC0415
+
+    data = yaml.safe_load(config.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{config} must hold a mapping of settings")
+
+    class _FileUnderEnv(ServeSettings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def,override]
+            return env_settings, init_settings
+
+    return ServeSettings.model_validate(_FileUnderEnv(**data).model_dump())
+
+
+async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT (or `stop`), then drain; returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics()
+    model = ServedModel.load(settings, metrics)
+    state = ServerState()
+    app = build_app(model, settings, metrics, state)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    port = _bound_port(runner, settings.port)
+    log.info("listening on %s:%d (live, warming up)", settings.host, port)
+    print(f"listening on {settings.host}:{port}", flush=True)
+    model.start()
+    started = time.perf_counter()
+    await model.warmup(settings.warmup_runs)
+    state.ready = True
+    log.info(
+        "model %s ready: %d worker(s), %d graph(s), warm-up %.2fs",
+        model.name, len(model.pool.workers), len(model.manifest.graphs), time.perf_counter() - started,
+    )
+    await stop.wait()
+    log.info("stopping: not ready; draining %d in-flight request(s)", state.in_flight)
+    state.ready = False
+    if settings.shutdown_delay_s:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), settings.shutdown_delay_s)
+    state.accepting = False
+    if state.in_flight:
+        try:
+            await asyncio.wait_for(state.drained.wait(), settings.drain_timeout_s)
+        except TimeoutError:
+            log.warning("drain timed out with %d request(s) in flight", state.in_flight)
+    await model.close()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _bound_port(runner: web.AppRunner, default: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return default
+
+
+def serve_main(config: Path | None) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from neuron_runtime.artifact import ArtifactError  # noqa: PLC0415
+    from neuron_runtime.model import ConfigurationError  # noqa: PLC0415
+    from neuron_runtime.placement import PlacementError  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"invalid serve settings: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(serve(settings))
+    except ArtifactError as exc:
+        log.error("refusing to serve: %s", exc)
+        return 3
+    except (PlacementError, ConfigurationError) as exc:
+        log.error("cannot place the model: %s", exc)
+        return 2
+

@@ -1,0 +1,137 @@
+"""Models built in code, importable as Python factories (`neuron_runtime.zoo:<name>`) without any download.
+
+Used by the benchmarks, the tests and the operator's examples. Each factory is deterministic: it seeds its own
+`torch.Generator`, so the same arguments always give the same weights (and so the same compiled artifact).
+
+| factory       | input(s)                                      | purpose                                          |
+|---------------|-----------------------------------------------|--------------------------------------------------|
+| `tiny_mlp`    | x: float32 [B, 256]                           | per-request overhead (compute is ~0.1 ms)        |
+| `heavy_mlp`   | x: float32 [B, 1024]                          | ~100 MB of weights: batching pays (weight-bound) |
+| `small_cnn`   | x: float32 [B, 3, 64, 64]                     | conv workload, 48 KiB payloads                   |
+| `bert_like`   | input_ids, attention_mask: int64 [B, S]       | sequence buckets on axis 1                       |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _init(module: nn.Module, seed: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(module.named_parameters()):
+            if name.endswith("bias") or param.dim() < 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+            else:
+                fan_in = param[0].numel()
+                param.copy_(torch.randn(param.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+    return module.eval()
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def tiny_mlp(*, in_features: int = 256, hidden: int = 1024, out_features: int = 10, seed: int = 0) -> nn.Module:
+    """256 → 1024 → 1024 → 10: compute is negligible, so serving cost is all overhead."""
+    return _init(_mlp([in_features, hidden, hidden, out_features]), seed)
+
+
+def heavy_mlp(*, in_features: int = 1024, hidden: int = 4096, out_features: int = 1000, seed: int = 0) -> nn.Module:
+    """1024 → 4096 → 4096 → 1000 (~96 MB fp32): streaming the weights dominates at small batch."""
+    return _init(_mlp([in_features, hidden, hidden, out_features]), seed)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class _SmallCNN(nn.Module):
+    def __init__(self, widths: list[int], blocks: int, classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        layers: list[nn.Module] = []
+        cin = widths[0]
+        for i, width in enumerate(widths):
+            for j in range(blocks):
+                layers.append(_BasicBlock(cin, width, 2 if (j == 0 and i > 0) else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+
+
+def small_cnn(
+    *, widths: list[int] | None = None, blocks: int = 2, classes: int = 10, seed: int = 0
+) -> nn.Module:
+    """ResNet-like: 4 stages × 2 basic blocks, 32–256 channels, input [B, 3, 64, 64]."""
+    model = _SmallCNN(widths or [32, 64, 128, 256], blocks, classes)
+    _init(model, seed)
+    for module in model.modules():  # BatchNorm in eval mode with non-trivial statistics
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.fill_(1.0)
+            assert module.running_var is not None
+            module.running_var.fill_(1.0)
+    return model
+
+
+class _BertLike(nn.Module):
+    def __init__(self, vocab: int, d_model: int, heads: int, layers: int, max_len: int, labels: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.position = nn.Embedding(max_len, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.classifier = nn.Linear(d_model, labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        hidden = self.embed(input_ids) + self.position(positions)
+        hidden = self.encoder(hidden, src_key_padding_mask=attention_mask == 0)
+        return self.classifier(self.norm(hidden[:, 0]))
+
+
+def bert_like(
+    *,
+    vocab: int = 8192,
+    d_model: int = 256,
+    heads: int = 4,
+    layers: int = 4,
+    max_len: int = 512,
+    labels: int = 2,
+    seed: int = 0,
+) -> nn.Module:
+    """BERT-like encoder on (input_ids, attention_mask) int64 [B, S]; 1 = token, 0 = padding.
+
+    The padding mask makes the [CLS] logits independent of padding, so sequence buckets (padding axis 1 to the
+    next traced length) give the same answer as the unpadded sequence.
+    """
+    model = _BertLike(vocab, d_model, heads, layers, max_len, labels)
+    _init(model, seed)
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+    return model
