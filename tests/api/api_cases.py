@@ -1,0 +1,367 @@
+"""Shared test data for the API: valid base manifests, a table of invalid ones, hypothesis strategies.
+
+The same table runs against pydantic (``test_api_types.py``, no cluster) and against the real apiserver
+(``test_api_cluster.py``), so the two validators are held to the same verdicts and to error messages that
+name the offending field.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+
+Manifest = dict[str, Any]
+
+
+def base_model(name: str = "m") -> Manifest:
+    return {
+        "apiVersion": "neuron.dev/v1alpha1",
+        "kind": "NeuronModel",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"python": {"factory": "neuron_runtime.zoo:bert_like", "args": {"vocab": 1000}}},
+            "inputs": [
+                {"name": "input_ids", "shape": [2, 128], "dtype": "int64"},
+                {"name": "attention_mask", "shape": [2, 128], "dtype": "int64"},
+            ],
+            "batchSize": 2,
+            "buckets": {"axis": 1, "sizes": [32, 64, 128]},
+            "target": "inf2",
+        },
+    }
+
+
+def base_deployment(name: str = "d") -> Manifest:
+    return {
+        "apiVersion": "neuron.dev/v1alpha1",
+        "kind": "NeuronDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "modelRef": {"name": "m"},
+            "placement": {"workers": 2, "coresPerWorker": 1},
+            "batching": {"maxBatchSize": 8, "preferredBatchSizes": [2, 4, 8]},
+        },
+    }
+
+
+def set_path(obj: Manifest, path: str, value: Any) -> Manifest:
+    """A copy of ``obj`` with the dotted ``path`` set (``[i]`` indexes lists; value ``DELETE`` removes)."""
+    out = copy.deepcopy(obj)
+    parts = path.replace("]", "").replace("[", ".").split(".")
+    node: Any = out
+    for part in parts[:-1]:
+        key: Any = int(part) if part.isdigit() else part
+        if isinstance(node, dict) and key not in node:
+            node[key] = {}
+        node = node[key]
+    last: Any = int(parts[-1]) if parts[-1].isdigit() else parts[-1]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+DELETE = object()
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """An object both validators must reject; ``field`` must appear in the apiserver's error."""
+
+    id: str
+    manifest: Manifest
+    field: str
+
+
+def _m(id: str, field: str, *edits: tuple[str, Any]) -> Invalid:
+    obj = base_model()
+    for path, value in edits:
+        obj = set_path(obj, path, value)
+    return Invalid(id, obj, field)
+
+
+def _d(id: str, field: str, *edits: tuple[str, Any]) -> Invalid:
+    obj = base_deployment()
+    for path, value in edits:
+        obj = set_path(obj, path, value)
+    return Invalid(id, obj, field)
+
+
+_TS = {"uri": "s3://bucket/model.pt"}
+
+INVALID: tuple[Invalid, ...] = (
+    # NeuronModel.spec.source
+    _m("source-both", "spec.source", ("spec.source.torchscript", _TS)),
+    _m("source-none", "spec.source", ("spec.source", {})),
+    _m(
+        "torchscript-uri-scheme",
+        "spec.source.torchscript.uri",
+        ("spec.source", {"torchscript": {"uri": "ftp://host/model.pt"}}),
+    ),
+    _m(
+        "torchscript-sha256",
+        "spec.source.torchscript.sha256",
+        ("spec.source", {"torchscript": {**_TS, "sha256": "abc"}}),
+    ),
+    _m("python-factory-form", "spec.source.python.factory", ("spec.source.python.factory", "pkg.module")),
+    _m(
+        "weights-digest-without-uri",
+        "spec.source.python.weightsSha256",
+        ("spec.source.python.weightsSha256", "a" * 64),
+    ),
+    # inputs, batchSize
+    _m("inputs-empty", "spec.inputs", ("spec.inputs", [])),
+    _m("inputs-duplicate-name", "spec.inputs", ("spec.inputs[1].name", "input_ids")),
+    _m("input-name-not-identifier", "spec.inputs[0].name", ("spec.inputs[0].name", "input-ids")),
+    _m("batch-dim-mismatch", "spec.inputs", ("spec.inputs[0].shape", [4, 128])),
+    _m("shape-zero-dim", "spec.inputs[1].shape[1]", ("spec.inputs[1].shape", [2, 0])),
+    _m("dtype-unknown", "spec.inputs[0].dtype", ("spec.inputs[0].dtype", "float64")),
+    _m("batch-size-zero", "spec.batchSize", ("spec.batchSize", 0)),
+    _m("batch-size-string", "spec.batchSize", ("spec.batchSize", "2")),
+    _m("target-unknown", "spec.target", ("spec.target", "inf3")),
+    _m("target-missing", "spec.target", ("spec.target", DELETE)),
+    _m("model-family-unknown", "spec.modelFamily", ("spec.modelFamily", "rnn")),
+    _m("dynamic-batch-string", "spec.dynamicBatch", ("spec.dynamicBatch", "true")),
+    # buckets
+    _m("buckets-axis-zero", "spec.buckets.axis", ("spec.buckets.axis", 0)),
+    _m(
+        "buckets-axis-beyond-rank",
+        "spec.buckets.axis",
+        ("spec.buckets.axis", 2),
+        ("spec.buckets.sizes", [128]),
+    ),
+    _m("buckets-unknown-input", "spec.buckets.input", ("spec.buckets.input", "token_type_ids")),
+    _m("buckets-unsorted", "spec.buckets.sizes", ("spec.buckets.sizes", [64, 32, 128])),
+    _m("buckets-duplicate", "spec.buckets.sizes", ("spec.buckets.sizes", [32, 32, 128])),
+    _m("buckets-largest-not-shape", "spec.buckets.sizes", ("spec.buckets.sizes", [32, 64])),
+    # compiler
+    _m("compiler-reserved-flag", "spec.compiler.args", ("spec.compiler.args", ["--target=trn1"])),
+    _m("compiler-reserved-optlevel", "spec.compiler.args", ("spec.compiler.args", ["-O3"])),
+    _m("compiler-autocast-unknown", "spec.compiler.autoCast", ("spec.compiler.autoCast", "bf16")),
+    _m("compiler-optlevel", "spec.compiler.optLevel", ("spec.compiler.optLevel", 4)),
+    _m("compiler-timeout-short", "spec.compiler.timeoutSeconds", ("spec.compiler.timeoutSeconds", 10)),
+    _m(
+        "compiler-cpu-quantity",
+        "spec.compiler.resources.requests.cpu",
+        ("spec.compiler.resources", {"requests": {"cpu": "two"}}),
+    ),
+    _m(
+        "compiler-neuroncore-resource",
+        "spec.compiler.resources.requests",
+        ("spec.compiler.resources", {"requests": {"aws.amazon.com/neuroncore": 1}}),
+    ),
+    _m(
+        "compiler-toleration-exists-value",
+        "spec.compiler.tolerations[0]",
+        ("spec.compiler.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}]),
+    ),
+    # storage, metadata, unknown fields
+    _m("storage-both", "spec.storage", ("spec.storage", {"uri": "s3://b/p", "pvc": {"claimName": "c"}})),
+    _m(
+        "storage-path-escape",
+        "spec.storage.pvc.path",
+        ("spec.storage", {"pvc": {"claimName": "c", "path": "../etc"}}),
+    ),
+    _m("unknown-spec-field", "spec.batchsize", ("spec.batchsize", 2)),
+    _m("name-too-long", "metadata.name", ("metadata.name", "m" * 64)),
+    # NeuronDeployment
+    _d("model-ref-missing", "spec.modelRef", ("spec.modelRef", DELETE)),
+    _d("model-ref-bad-name", "spec.modelRef.name", ("spec.modelRef.name", "Bert_Model")),
+    _d("replicas-negative", "spec.replicas", ("spec.replicas", -1)),
+    _d("workers-zero", "spec.placement.workers", ("spec.placement.workers", 0)),
+    _d(
+        "cores-per-replica-too-many",
+        "spec.placement",
+        ("spec.placement", {"workers": 8, "coresPerWorker": 16}),
+    ),
+    _d("placement-mode-unknown", "spec.placement.mode", ("spec.placement.mode", "spread")),
+    _d(
+        "preferred-above-max",
+        "spec.batching.preferredBatchSizes",
+        ("spec.batching.preferredBatchSizes", [4, 16]),
+    ),
+    _d(
+        "preferred-unsorted",
+        "spec.batching.preferredBatchSizes",
+        ("spec.batching.preferredBatchSizes", [8, 2]),
+    ),
+    _d(
+        "preferred-duplicate",
+        "spec.batching.preferredBatchSizes",
+        ("spec.batching.preferredBatchSizes", [2, 2]),
+    ),
+    _d("max-queue-below-batch", "spec.batching.maxQueue", ("spec.batching.maxQueue", 4)),
+    _d(
+        "timeout-below-delay",
+        "spec.batching.timeoutMs",
+        ("spec.batching.timeoutMs", 10),
+        ("spec.batching.maxDelayMs", 10),
+    ),
+    _d("max-batch-zero", "spec.batching.maxBatchSize", ("spec.batching.maxBatchSize", 0)),
+    _d("instance-type-unknown", "spec.instanceTypes", ("spec.instanceTypes", ["p4d.24xlarge"])),
+    _d(
+        "instance-type-duplicate",
+        "spec.instanceTypes",
+        ("spec.instanceTypes", ["inf2.xlarge", "inf2.xlarge"]),
+    ),
+    _d("rollout-stuck", "spec.rollout", ("spec.rollout", {"maxSurge": 0, "maxUnavailable": "0%"})),
+    _d("rollout-percent", "spec.rollout.maxSurge", ("spec.rollout", {"maxSurge": "150%"})),
+    _d("server-port-zero", "spec.server.port", ("spec.server.port", 0)),
+    _d("pod-reserved-label", "spec.pod.labels", ("spec.pod", {"labels": {"neuron.dev/model": "x"}})),
+    _d("pod-affinity-typo", "nodeAfinity", ("spec.pod", {"affinity": {"nodeAfinity": {}}})),
+    _d(
+        "pod-toleration-seconds",
+        "spec.pod.tolerations[0]",
+        ("spec.pod", {"tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]}),
+    ),
+    _d(
+        "resources-negative",
+        "spec.resources.requests.memory",
+        ("spec.resources", {"requests": {"memory": "-1Gi"}}),
+    ),
+    _d("suspend-string", "spec.suspend", ("spec.suspend", "yes")),
+    _d("name-not-dns1035", "metadata.name", ("metadata.name", "1-bert")),
+)
+
+
+def examples() -> list[tuple[str, Manifest]]:
+    """Every document in examples/, as (file name, manifest)."""
+    docs: list[tuple[str, Manifest]] = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((path.name, doc))
+    return docs
+
+
+# --------------------------------------------------------------------------------------------------
+# hypothesis strategies: specs near the validity boundary (small numbers, optional fields on and off)
+# --------------------------------------------------------------------------------------------------
+
+_NAMES = st.sampled_from(["x", "input_ids", "attention_mask", "pixel_values", "mask"])
+
+
+@st.composite
+def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
+    """NeuronModel specs; with ``valid_only`` the generator keeps every cross-field rule by construction."""
+    batch = draw(st.integers(1, 8))
+    rank = draw(st.integers(1, 4))
+    names = draw(st.lists(_NAMES, min_size=1, max_size=3, unique=True))
+    inputs = []
+    for name in names:
+        shape = [batch, *draw(st.lists(st.integers(1, 64), min_size=rank - 1, max_size=rank - 1))]
+        if not valid_only and draw(st.booleans()) and draw(st.booleans()):
+            shape[0] = draw(st.integers(1, 8))
+        inputs.append(
+            {"name": name, "shape": shape, "dtype": draw(st.sampled_from(["float32", "int64", "bool"]))}
+        )
+    spec: Manifest = {
+        "inputs": inputs,
+        "batchSize": batch,
+        "target": draw(st.sampled_from(["inf2", "cpu", "trn1"])),
+    }
+    if draw(st.booleans()):
+        spec["source"] = {"torchscript": {"uri": "s3://bucket/m.pt"}}
+    else:
+        spec["source"] = {"python": {"factory": "neuron_runtime.zoo:tiny_mlp", "args": {"hidden": 8}}}
+    if not valid_only and draw(st.integers(0, 9)) == 0:
+        spec["source"] = {}
+    if rank > 1 and draw(st.booleans()):
+        axis = draw(st.integers(1, rank - 1)) if valid_only else draw(st.integers(1, rank))
+        named = (
+            draw(st.sampled_from([None, *names]))
+            if valid_only
+            else draw(st.sampled_from([None, *names, "y"]))
+        )
+        targets = [i for i in inputs if named is None or i["name"] == named]
+        if valid_only:
+            largest = targets[0]["shape"][axis]
+            for i in targets:
+                i["shape"][axis] = largest
+            smaller = draw(st.lists(st.integers(1, max(1, largest - 1)), max_size=3, unique=True))
+            sizes = [*sorted(s for s in smaller if s < largest), largest]
+        else:
+            sizes = draw(st.lists(st.integers(1, 64), min_size=1, max_size=4))
+        buckets: Manifest = {"axis": axis, "sizes": sizes}
+        if named is not None:
+            buckets["input"] = named
+        spec["buckets"] = buckets
+    if draw(st.booleans()):
+        spec["compiler"] = {
+            "optLevel": draw(st.integers(1, 3) if valid_only else st.integers(0, 4)),
+            "autoCast": draw(st.sampled_from(["none", "matmult", "all"])),
+            "args": draw(
+                st.lists(
+                    st.sampled_from(
+                        ["--model-type=transformer", "--verbose"]
+                        if valid_only
+                        else ["--model-type=transformer", "--target=inf2", "-O1"]
+                    ),
+                    max_size=2,
+                )
+            ),
+        }
+    if draw(st.booleans()):
+        spec["dynamicBatch"] = draw(st.booleans())
+    return spec
+
+
+@st.composite
+def deployment_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
+    """NeuronDeployment specs around the batching/placement/rollout rules."""
+    low = 1 if valid_only else 0
+    workers = draw(st.integers(low, 8))
+    cores = draw(st.integers(low, 16))
+    if valid_only:
+        cores = min(cores, 64 // workers)
+    max_batch = draw(st.integers(low, 64))
+    spec: Manifest = {
+        "modelRef": {"name": "m"},
+        "replicas": draw(st.integers(0 if valid_only else -1, 5)),
+        "placement": {
+            "workers": workers,
+            "coresPerWorker": cores,
+            "mode": draw(st.sampled_from(["pinned", "multicore"])),
+        },
+        "batching": {"maxBatchSize": max_batch},
+    }
+    if draw(st.booleans()):
+        preferred = draw(st.lists(st.integers(1, 64), max_size=4, unique=valid_only))
+        if valid_only:
+            preferred = sorted(p for p in preferred if p <= max_batch)
+        spec["batching"]["preferredBatchSizes"] = preferred
+    if draw(st.booleans()):
+        delay = draw(st.integers(0, 50))
+        spec["batching"]["maxDelayMs"] = delay
+        spec["batching"]["timeoutMs"] = draw(
+            st.integers(delay + 1, 100) if valid_only else st.integers(1, 100)
+        )
+    if draw(st.booleans()):
+        queue = draw(st.integers(max(1, max_batch), 128) if valid_only else st.integers(1, 128))
+        spec["batching"]["maxQueue"] = queue
+    if draw(st.booleans()):
+        surge = draw(st.sampled_from([0, 1, 2, "0%", "25%", "100%"]))
+        unavailable = draw(st.sampled_from([0, 1, "0%", "50%"]))
+        if valid_only and surge in (0, "0%") and unavailable in (0, "0%"):
+            unavailable = 1
+        spec["rollout"] = {"maxSurge": surge, "maxUnavailable": unavailable}
+    if draw(st.booleans()):
+        spec["instanceTypes"] = draw(
+            st.lists(
+                st.sampled_from(["inf2.xlarge", "inf2.48xlarge", "trn1.32xlarge"]), max_size=3, unique=True
+            )
+        )
+    return spec
+
+
+def wrap(kind: str, name: str, spec: Manifest) -> Manifest:
+    return {"apiVersion": "neuron.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
