@@ -139,6 +139,7 @@ class LocalCluster:
                 self._start_exec_node()
             self._wait_usable()
         except BaseException:
+            self._dump_logs()
             self.down()
             raise
         self._log(f"cluster ready in {time.monotonic() - t0:.1f}s; KUBECONFIG={self.kubeconfig}")
@@ -287,19 +288,25 @@ class LocalCluster:
             os.killpg(pid, signal.SIGKILL)
         (self.pids / f"{name}.pid").unlink(missing_ok=True)
 
+    def _dump_logs(self, lines: int = 30) -> None:
+        """Print the end of every component log (a failed start removes the state directory)."""
+        for log in sorted(self.logs.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            self._log(f"--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+
     def _check_alive(self, name: str) -> None:
         pid = self._pid(name)
         if pid is None or not _alive(pid):
             tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{name} exited during start-up; last log lines:\n{tail}")
 
-    def _wait_https(self, name: str, url: str, timeout: float = 90) -> None:
+    def _wait_https(self, name: str, url: str, timeout: float = 90, *, verify: bool = True) -> None:
         ctx = ssl.create_default_context(cafile=str(self._pki.ca.cert))
         admin = self.state / "pki" / "admin"
         ctx.load_cert_chain(f"{admin}.crt", f"{admin}.key")
-        if "10257" in url or "10259" in url or "kcm" in name or "scheduler" in name:
+        if not verify:  # kcm and the scheduler serve self-signed certificates
             ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE  # these serve self-signed certificates
+            ctx.verify_mode = ssl.CERT_NONE
 
         def ok() -> bool:
             self._check_alive(name)
@@ -386,7 +393,7 @@ class LocalCluster:
                 f"--secure-port={p['kcm']}",
                 "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
                 "--leader-elect=false",
-                "--use-service-account-credentials=false",
+                "--use-service-account-credentials=true",  # one identity per controller, as in production
                 f"--service-account-private-key-file={d / 'sa.key'}",
                 f"--root-ca-file={d / 'ca.crt'}",
                 f"--cluster-signing-cert-file={d / 'ca.crt'}",
@@ -413,8 +420,8 @@ class LocalCluster:
                 "--v=1",
             ],
         )
-        self._wait_https("kube-controller-manager", f"https://127.0.0.1:{p['kcm']}/healthz")
-        self._wait_https("kube-scheduler", f"https://127.0.0.1:{p['scheduler']}/healthz")
+        self._wait_https("kube-controller-manager", f"https://127.0.0.1:{p['kcm']}/healthz", verify=False)
+        self._wait_https("kube-scheduler", f"https://127.0.0.1:{p['scheduler']}/healthz", verify=False)
 
     def _start_kwok(self, tools: Tools) -> None:
         self._start(
@@ -498,6 +505,17 @@ class LocalCluster:
             return set(names) <= ready
 
         until(nodes_ready, timeout=120, interval=0.3, what=f"nodes {names} to be Ready")
+
+        def schedulable() -> bool:
+            # The node-lifecycle controller removes the initial not-ready taint once it sees Ready.
+            nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+            return not any(
+                t["key"].startswith("node.kubernetes.io/") for n in nodes for t in n["spec"].get("taints", [])
+            )
+
+        until(
+            schedulable, timeout=120, interval=0.3, what="the node-lifecycle controller to untaint the nodes"
+        )
         # Pods need the default ServiceAccount (created by the controller-manager) before admission.
         until(
             lambda: (
