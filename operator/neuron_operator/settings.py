@@ -1,0 +1,90 @@
+"""Operator settings: everything an installation configures, from env (``NEURON_OPERATOR_*``) or flags.
+
+The Helm chart sets these as environment variables on the operator Deployment; ``neuron-operator run``
+flags override them. Builders receive the parsed ``OperatorSettings`` object, never the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from neuron_operator import __version__
+
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/neuron-dev"
+
+
+class OperatorSettings(BaseSettings):
+    """Installation-wide configuration (one per operator process)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEURON_OPERATOR_", extra="ignore", frozen=True)
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty = the whole cluster."
+    )
+    runtime_image: str = Field(
+        default=f"{DEFAULT_IMAGE_REPOSITORY}/neuron-runtime:{__version__}",
+        description="Image for compile Jobs and serving pods of `cpu` models (torch, no Neuron SDK).",
+    )
+    neuronx_runtime_image: str = Field(
+        default=f"{DEFAULT_IMAGE_REPOSITORY}/neuron-runtime-neuronx:{__version__}",
+        description="Image for inf2/trn1/trn2 models (torch-neuronx and the Neuron runtime).",
+    )
+    neuron_runtime_image: str = Field(
+        default=f"{DEFAULT_IMAGE_REPOSITORY}/neuron-runtime-inf1:{__version__}",
+        description="Image for inf1 models (torch-neuron, NeuronCore-v1).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+    compile_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Default nodeSelector of compile Jobs (compilation needs CPU and memory, no NeuronCore).",
+    )
+    compile_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    compile_cpu: str = "2"
+    compile_memory: str = "8Gi"
+    compile_timeout_seconds: int = Field(default=3600, ge=60)
+    compile_backoff_limit: int = Field(default=1, ge=0)
+    #: Finished compile Jobs are kept this long (their result is already in the NeuronModel status).
+    compile_job_ttl_seconds: int = Field(default=86400, ge=0)
+
+    artifact_pvc: str = Field(
+        default="neuron-artifacts",
+        description="PersistentVolumeClaim holding artifacts when a NeuronModel names no storage.",
+    )
+    artifact_mount_path: str = "/var/lib/neuron/artifacts"
+
+    neuron_scheduler_name: str = Field(
+        default="my-scheduler",
+        description=(
+            "schedulerName of the Neuron scheduler extension (the Neuron Helm chart's default); used for "
+            "pods asking for more than one NeuronCore but fewer than a whole node."
+        ),
+    )
+    use_neuron_scheduler: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="auto: only when contiguity matters (1 < cores < node cores); never: default scheduler.",
+    )
+
+    resync_seconds: float = Field(default=60.0, gt=0, description="Level-triggered re-reconcile period.")
+    backoff_base_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+
+    leader_election: bool = True
+    leader_election_namespace: str = "default"
+    leader_election_lease: str = "neuron-operator"
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
+
+    health_port: int = 8081
+    metrics_port: int = 8080
+
+    def image_for_target(self, target: str) -> str:
+        if target == "cpu":
+            return self.runtime_image
+        if target == "inf1":
+            return self.neuron_runtime_image
+        return self.neuronx_runtime_image
