@@ -12,6 +12,8 @@ pydantic's JSON schema is close to, but not, a Kubernetes *structural* schema, s
   and a ``null`` default is dropped;
 * ``title`` and ``additionalProperties: false`` (from ``extra="forbid"``; the apiserver prunes and, with
   strict field validation, rejects unknown fields itself) are removed;
+* an object default ``{}`` (a ``default_factory`` model) is spelled out with its fields' defaults, because
+  the apiserver validates defaults as written;
 * ``x-kubernetes-*`` keys declared next to the models (CEL ``x-kubernetes-validations``, list types,
   int-or-string, preserve-unknown-fields) are kept verbatim;
 * single newlines inside docstrings are folded so ``kubectl explain`` prints paragraphs.
@@ -163,9 +165,24 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = structural(value, defs)
     if out.get("x-kubernetes-preserve-unknown-fields"):
         out.pop("additionalProperties", None)
+    if out.get("default") == {} and "properties" in out:
+        out["default"] = _materialize(out)
     if "anyOf" in out and not out.get("x-kubernetes-int-or-string"):
         raise ValueError(f"anyOf is only supported for int-or-string: {out['anyOf']}")
     return out
+
+
+def _materialize(node: dict[str, Any]) -> dict[str, Any]:
+    """The object an empty-object default becomes once its fields' defaults apply.
+
+    The apiserver validates a ``default`` (CEL rules included) as written, without defaulting inside it, so
+    ``default: {}`` on an object with rules such as ``maxQueue >= maxBatchSize`` is rejected: spell it out.
+    """
+    return {
+        name: (_materialize(prop) if prop["default"] == {} and "properties" in prop else prop["default"])
+        for name, prop in sorted(node["properties"].items())
+        if "default" in prop
+    }
 
 
 def openapi_schema(model: type[CamelModel]) -> dict[str, Any]:
@@ -179,7 +196,8 @@ def openapi_schema(model: type[CamelModel]) -> dict[str, Any]:
         "description": "APIVersion of this representation of the object: neuron.dev/v1alpha1.",
     }
     props["kind"] = {"type": "string", "description": "Kind of the object (REST resource it represents)."}
-    props["metadata"] = {"type": "object", "description": "Standard object metadata."}
+    # The apiserver forbids anything but ``type`` here (even a description): metadata is its own schema.
+    props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"]
     _check_structural(schema, "")
     return schema
@@ -191,7 +209,7 @@ def _check_structural(node: dict[str, Any], path: str) -> None:
         raise ValueError(f"{path or '<root>'}: $ref survived inlining")
     if "type" not in node and not node.get("x-kubernetes-int-or-string"):
         raise ValueError(f"{path or '<root>'}: no type")
-    if "description" not in node:
+    if "description" not in node and path != ".metadata":
         raise ValueError(f"{path or '<root>'}: no description")
     for name, prop in node.get("properties", {}).items():
         _check_structural(prop, f"{path}.{name}")
