@@ -179,7 +179,6 @@ def test_defaults_appear_after_create(crds: Cluster, ns: str) -> None:
         "autoCast": "none",
         "autoCastType": "bf16",
         "optLevel": 2,
-        "timeoutSeconds": 3600,
     }
     dep = get(crds, ns, "nd/defaults")["spec"]
     assert dep["replicas"] == 1

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from neuron_operator.api import Condition, ConditionStatus, ConditionType
+from neuron_operator.api import Condition, ConditionStatus, ConditionType, ModelPhase, model_phase
 from neuron_operator.conditions import (
     condition_status,
     get_condition,
@@ -115,3 +115,20 @@ def test_reason_must_be_camel_case() -> None:
 def test_unknown_status_is_rejected() -> None:
     with pytest.raises(ValueError, match="Maybe"):
         set_condition(None, "Ready", "Maybe", "Compiled", clock=FakeClock())
+
+
+@pytest.mark.parametrize(
+    ("conditions", "phase"),
+    [
+        ([], ModelPhase.PENDING),
+        ([("Reconciling", True)], ModelPhase.COMPILING),
+        ([("Reconciling", False), ("Stalled", True)], ModelPhase.FAILED),
+        ([("Ready", True), ("Stalled", False)], ModelPhase.READY),
+        ([("Ready", False), ("Reconciling", False), ("Stalled", False)], ModelPhase.PENDING),
+    ],
+)
+def test_model_phase_summarises_conditions(conditions: list[tuple[str, bool]], phase: ModelPhase) -> None:
+    conds: list[Condition] = []
+    for type_, status in conditions:
+        conds = set_condition(conds, type_, status, "Reconciled", clock=FakeClock())
+    assert model_phase(conds) is phase

@@ -96,7 +96,7 @@ def test_defaults() -> None:
     model = NeuronModel.model_validate(base_model())
     assert model.spec.compiler.auto_cast is AutoCast.NONE  # explicit, the SDK >= 2.27 default
     assert model.spec.compiler.opt_level == 2
-    assert model.spec.compiler.timeout_seconds == 3600
+    assert model.spec.compiler.timeout_seconds is None  # the operator's compileTimeoutSeconds setting
     assert model.spec.model_family == "other"
     assert model.spec.dynamic_batch is False
     dep = NeuronDeployment.model_validate(wrap("NeuronDeployment", "d", {"modelRef": {"name": "m"}}))

@@ -152,7 +152,6 @@ def test_defaults_and_enums_are_carried() -> None:
         "autoCast": "none",
         "autoCastType": "bf16",
         "optLevel": 2,
-        "timeoutSeconds": 3600,
     }
     assert compiler["properties"]["autoCast"]["default"] == "none"
     assert compiler["properties"]["autoCast"]["enum"] == ["none", "matmult", "all"]

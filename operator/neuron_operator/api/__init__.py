@@ -54,6 +54,7 @@ from neuron_operator.api.model import (
     StorageSpec,
     TensorSpec,
     TorchScriptSource,
+    model_phase,
     parse_model,
 )
 from neuron_operator.catalogue import NeuronCoreVersion, Target
@@ -104,6 +105,7 @@ __all__ = [
     "TensorSpec",
     "Toleration",
     "TorchScriptSource",
+    "model_phase",
     "parse_deployment",
     "parse_model",
 ]

@@ -26,6 +26,7 @@ architecture-fit rules; they are not part of the request itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -42,6 +43,8 @@ from neuron_operator.api.common import (
     Bool,
     CamelModel,
     Condition,
+    ConditionStatus,
+    ConditionType,
     Failure,
     Float,
     FreeForm,
@@ -342,7 +345,10 @@ class CompilerSpec(CamelModel):
         default=None,
         max_length=512,
         pattern=IMAGE_PATTERN,
-        description="Image of the compile Job; default: the operator's runtime image for the target.",
+        description=(
+            "Image of the compile Job (CompileRequest.runtime_image); default: the operator's runtime image "
+            "for the target."
+        ),
     )
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU and memory of the compile container (compilation needs no NeuronCore)."
@@ -353,11 +359,14 @@ class CompilerSpec(CamelModel):
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description=f"Compile Job: {TOLERATIONS_FIELD_DOC}"
     )
-    timeout_seconds: Int = Field(
-        default=3600,
+    timeout_seconds: Int | None = Field(
+        default=None,
         ge=60,
         le=86400,
-        description="Deadline of the compile Job (activeDeadlineSeconds); exceeding it sets CompileTimeout.",
+        description=(
+            "Deadline of the compile Job (activeDeadlineSeconds); exceeding it sets CompileTimeout. Default: "
+            "the operator's compileTimeoutSeconds setting (3600 unless configured)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -500,7 +509,8 @@ class NeuronModelSpec(CamelModel):
     storage: StorageSpec | None = Field(
         default=None,
         description=(
-            "Where artifacts are stored; default: the operator's artifact store (Helm value artifactStore)."
+            "Where artifacts are stored; default: the operator's artifact PersistentVolumeClaim (setting "
+            "artifactPvc, neuron-artifacts unless configured)."
         ),
     )
 
@@ -638,6 +648,21 @@ class NeuronModel(CamelModel):
         if self.metadata.name is not None and len(self.metadata.name) > 63:
             raise ValueError("metadata.name must be at most 63 characters (it is used in label values)")
         return self
+
+
+def model_phase(conditions: Sequence[Condition] | None) -> ModelPhase:
+    """The printer-column summary of a NeuronModel's conditions (never used for decisions).
+
+    Ready=True → Ready; Stalled=True → Failed; Reconciling=True → Compiling; otherwise Pending.
+    """
+    status = {c.type: c.status for c in conditions or ()}
+    if status.get(ConditionType.READY) == ConditionStatus.TRUE:
+        return ModelPhase.READY
+    if status.get(ConditionType.STALLED) == ConditionStatus.TRUE:
+        return ModelPhase.FAILED
+    if status.get(ConditionType.RECONCILING) == ConditionStatus.TRUE:
+        return ModelPhase.COMPILING
+    return ModelPhase.PENDING
 
 
 def parse_model(obj: dict[str, Any]) -> NeuronModel:
