@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from localcluster.execnode.agent import Agent, Config, cleanup
-    from localcluster.execnode.network import names
+    from localcluster.execnode.network import CidrInUse, names
 
     try:
         names(args.pod_cidr)
@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         apiserver_port=args.apiserver_port,
         backoff_base=args.backoff_base,
     )
-    asyncio.run(Agent(cfg).run())
+    try:
+        asyncio.run(Agent(cfg).run())
+    except CidrInUse as exc:
+        print(f"execnode: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -32,7 +32,14 @@ from lightkube.types import PatchType
 
 from localcluster.execnode import env as envmod
 from localcluster.execnode.cores import NEURON_DEVICE, NEURONCORE, CoreAllocator, devices_for
-from localcluster.execnode.network import Forwarder, HostNetwork, Ipam, other_exec_bridges
+from localcluster.execnode.network import (
+    CidrInUse,
+    CidrLock,
+    Forwarder,
+    HostNetwork,
+    Ipam,
+    other_exec_bridges,
+)
 from localcluster.execnode.pods import PodWorker
 
 log = logging.getLogger("execnode")
@@ -414,6 +421,8 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        lock = CidrLock(self.cfg.pod_cidr, self.state_dir)
+        lock.acquire()  # before touching the host: refuse to fight another exec node over the same CIDR
         leftovers = kill_recorded(self.state_dir)
         removed = await asyncio.to_thread(self.net.cleanup)
         if leftovers or removed:
@@ -442,6 +451,7 @@ class Agent:
         await self.forwarder.stop()
         kill_recorded(self.state_dir)
         await asyncio.to_thread(self.net.cleanup)
+        lock.release()
         with contextlib.suppress(Exception):
             await self.client.close()
         log.info("stopped")
@@ -451,7 +461,16 @@ def cleanup(state_dir: Path, pod_cidr: str) -> list[str]:
     """Everything ``run`` created on the host, even after a SIGKILL: pod processes, namespaces, veths, bridge."""
     net = HostNetwork(pod_cidr)
     n = kill_recorded(state_dir) if state_dir.exists() else 0
-    removed = net.cleanup()
+    lock = CidrLock(pod_cidr, state_dir)
+    try:
+        lock.acquire()
+    except CidrInUse as exc:  # a live exec node of another cluster: its network is not ours to remove
+        return [f"{n} process groups", f"nothing else: {exc}"]
+    try:
+        removed = net.cleanup()
+        lock.path.unlink(missing_ok=True)
+    finally:
+        lock.release()
     if state_dir.exists():
         remove_created_paths(state_dir, net.names.bridge)
     return [f"{n} process groups", *removed]

@@ -185,6 +185,48 @@ class HostNetwork:
         return removed
 
 
+LOCK_DIR = Path("/run/localcluster-execnode")
+
+
+class CidrInUse(RuntimeError):
+    """Another live exec node owns this pod CIDR (same bridge and namespace names)."""
+
+
+class CidrLock:
+    """An flock on ``/run/localcluster-execnode/<tag>.lock`` held by the agent for its lifetime, so a second
+    exec node (or a ``cleanup`` of another cluster) with the same CIDR cannot destroy a live one's network."""
+
+    def __init__(self, cidr: str, state_dir: Path) -> None:
+        self.path = LOCK_DIR / f"{names(cidr).tag}.lock"
+        self.cidr, self.state_dir = cidr, str(state_dir.resolve())
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import os
+
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise CidrInUse(
+                f"pod-cidr {self.cidr} is in use by another exec node ({holder or 'unknown'})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid={os.getpid()} state-dir={self.state_dir}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def other_exec_bridges(mine: str) -> list[str]:
     """Bridges of other exec nodes on this host (so cleanup leaves shared things alone while they run)."""
     out = _ip("-j", "link", "show", "type", "bridge", check=False).stdout or "[]"

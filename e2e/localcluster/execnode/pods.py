@@ -335,7 +335,7 @@ class PodWorker:
 
     async def _supervise(self, c: Ctr) -> None:
         """Run ``c`` until it is final (per restart policy) or the pod stops; back off between restarts."""
-        backoff = self.agent.backoff_base
+        backoff, restarts = self.agent.backoff_base, 0
         policy = "OnFailure" if c.init and self.restart_policy == "Always" else self.restart_policy
         while not self.stopping.is_set():
             started_at = now_iso()
@@ -379,15 +379,19 @@ class PodWorker:
                 c.final = True
                 return
             if time.monotonic() - t0 > 600:
-                backoff = self.agent.backoff_base  # kubelet resets the back-off after 10 minutes of running
+                backoff, restarts = self.agent.backoff_base, 0  # kubelet forgets the back-off after 10 min
             c.last_state = {"terminated": c.state["terminated"]}
-            c.state = {"waiting": {"reason": "CrashLoopBackOff", "message":
-                f"back-off {backoff:.0f}s restarting failed container={c.name} pod={self.name}_{self.ns}({self.uid})"}}  # fmt: skip
-            self._changed()
-            if await self._sleep_or_stop(backoff):
-                c.state = {"terminated": c.last_state["terminated"]}
-                return
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            # kubelet restarts the first time at once, then waits base, 2*base, ... up to 5 minutes.
+            delay = 0.0 if restarts == 0 else backoff
+            if delay:
+                message = f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.name}_{self.ns}({self.uid})"
+                c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
+                self._changed()
+                if await self._sleep_or_stop(delay):
+                    c.state = {"terminated": c.last_state["terminated"]}
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            restarts += 1
             c.restart_count += 1
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
@@ -591,7 +595,7 @@ class PodWorker:
         if self.phase in ("Succeeded", "Failed"):
             phase = self.phase
         elif self.initialized and any(
-            "running" in c.state or "terminated" in c.state or c.restart_count for c in self.apps
+            "running" in c.state or "terminated" in c.state or c.last_state for c in self.apps
         ):
             phase = "Running"
         else:
