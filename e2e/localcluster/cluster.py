@@ -38,6 +38,8 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # ClusterIP of the `kubernetes` Service (first address of SERVICE_CIDR)
 KWOK_POD_CIDR = "10.240.0.1/16"  # fake pod IPs handed out by kwok (never routed)
 EXEC_NODE_NAME = "local-exec"
+#: Name under which the Neuron Helm chart runs its second scheduler (with the Neuron scheduler extension).
+NEURON_SCHEDULER_NAME = "my-scheduler"
 # Start order; `down` stops them in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "execnode")
 
@@ -382,6 +384,21 @@ class LocalCluster:
     def _start_controllers(self, tools: Tools) -> None:
         p, d = self.config.ports, self.state / "pki"
         kcm_kc, sched_kc = self.state / "kcm.kubeconfig", self.state / "scheduler.kubeconfig"
+        # One kube-scheduler, two profiles: pods that name the Neuron scheduler (as the operator does for
+        # 1 < cores < node cores) are scheduled too. The Neuron scheduler *extender* (contiguous core
+        # ranges) is a closed-source image and is not simulated: the profile is a plain scheduler.
+        sched_config = self.state / "scheduler-config.json"
+        sched_config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(sched_kc), "qps": 200, "burst": 400},
+                    "leaderElection": {"leaderElect": False},
+                    "profiles": [{"schedulerName": "default-scheduler"}, {"schedulerName": NEURON_SCHEDULER_NAME}],
+                }
+            )
+        )
         self._start(
             "kube-controller-manager",
             [
@@ -410,13 +427,12 @@ class LocalCluster:
             "kube-scheduler",
             [
                 str(tools.kube_scheduler),
-                f"--kubeconfig={sched_kc}",
+                f"--config={sched_config}",
                 f"--authentication-kubeconfig={sched_kc}",
                 f"--authorization-kubeconfig={sched_kc}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={p['scheduler']}",
                 "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
-                "--leader-elect=false",
                 "--v=1",
             ],
         )

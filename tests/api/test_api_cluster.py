@@ -354,7 +354,7 @@ def full_deployment(name: str) -> NeuronDeployment:
                 Condition(
                     type="Schedulable",
                     status=ConditionStatus.FALSE,
-                    reason="InsufficientCores",
+                    reason="InsufficientNeuronCores",
                     message="no inf2 node has 4 free cores",
                     last_transition_time=NOW,
                     observed_generation=2,

@@ -171,8 +171,11 @@ class Reason(StrEnum):
     # NeuronDeployment
     MODEL_NOT_FOUND = "ModelNotFound"
     MODEL_NOT_READY = "ModelNotReady"
-    NO_COMPATIBLE_INSTANCE_TYPE = "NoCompatibleInstanceType"
-    INSUFFICIENT_CORES = "InsufficientCores"
+    INCOMPATIBLE_ARTIFACT = "IncompatibleArtifact"
+    INSUFFICIENT_NEURON_CORES = "InsufficientNeuronCores"
+    UNKNOWN_INSTANCE_TYPE = "UnknownInstanceType"
+    STORAGE_UNSUPPORTED = "StorageUnsupported"
+    NO_RESULT = "NoResult"
     ROLLING_OUT = "RollingOut"
     SCALING = "Scaling"
     REPLICAS_READY = "ReplicasReady"

@@ -1,0 +1,197 @@
+"""The one module that talks to the Kubernetes API.
+
+Everything is plain dicts (lightkube generic resources), so builders' output goes in unchanged.
+``apply`` is server-side apply under one field manager, preceded by a comparison with the observed
+object: when every field we manage already has the value we want, nothing is sent. Every write is
+counted per verb and kind (``writes``), which tests use to prove that a no-op reconcile writes nothing
+and the metrics endpoint exports.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from lightkube import ApiError, AsyncClient
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.types import PatchType
+
+FIELD_MANAGER: Final = "neuron-operator"
+
+# Every kind the operator reads or writes, as dict-based generic resources.
+_KINDS: Final[dict[str, Any]] = {
+    "NeuronModel": create_namespaced_resource("neuron.dev", "v1alpha1", "NeuronModel", "neuronmodels"),
+    "NeuronDeployment": create_namespaced_resource(
+        "neuron.dev", "v1alpha1", "NeuronDeployment", "neurondeployments"
+    ),
+    "Job": create_namespaced_resource("batch", "v1", "Job", "jobs"),
+    "Deployment": create_namespaced_resource("apps", "v1", "Deployment", "deployments"),
+    "Service": create_namespaced_resource("", "v1", "Service", "services"),
+    "Pod": create_namespaced_resource("", "v1", "Pod", "pods"),
+    "Event": create_namespaced_resource("", "v1", "Event", "events"),
+    "PodDisruptionBudget": create_namespaced_resource(
+        "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"
+    ),
+    "Lease": create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases"),
+    "Node": create_global_resource("", "v1", "Node", "nodes"),
+}
+
+
+def resource(kind: str) -> Any:
+    return _KINDS[kind]
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """Whether ``observed`` already carries every value of ``desired``.
+
+    Maps may have extra keys in ``observed`` (server defaults, other managers' fields); lists must have
+    the same length and match item by item (so a removed or reordered item counts as drift); scalars
+    must be equal.
+    """
+    if isinstance(desired, Mapping):
+        return isinstance(observed, Mapping) and all(
+            k in observed and is_subset(v, observed[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    return bool(desired == observed)
+
+
+class Kube:
+    """Async Kubernetes access for the operator; counts writes."""
+
+    def __init__(self, client: AsyncClient, field_manager: str = FIELD_MANAGER) -> None:
+        self.client = client
+        self.field_manager = field_manager
+        self.writes: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def _count(self, verb: str, kind: str) -> None:
+        self.writes[(verb, kind)] += 1
+
+    @property
+    def total_writes(self) -> int:
+        return sum(self.writes.values())
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            obj = await self.client.get(resource(kind), name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return dict(obj)
+
+    async def list(
+        self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        items = self.client.list(resource(kind), namespace=namespace or "*", labels=dict(labels or {}))
+        return [dict(o) async for o in items]
+
+    async def apply(self, manifest: dict[str, Any], observed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Server-side apply ``manifest`` unless ``observed`` already matches it (then no request)."""
+        if observed is not None and is_subset(manifest, observed):
+            return observed
+        meta = manifest["metadata"]
+        self._count("apply", manifest["kind"])
+        result = await self.client.apply(
+            resource(manifest["kind"])(manifest),
+            name=meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=self.field_manager,
+            force=True,  # we are the only rightful owner of these fields
+        )
+        return dict(result)
+
+    async def create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``manifest``; if it already exists return the existing object. -> (object, created)"""
+        meta = manifest["metadata"]
+        self._count("create", manifest["kind"])
+        try:
+            obj = await self.client.create(
+                resource(manifest["kind"])(manifest), namespace=meta.get("namespace")
+            )
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+            existing = await self.get(manifest["kind"], meta["name"], meta.get("namespace"))
+            if existing is None:  # deleted in between: let the caller retry
+                raise
+            return existing, False
+        return dict(obj), True
+
+    async def patch_status(
+        self, kind: str, name: str, namespace: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """JSON-merge-patch ``status`` (keys set to None are removed) on the status subresource."""
+        self._count("patch-status", kind)
+        result = await self.client.patch(
+            resource(kind).Status,
+            name,
+            {"status": status},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager=self.field_manager,
+        )
+        return dict(result)
+
+    async def merge_patch(
+        self, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        self._count("patch", kind)
+        result = await self.client.patch(
+            resource(kind),
+            name,
+            patch,
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+            field_manager=self.field_manager,
+        )
+        return dict(result)
+
+    async def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Update with optimistic locking (``metadata.resourceVersion`` must be set); 409 on conflict."""
+        meta = manifest["metadata"]
+        self._count("update", manifest["kind"])
+        result = await self.client.replace(
+            resource(manifest["kind"])(manifest),
+            meta["name"],
+            namespace=meta.get("namespace"),
+            field_manager=self.field_manager,
+        )
+        return dict(result)
+
+    async def event(
+        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, now: datetime
+    ) -> None:
+        """Record a core/v1 Event about ``involved`` (shown by ``kubectl describe`` and ``get events``)."""
+        meta = involved["metadata"]
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+        }
+        self._count("create", "Event")
+        await self.client.create(resource("Event")(manifest), namespace=meta["namespace"])

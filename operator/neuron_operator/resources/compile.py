@@ -1,0 +1,325 @@
+"""The compile side of a NeuronModel: the runtime's compile request, its cache key, the compile Job, and
+the reading of a finished Job back into an artifact or a failure.
+
+The cache key is ``neuron_runtime.config.CompileRequest.cache_key()`` of exactly the request the Job
+receives, so the operator and ``neuron-runtime compile`` always agree on where the artifact lives.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from neuron_operator.api import NeuronModel
+from neuron_operator.resources import names
+from neuron_operator.settings import OperatorSettings
+from neuron_runtime.config import (
+    Buckets as RuntimeBuckets,
+)
+from neuron_runtime.config import (
+    CompileRequest,
+    CompilerOptions,
+    PythonSource,
+    TorchScriptSource,
+)
+from neuron_runtime.config import (
+    TensorSpec as RuntimeTensor,
+)
+
+COMPILE_REQUEST_ENV: Final = "NEURON_RUNTIME_COMPILE_REQUEST"
+COMPILE_CONTAINER: Final = "compile"
+SOURCES_MOUNT: Final = "/var/lib/neuron/sources"
+SCRATCH_MOUNT: Final = "/tmp"
+#: `neuron-runtime compile` exit codes that retrying cannot fix (bad request, unreadable or mismatching
+#: source, Neuron SDK missing from the image): the Job fails at once instead of burning its backoff.
+PERMANENT_EXIT_CODES: Final = (2, 3, 5)
+
+
+class StorageUnsupportedError(ValueError):
+    """spec.storage names a location the compile Job cannot write to (only PVCs are implemented)."""
+
+
+@dataclass(frozen=True)
+class ArtifactLocation:
+    """Where a model's artifacts live: a PVC and a directory inside it."""
+
+    claim: str
+    subdir: str  # relative, "" = the volume root
+
+    def root(self, mount_path: str) -> str:
+        return posixpath.join(mount_path, self.subdir) if self.subdir else mount_path
+
+    def artifact_dir(self, mount_path: str, cache_key: str) -> str:
+        return posixpath.join(self.root(mount_path), cache_key)
+
+
+def artifact_location(model: NeuronModel, settings: OperatorSettings) -> ArtifactLocation:
+    storage = model.spec.storage
+    if storage is None:
+        return ArtifactLocation(settings.artifact_pvc, "")
+    if storage.pvc is None:
+        raise StorageUnsupportedError(
+            f"spec.storage.uri {storage.uri!r}: object-store storage is not implemented yet; "
+            "use spec.storage.pvc (a ReadWriteMany PersistentVolumeClaim)"
+        )
+    return ArtifactLocation(storage.pvc.claim_name, storage.pvc.path or "")
+
+
+def compile_image(model: NeuronModel, settings: OperatorSettings) -> str:
+    return model.spec.compiler.image or settings.image_for_target(model.spec.target.value)
+
+
+def _source_claims(uri: str) -> tuple[str | None, str]:
+    """``pvc://claim/path`` → (claim, file URI inside the compile pod); other URIs pass through."""
+    if not uri.startswith("pvc://"):
+        return None, uri
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    return claim, f"file://{posixpath.join(SOURCES_MOUNT, claim, path)}"
+
+
+def compile_request(model: NeuronModel, settings: OperatorSettings) -> CompileRequest:
+    """The runtime's compile request for ``model`` (1:1 field mapping, documented in ``api.model``)."""
+    spec = model.spec
+    source: TorchScriptSource | PythonSource
+    if spec.source.torchscript is not None:
+        ts = spec.source.torchscript
+        source = TorchScriptSource(uri=_source_claims(ts.uri)[1], sha256=ts.sha256)
+    else:
+        py = spec.source.python
+        assert py is not None  # the API guarantees exactly one source
+        source = PythonSource(
+            factory=py.factory,
+            args=dict(py.args or {}),
+            weights_uri=_source_claims(py.weights_uri)[1] if py.weights_uri else None,
+            weights_sha256=py.weights_sha256,
+        )
+    return CompileRequest(
+        source=source,
+        inputs=[RuntimeTensor(name=t.name, shape=list(t.shape), dtype=t.dtype.value) for t in spec.inputs],
+        batch_size=spec.batch_size,
+        buckets=(
+            RuntimeBuckets(input=spec.buckets.input, axis=spec.buckets.axis, sizes=list(spec.buckets.sizes))
+            if spec.buckets
+            else None
+        ),
+        target=spec.target.value,
+        dynamic_batch=spec.dynamic_batch,
+        compiler=CompilerOptions(
+            args=list(spec.compiler.args),
+            auto_cast=spec.compiler.auto_cast.value,
+            auto_cast_type=spec.compiler.auto_cast_type.value,
+            opt_level=spec.compiler.opt_level,  # type: ignore[arg-type]  # the API bounds it to 1..3
+        ),
+        runtime_image=compile_image(model, settings),
+    )
+
+
+def _source_claim_names(model: NeuronModel) -> list[str]:
+    uris = []
+    if model.spec.source.torchscript is not None:
+        uris.append(model.spec.source.torchscript.uri)
+    elif model.spec.source.python is not None and model.spec.source.python.weights_uri:
+        uris.append(model.spec.source.python.weights_uri)
+    return sorted({c for c in (_source_claims(u)[0] for u in uris) if c})
+
+
+def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The compile Job for the NeuronModel ``body`` (its name depends only on the cache key)."""
+    model = NeuronModel.model_validate(body)
+    request = compile_request(model, settings)
+    key = request.cache_key()
+    location = artifact_location(model, settings)
+    compiler = model.spec.compiler
+    labels = {
+        **names.common_labels("compile"),
+        names.LABEL_CACHE_KEY: names.cache_key_label(key),
+    }
+    resources = (
+        compiler.resources.model_dump(by_alias=True, exclude_none=True)
+        if compiler.resources
+        else {
+            "requests": {"cpu": settings.compile_cpu, "memory": settings.compile_memory},
+            "limits": {"memory": settings.compile_memory},
+        }
+    )
+    volumes: list[dict[str, Any]] = [
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": location.claim}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "artifacts", "mountPath": settings.artifact_mount_path},
+        {"name": "scratch", "mountPath": SCRATCH_MOUNT},
+    ]
+    for i, claim in enumerate(_source_claim_names(model)):
+        volumes.append(
+            {"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append(
+            {"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True}
+        )
+    node_selector = dict(compiler.node_selector or settings.compile_node_selector)
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in compiler.tolerations]
+        if compiler.tolerations
+        else list(settings.compile_tolerations)
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": COMPILE_CONTAINER,
+                "image": request.runtime_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["neuron-runtime", "compile"],
+                "args": ["--output-root", location.root(settings.artifact_mount_path)],
+                "env": [
+                    {"name": COMPILE_REQUEST_ENV, "value": request.model_dump_json(exclude_none=True)},
+                    {"name": "HOME", "value": SCRATCH_MOUNT},
+                ],
+                "resources": resources,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": mounts,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": names.compile_job_name(key),
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": {
+                names.ANNOTATION_CACHE_KEY: key,
+                names.ANNOTATION_MODEL: model.metadata.name or "",
+            },
+            # Not a controller reference: models with identical inputs share this Job.
+            "ownerReferences": [names.owner_reference(body, controller=False)],
+        },
+        "spec": {
+            "backoffLimit": settings.compile_backoff_limit,
+            "activeDeadlineSeconds": compiler.timeout_seconds or settings.compile_timeout_seconds,
+            "ttlSecondsAfterFinished": settings.compile_job_ttl_seconds,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": COMPILE_CONTAINER,
+                            "operator": "In",
+                            "values": list(PERMANENT_EXIT_CODES),
+                        },
+                    },
+                    # Evictions and node loss are not the compiler's fault: retry without counting.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class CompileOutcome:
+    """What a compile Job says about itself: still running, succeeded with a result, or failed."""
+
+    state: str  # "Running" | "Succeeded" | "Failed"
+    result: dict[str, Any] | None = None  # the runtime's termination message, parsed
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    finished_at: datetime | None = None
+
+
+def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in job.get("status", {}).get("conditions", []) or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+        if cs.get("name") == COMPILE_CONTAINER:
+            term = cs.get("state", {}).get("terminated")
+            return dict(term) if term else None
+    return None
+
+
+def _parse_message(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        parsed = json.loads(text.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> CompileOutcome:
+    """Read a compile Job and its pods (newest last wins) into an outcome."""
+    finished = sorted(
+        (p for p in pods if _terminated(p) is not None),
+        key=lambda p: (_terminated(p) or {}).get("finishedAt") or "",
+    )
+    last = _terminated(finished[-1]) if finished else None
+    parsed = _parse_message(last.get("message")) if last else None
+    complete = _condition(job, "Complete")
+    if complete is not None:
+        if parsed is None or parsed.get("status") != "Succeeded":
+            return CompileOutcome(
+                "Failed",
+                reason="NoResult",
+                message="the compile Job succeeded but left no result in its termination message",
+                exit_code=last.get("exitCode") if last else None,
+                finished_at=_time(complete.get("lastTransitionTime")),
+            )
+        return CompileOutcome(
+            "Succeeded", result=parsed, finished_at=_time(complete.get("lastTransitionTime"))
+        )
+    failed = _condition(job, "Failed")
+    if failed is not None:
+        job_reason = failed.get("reason") or "Failed"
+        if job_reason == "DeadlineExceeded":
+            reason, message = "CompileTimeout", failed.get("message") or "compile exceeded its timeout"
+        elif parsed is not None:
+            reason, message = str(parsed.get("reason") or "CompileFailed"), str(parsed.get("message") or "")
+        else:
+            reason = "CompileFailed"
+            message = (last.get("message") if last else None) or failed.get("message") or job_reason
+        return CompileOutcome(
+            "Failed",
+            reason=reason,
+            message=message.strip()[-1024:],
+            exit_code=last.get("exitCode") if last else None,
+            finished_at=_time(failed.get("lastTransitionTime")),
+        )
+    return CompileOutcome("Running")

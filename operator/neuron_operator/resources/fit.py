@@ -1,0 +1,129 @@
+"""Feasibility rules: what compiles for which target, and where a NeuronDeployment's pods can run.
+
+Architecture fit (seed 002): decoder and seq2seq models are not supported on Inferentia (inf1); R-CNN
+models compile for inf1 with limitations; models over 2 GB cannot compile for inf1 (protobuf limit).
+Placement (seed 000): NeuronCore-v1 artifacts (inf1) and v2 artifacts (inf2/trn1) are never
+interchangeable; a replica's cores (workers x coresPerWorker) must fit on one node of an allowed type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from neuron_operator.api import ModelFamily, NeuronCoreVersion, Target
+from neuron_operator.catalogue import (
+    INSTANCE_TYPES,
+    InstanceType,
+    compatible_instance_types,
+)
+from neuron_operator.settings import OperatorSettings
+
+INF1_MAX_MODEL_BYTES: Final = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The ArchitectureFit verdict: ``ok`` False blocks compilation; a warning alone does not."""
+
+    ok: bool
+    reason: str  # Fits | PoorFit | UnsupportedArchitecture
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        return self.reason != "Fits"
+
+
+def architecture_fit(target: Target, family: ModelFamily, size_bytes: int | None = None) -> Fit:
+    if target is Target.INF1:
+        if family in (ModelFamily.DECODER, ModelFamily.SEQ2SEQ):
+            return Fit(
+                False,
+                "UnsupportedArchitecture",
+                f"{family.value} models are not supported on inf1 (NeuronCore-v1); use target inf2 or trn1",
+            )
+        if size_bytes is not None and size_bytes > INF1_MAX_MODEL_BYTES:
+            return Fit(
+                False,
+                "UnsupportedArchitecture",
+                f"the model is {size_bytes / 1024**3:.1f} GiB; inf1 cannot compile models over 2 GiB "
+                "(protobuf limit); use target inf2 or trn1",
+            )
+        if family is ModelFamily.RCNN:
+            return Fit(
+                True,
+                "PoorFit",
+                "R-CNN models compile for inf1 with limitations (parts of the graph fall back to CPU); "
+                "inf2 or trn1 is a better fit",
+            )
+    return Fit(True, "Fits", f"{family.value} models are supported on {target.value}")
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """Where a replica may run: the eligible instance types and the scheduler to use."""
+
+    cores: int  # NeuronCores per replica; 0 for cpu artifacts
+    instance_types: tuple[str, ...]  # empty: no Neuron constraint (cpu artifacts)
+    scheduler_name: str | None
+
+
+@dataclass(frozen=True)
+class Infeasible:
+    """Why no pod can ever be placed; the deployment is Stalled with this reason."""
+
+    reason: str  # IncompatibleArtifact | InsufficientNeuronCores | UnknownInstanceType
+    message: str
+
+
+def plan_placement(
+    core_version: NeuronCoreVersion | None,
+    cores: int,
+    allowed: list[str] | None,
+    scheduler_override: str | None,
+    settings: OperatorSettings,
+) -> PlacementPlan | Infeasible:
+    """Choose instance types and scheduler for replicas of ``cores`` NeuronCores running an artifact of
+    ``core_version`` (None = a cpu artifact, which needs no NeuronCore)."""
+    if core_version is None:
+        return PlacementPlan(0, (), scheduler_override)
+    unknown = sorted(set(allowed or ()) - set(INSTANCE_TYPES))
+    if unknown:
+        return Infeasible("UnknownInstanceType", f"spec.instanceTypes: unknown instance types {unknown}")
+    compatible = compatible_instance_types(core_version)
+    if allowed is not None:
+        compatible = [t for t in compatible if t.name in allowed]
+        if not compatible:
+            return Infeasible(
+                "IncompatibleArtifact",
+                f"the artifact is for NeuronCore-{core_version.value}; none of spec.instanceTypes "
+                f"{sorted(allowed)} has NeuronCore-{core_version.value} "
+                f"(compatible: {[t.name for t in compatible_instance_types(core_version)]})",
+            )
+    eligible = [t for t in compatible if t.neuron_cores >= cores]
+    if not eligible:
+        biggest = max(compatible, key=lambda t: t.neuron_cores)
+        return Infeasible(
+            "InsufficientNeuronCores",
+            f"a replica needs {cores} NeuronCores (spec.placement workers x coresPerWorker) but the largest "
+            f"allowed instance type, {biggest.name}, has {biggest.neuron_cores}",
+        )
+    return PlacementPlan(
+        cores, tuple(t.name for t in eligible), _scheduler(cores, eligible, scheduler_override, settings)
+    )
+
+
+def _scheduler(
+    cores: int, eligible: list[InstanceType], override: str | None, settings: OperatorSettings
+) -> str | None:
+    """The Neuron scheduler extension is needed when the runtime requires contiguous cores that the
+    default scheduler cannot guarantee: more than one core, but fewer than a whole node."""
+    if override:
+        return override
+    if settings.use_neuron_scheduler == "never":
+        return None
+    if settings.use_neuron_scheduler == "always":
+        return settings.neuron_scheduler_name
+    partial = cores > 1 and any(t.neuron_cores > cores for t in eligible)
+    return settings.neuron_scheduler_name if partial else None

@@ -1,0 +1,47 @@
+"""Deterministic names, the label vocabulary and owner references shared by every builder."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from neuron_operator.api import API_VERSION
+
+MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+OPERATOR: Final = "neuron-operator"
+COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MODEL: Final = "neuron.dev/model"
+LABEL_DEPLOYMENT: Final = "neuron.dev/deployment"
+LABEL_CACHE_KEY: Final = "neuron.dev/cache-key"
+ANNOTATION_CACHE_KEY: Final = "neuron.dev/cache-key"
+ANNOTATION_ARTIFACT_SHA: Final = "neuron.dev/artifact-sha256"
+ANNOTATION_MODEL: Final = "neuron.dev/model"
+
+#: Characters of the cache key used in names and label values (label values are at most 63 chars).
+KEY_PREFIX_LEN: Final = 20
+
+
+def compile_job_name(cache_key: str) -> str:
+    """The compile Job's name depends on the cache key only: identical inputs share one Job, and a retry
+    or an operator restart hits AlreadyExists instead of creating a duplicate."""
+    return f"compile-{cache_key[:KEY_PREFIX_LEN]}"
+
+
+def cache_key_label(cache_key: str) -> str:
+    return cache_key[:KEY_PREFIX_LEN]
+
+
+def owner_reference(body: dict[str, Any], *, controller: bool = True) -> dict[str, Any]:
+    """An ownerReference to a neuron.dev object, so children are garbage-collected with it."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": controller,
+    }
+
+
+def common_labels(component: str) -> dict[str, str]:
+    return {MANAGED_BY: OPERATOR, COMPONENT: component}

@@ -1,0 +1,270 @@
+"""The serving side of a NeuronDeployment: the runtime Deployment, its Service and PodDisruptionBudget.
+
+Inputs are the parsed NeuronDeployment, the ready artifact of its NeuronModel, the placement plan
+(``fit.plan_placement``) and the operator settings; outputs are complete manifests, owner references
+included, applied as they are with server-side apply.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Final
+
+from neuron_operator.api import NeuronDeployment
+from neuron_operator.catalogue import INSTANCE_TYPE_LABEL, NEURON_TAINT_KEY, NEURONCORE_RESOURCE
+from neuron_operator.resources import names
+from neuron_operator.resources.fit import PlacementPlan
+from neuron_operator.settings import OperatorSettings
+from neuron_runtime.config import Batching as RuntimeBatching
+from neuron_runtime.config import Placement as RuntimePlacement
+from neuron_runtime.config import ServeSettings
+
+RUNTIME_CONTAINER: Final = "runtime"
+PORT_NAME: Final = "http"
+SCRATCH_MOUNT: Final = "/tmp"
+#: Annotation on a NeuronDeployment: an autoscaler scales the child Deployment directly, so the operator
+#: leaves its replicas alone. (Prefer pointing the HPA at the NeuronDeployment's scale subresource.)
+EXTERNAL_REPLICAS_ANNOTATION: Final = "neuron.dev/replicas-managed-externally"
+#: Seconds between SIGTERM and SIGKILL: the runtime's drain (its default 60 s) plus the preStop pause.
+TERMINATION_GRACE_SECONDS: Final = 75
+PRESTOP_SLEEP_SECONDS: Final = 5
+
+
+@dataclass(frozen=True)
+class ServedArtifact:
+    """The artifact a NeuronDeployment serves, as recorded in its NeuronModel's status."""
+
+    model_name: str
+    cache_key: str
+    sha256: str
+    target: str
+    claim: str
+    directory: str  # absolute path inside the pod
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {names.LABEL_DEPLOYMENT: name}
+
+
+def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[str, Any]]:
+    spec = dep.spec
+    batching = spec.batching
+    serve = ServeSettings(
+        model_name=artifact.model_name,
+        artifact_dir=artifact.directory,  # type: ignore[arg-type]  # pydantic parses the str
+        expected_sha256=artifact.sha256,
+        port=spec.server.port,
+        placement=RuntimePlacement(
+            workers=spec.placement.workers,
+            cores_per_worker=spec.placement.cores_per_worker,
+            mode=spec.placement.mode.value,
+        ),
+        batching=RuntimeBatching(
+            max_batch_size=batching.max_batch_size,
+            max_delay_ms=batching.max_delay_ms,
+            max_queue=batching.max_queue,
+            timeout_ms=batching.timeout_ms,
+            preferred_batch_sizes=list(batching.preferred_batch_sizes or []),
+        ),
+    )
+    env = [{"name": k, "value": v} for k, v in sorted(serve.to_env().items())]
+    env += [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # neuron-monitor reports this as runtime_tag, so per-pod Neuron metrics can be joined to pods.
+        {"name": "NEURON_PROCESS_TAG", "value": f"$(POD_NAMESPACE)/$(POD_NAME)/{artifact.model_name}"},
+        {"name": "HOME", "value": SCRATCH_MOUNT},
+    ]
+    return env
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 2,
+    }
+
+
+def _resources(dep: NeuronDeployment, plan: PlacementPlan) -> dict[str, Any]:
+    res = dep.spec.resources.model_dump(by_alias=True, exclude_none=True) if dep.spec.resources else {}
+    if plan.cores:
+        # Extended resources are integers requested through limits (requests default to them).
+        res.setdefault("limits", {})[NEURONCORE_RESOURCE] = str(plan.cores)
+    return res
+
+
+def _affinity(dep: NeuronDeployment, plan: PlacementPlan) -> dict[str, Any] | None:
+    pod = dep.spec.pod
+    affinity = pod.affinity.model_dump(by_alias=True, exclude_none=True) if pod and pod.affinity else {}
+    if plan.instance_types:
+        term = {"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": list(plan.instance_types)}
+        node = affinity.setdefault("nodeAffinity", {})
+        required = node.setdefault(
+            "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []}
+        )
+        terms = required.setdefault("nodeSelectorTerms", [])
+        # Every term is ORed: add the instance-type requirement to each (or make it the only term).
+        if terms:
+            for t in terms:
+                t.setdefault("matchExpressions", []).append(term)
+        else:
+            terms.append({"matchExpressions": [term]})
+    return affinity or None
+
+
+def build_deployment(
+    body: dict[str, Any], artifact: ServedArtifact, plan: PlacementPlan, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The runtime Deployment of the NeuronDeployment ``body``."""
+    dep = NeuronDeployment.model_validate(body)
+    spec, name = dep.spec, dep.metadata.name or ""
+    pod_over = spec.pod
+    labels = {
+        **names.common_labels("runtime"),
+        **selector_labels(name),
+        names.LABEL_MODEL: artifact.model_name,
+    }
+    pod_labels = {**(pod_over.labels if pod_over and pod_over.labels else {}), **labels}
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in (pod_over.tolerations or [])]
+        if pod_over
+        else []
+    )
+    if plan.cores:
+        tolerations.append({"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
+    container: dict[str, Any] = {
+        "name": RUNTIME_CONTAINER,
+        "image": spec.image or settings.image_for_target(artifact.target),
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["neuron-runtime", "serve"],
+        "env": _runtime_env(dep, artifact),
+        "ports": [{"name": PORT_NAME, "containerPort": spec.server.port, "protocol": "TCP"}],
+        # Loading (and on Neuron, placing) a large model can take minutes: the startup probe allows
+        # 10 minutes before liveness takes over.
+        "startupProbe": _probe("/v2/health/ready", 2, 300),
+        "readinessProbe": _probe("/v2/health/ready", 5, 2),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        # The pause lets endpoints drop the pod before SIGTERM; the runtime then drains in-flight work.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "resources": _resources(dep, plan),
+        "volumeMounts": [
+            {
+                "name": "artifacts",
+                "mountPath": posixpath.dirname(artifact.directory.rstrip("/")),
+                "readOnly": True,
+            },
+            {"name": "scratch", "mountPath": SCRATCH_MOUNT},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "volumes": [
+            {"name": "artifacts", "persistentVolumeClaim": {"claimName": artifact.claim, "readOnly": True}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if pod_over and pod_over.node_selector:
+        pod_spec["nodeSelector"] = dict(pod_over.node_selector)
+    affinity = _affinity(dep, plan)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if plan.scheduler_name:
+        pod_spec["schedulerName"] = plan.scheduler_name
+    if pod_over and pod_over.service_account_name:
+        pod_spec["serviceAccountName"] = pod_over.service_account_name
+    annotations = {
+        **(pod_over.annotations if pod_over and pod_over.annotations else {}),
+        names.ANNOTATION_ARTIFACT_SHA: artifact.sha256,
+    }
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(name)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": spec.rollout.max_surge,
+                "maxUnavailable": spec.rollout.max_unavailable,
+            },
+        },
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": 900,
+        "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if (dep.metadata.annotations or {}).get(EXTERNAL_REPLICAS_ANNOTATION) != "true":
+        dep_spec["replicas"] = 0 if spec.suspend else spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels,
+            "annotations": {names.ANNOTATION_CACHE_KEY: artifact.cache_key},
+            "ownerReferences": [names.owner_reference(body)],
+        },
+        "spec": dep_spec,
+    }
+
+
+def build_service(body: dict[str, Any]) -> dict[str, Any]:
+    dep = NeuronDeployment.model_validate(body)
+    name = dep.metadata.name or ""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": {**names.common_labels("runtime"), **selector_labels(name)},
+            "ownerReferences": [names.owner_reference(body)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {"name": PORT_NAME, "port": dep.spec.server.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_pdb(body: dict[str, Any]) -> dict[str, Any]:
+    """At most one replica voluntarily disrupted at a time (node drains, cluster upgrades)."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": {**names.common_labels("runtime"), **selector_labels(name)},
+            "ownerReferences": [names.owner_reference(body)],
+        },
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(name)}},
+    }
+
+
+def endpoint(body: dict[str, Any], model_name: str) -> str:
+    meta = body["metadata"]
+    port = NeuronDeployment.model_validate(body).spec.server.port
+    return f"http://{meta['name']}.{meta['namespace']}.svc:{port}/v2/models/{model_name}"
