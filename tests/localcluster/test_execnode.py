@@ -19,11 +19,11 @@ import pytest
 from lightkube import ApiError, Client, codecs
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Node, Pod
+from lightkube.resources.core_v1 import Node, PersistentVolume, Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from localcluster.execnode.network import bridge_ip, names
-from localcluster.wait import until
+from localcluster.wait import WaitTimeout, until
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("NEURON_TEST_USE_EXISTING_CLUSTER") == "1"
@@ -96,7 +96,7 @@ def terminated(kube: Client, ns: str, name: str, timeout: float = 30) -> dict[st
             return pod
         return None
 
-    return until(done, timeout=timeout, what=f"pod {ns}/{name} to finish")
+    return _until_pod(kube, ns, name, done, timeout, "finish")
 
 
 def running(kube: Client, ns: str, name: str, timeout: float = 30) -> dict[str, Any]:
@@ -104,7 +104,15 @@ def running(kube: Client, ns: str, name: str, timeout: float = 30) -> dict[str, 
         pod = get_pod(kube, ns, name)
         return pod if pod["status"].get("phase") == "Running" and pod["status"].get("podIP") else None
 
-    return until(up, timeout=timeout, what=f"pod {ns}/{name} to run")
+    return _until_pod(kube, ns, name, up, timeout, "run")
+
+
+def _until_pod(kube: Client, ns: str, name: str, probe: Any, timeout: float, what: str) -> dict[str, Any]:
+    try:
+        return dict(until(probe, timeout=timeout, what=f"pod {ns}/{name} to {what}"))
+    except WaitTimeout as exc:
+        status = json.dumps(get_pod(kube, ns, name).get("status"), indent=1)
+        raise WaitTimeout(f"{exc}\nstatus: {status}") from None
 
 
 def condition(pod: dict[str, Any], ctype: str) -> str | None:
@@ -481,3 +489,104 @@ def test_cleanup_after_sigkill_leaves_nothing(
     assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith(n.netns_prefix)]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert n.veth_prefix not in links
+
+
+def test_init_containers_and_volumes(kube: Client, namespace: str) -> None:
+    objs = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files"}, "data": {"a.txt": "A", "b.txt": "B"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"pw": "hunter2"}},
+        # The scheduler only places pods whose claims are bound: pre-bind the claim to a PV. Its source is
+        # not local, so the exec node mounts one directory per claim.
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                  "storageClassName": "", "volumeName": f"pv-{namespace}"}},
+    ]  # fmt: skip
+    kube.create(codecs.from_dict({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"pv-{namespace}"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "csi": {"driver": "fake.example.com", "volumeHandle": "x"},
+                 "claimRef": {"namespace": namespace, "name": "data"}},
+    }))  # fmt: skip
+    check = """
+import os
+def read(p): return open(p).read()
+out = [read("/shared/init"), read("/cfg/renamed"), read("/single.txt"), read("/secret/pw"), read("/meta/labels"),
+       str(os.path.exists("/cfg/b.txt"))]
+try:
+    open("/cfg/new", "w")
+    out.append("writable")
+except OSError:
+    out.append("read-only")
+open("/data/counter", "a").write("x")
+out.append(read("/data/counter"))
+open("/dev/termination-log", "w").write("|".join(out))
+"""
+    pod = exec_pod("vols", check, labels={"app": "vols"}, container={"volumeMounts": [
+        {"name": "shared", "mountPath": "/shared"},
+        {"name": "cfg", "mountPath": "/cfg"},
+        {"name": "whole", "mountPath": "/single.txt", "subPath": "b.txt"},
+        {"name": "secret", "mountPath": "/secret"},
+        {"name": "meta", "mountPath": "/meta"},
+        {"name": "data", "mountPath": "/data"},
+    ]})  # fmt: skip
+    pod["spec"]["initContainers"] = [{
+        "name": "init", "image": "ignored", "command": ["sh", "-c", "echo -n first > /shared/init"],
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+    }]  # fmt: skip
+    pod["spec"]["volumes"] = [
+        {"name": "shared", "emptyDir": {}},
+        {"name": "cfg", "configMap": {"name": "files", "items": [{"key": "a.txt", "path": "renamed"}]}},
+        {"name": "whole", "configMap": {"name": "files"}},
+        {"name": "secret", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+        {
+            "name": "meta",
+            "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
+        },
+        {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+    ]
+    try:
+        _check_volumes(kube, namespace, objs, pod)
+    finally:
+        kube.delete(PersistentVolume, f"pv-{namespace}")
+
+
+def _check_volumes(kube: Client, namespace: str, objs: list[dict[str, Any]], pod: dict[str, Any]) -> None:
+    create(kube, namespace, *objs, pod)
+    done = terminated(kube, namespace, "vols")
+    assert done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["exitCode"] == 0, term
+    assert term["message"].split("|") == [
+        "first",
+        "A",
+        "B",
+        "hunter2",
+        'app="vols"',
+        "False",
+        "read-only",
+        "x",
+    ]
+    # The claim's directory outlives the pod: a second pod sees the first one's write.
+    pod2 = exec_pod("vols2", "open('/dev/termination-log', 'w').write(open('/data/counter').read())",
+                    container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                    volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])  # fmt: skip
+    create(kube, namespace, pod2)
+    assert (
+        terminated(kube, namespace, "vols2")["status"]["containerStatuses"][0]["state"]["terminated"][
+            "message"
+        ]
+        == "x"
+    )
+
+
+def test_liveness_failure_restarts_the_container(kube: Client, namespace: str) -> None:
+    probe = {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2}  # nothing listens there
+    create(kube, namespace, exec_pod("unhealthy", "import time; time.sleep(600)", restart="Always", grace=1,
+                                     container={"livenessProbe": probe}))  # fmt: skip
+
+    def restarted() -> dict[str, Any] | None:
+        st = (get_pod(kube, namespace, "unhealthy")["status"].get("containerStatuses") or [{}])[0]
+        return st if st.get("restartCount", 0) >= 1 else None
+
+    st = until(restarted, timeout=30, what="a liveness restart")
+    assert st["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM

@@ -21,8 +21,8 @@ What it does
 - Volumes (``volumes``): per-container private mount namespace with bind mounts at each ``mountPath``
   (``readOnly``, ``subPath``/``subPathExpr``): emptyDir, configMap, secret, downwardAPI, projected
   (serviceAccountToken via TokenRequest bound to the pod, refreshed at 80 % of its lifetime; configMap;
-  secret; downwardAPI), persistentVolumeClaim (one directory per claim under ``<state>/pvc/``; the claim
-  must exist), hostPath. A per-container file is bound at ``terminationMessagePath``.
+  secret; downwardAPI), persistentVolumeClaim (the path of a bound hostPath/local PV, else one directory
+  per claim under ``<state>/pvc/``; the scheduler wants the claim Bound, so pre-bind it to a PV), hostPath. A per-container file is bound at ``terminationMessagePath``.
 - NeuronCores (``cores``): ``aws.amazon.com/neuroncore: N`` → N contiguous core ids in
   ``NEURON_RT_VISIBLE_CORES`` as a range (``"2"``, ``"2-3"``; the device plugin writes ``"2,3"``);
   ``aws.amazon.com/neuron: D`` → the 2·D cores of D whole devices. Released when the pod terminates;

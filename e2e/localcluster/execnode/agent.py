@@ -23,6 +23,7 @@ from lightkube.resources.core_v1 import (
     ConfigMap,
     Node,
     NodeStatus,
+    PersistentVolume,
     PersistentVolumeClaim,
     Pod,
     Secret,
@@ -110,10 +111,11 @@ class ApiFetcher:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
 
-    async def _get(self, res: Any, ns: str, name: str) -> dict[str, Any] | None:
+    async def _get(self, res: Any, ns: str | None, name: str) -> dict[str, Any] | None:
         for attempt in range(8):
             try:
-                return dict((await self.client.get(res, name, namespace=ns)).to_dict())
+                obj = await (self.client.get(res, name, namespace=ns) if ns else self.client.get(res, name))
+                return dict(obj.to_dict())
             except ApiError as exc:
                 if exc.status.code == 404:
                     return None
@@ -131,6 +133,9 @@ class ApiFetcher:
 
     async def pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get(PersistentVolumeClaim, namespace, name)
+
+    async def pv(self, name: str) -> dict[str, Any] | None:
+        return await self._get(PersistentVolume, None, name)
 
     async def token(
         self, namespace: str, service_account: str, pod: dict[str, Any], audience: str | None, expiration: int

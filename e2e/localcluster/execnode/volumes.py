@@ -4,7 +4,8 @@ Every pod has ``<state>/pods/<ns>_<name>_<uid>/volumes/<volume>/``. ``emptyDir``
 ``configMap``/``secret``/``downwardAPI``/``projected`` are files written there once at pod start (with
 ``items``, ``defaultMode``/``mode``; mounted read-only, as kubelet does), the service-account token of a
 projected volume comes from the TokenRequest API bound to the pod and is rewritten at 80 % of its lifetime;
-``persistentVolumeClaim`` is one directory per claim under ``<state>/pvc/`` that outlives pods;
+``persistentVolumeClaim`` is the path of a bound hostPath/local PV, otherwise one directory per claim under
+``<state>/pvc/`` that outlives pods (the scheduler still wants the claim Bound: pre-bind it to any PV);
 ``hostPath`` is the host path itself. ``render_*`` are pure; ``prepare`` does the fetching through a
 ``Fetcher``.
 """
@@ -35,6 +36,7 @@ class Fetcher(Protocol):
     async def configmap(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def pvc(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def pv(self, name: str) -> dict[str, Any] | None: ...
     async def token(
         self, namespace: str, service_account: str, pod: Obj, audience: str | None, expiration: int
     ) -> tuple[str, float]: ...
@@ -182,7 +184,18 @@ async def prepare(
             pvc = await fetch.pvc(ns, claim)
             if pvc is None:
                 raise VolumeError(f"{where}: persistentvolumeclaim {claim!r} not found")
-            target = pvc_root / f"{ns}_{claim}_{pvc['metadata']['uid']}"
+            pv = (
+                await fetch.pv(pvc["spec"]["volumeName"])
+                if (pvc.get("spec") or {}).get("volumeName")
+                else None
+            )
+            local = ((pv or {}).get("spec") or {}).get("hostPath") or ((pv or {}).get("spec") or {}).get(
+                "local"
+            )
+            if local:  # a hostPath/local PV: its path is on this host
+                target = Path(local["path"])
+            else:  # anything else (CSI, NFS, ...): one directory per claim that outlives the pods
+                target = pvc_root / f"{ns}_{claim}_{pvc['metadata']['uid']}"
             target.mkdir(parents=True, exist_ok=True)
         elif kind == "configMap":
             cm = await fetch.configmap(ns, src.get("name", ""))
