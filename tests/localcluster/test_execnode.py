@@ -26,8 +26,7 @@ from localcluster.execnode.network import bridge_ip, names
 from localcluster.wait import WaitTimeout, until
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("NEURON_TEST_USE_EXISTING_CLUSTER") == "1"
-    or os.environ.get("NEURON_TEST_EXEC_NODE") == "0",
+    os.environ.get("NEURON_TEST_USE_EXISTING_CLUSTER") == "1" or os.environ.get("NEURON_TEST_EXEC_NODE") == "0",
     reason="needs the project's local exec node",
 )
 
@@ -56,14 +55,16 @@ def _nodes_schedulable(cluster: Any) -> None:
     """WORKAROUND until cluster.py runs kube-controller-manager with ``--use-service-account-credentials=true``:
     with its own identity the node-lifecycle and EndpointSlice controllers lack RBAC, so the
     ``node.kubernetes.io/not-ready`` taint added at registration is never removed."""
-    can = cluster.kubectl(
-        "auth", "can-i", "patch", "nodes", "--as=system:kube-controller-manager", check=False
-    )
+    can = cluster.kubectl("auth", "can-i", "patch", "nodes", "--as=system:kube-controller-manager", check=False)
     if can.stdout.strip() != "yes":
         cluster.kubectl(
-            "create", "clusterrolebinding", "execnode-tests-kcm", "--clusterrole=cluster-admin",
-            "--user=system:kube-controller-manager", check=False,
-        )  # fmt: skip
+            "create",
+            "clusterrolebinding",
+            "execnode-tests-kcm",
+            "--clusterrole=cluster-admin",
+            "--user=system:kube-controller-manager",
+            check=False,
+        )
     cluster.kubectl("taint", "node", NODE, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
 
 
@@ -72,17 +73,20 @@ def create(kube: Client, namespace: str, *objs: dict[str, Any]) -> None:
         kube.create(codecs.from_dict({**obj, "metadata": {**obj["metadata"], "namespace": namespace}}))
 
 
-def exec_pod(
-    name: str, script: str, *, restart: str = "Never", grace: int = 2, **spec: Any
-) -> dict[str, Any]:
+def exec_pod(name: str, script: str, *, restart: str = "Never", grace: int = 2, **spec: Any) -> dict[str, Any]:
     container = {"name": "c", "image": "ignored", "command": [PY, "-c", script], **spec.pop("container", {})}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": spec.pop("labels", {"app": name})},
-        "spec": {**OPT_IN, "restartPolicy": restart, "terminationGracePeriodSeconds": grace,
-                 "containers": [container], **spec},
-    }  # fmt: skip
+        "spec": {
+            **OPT_IN,
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": grace,
+            "containers": [container],
+            **spec,
+        },
+    }
 
 
 def get_pod(kube: Client, ns: str, name: str) -> dict[str, Any]:
@@ -179,8 +183,12 @@ def test_env_from_configmap_field_refs_and_expansion(kube: Client, namespace: st
         {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "COMBINED", "value": "$(GREETING)-$(ME)"},
     ]
-    container = {"env": env, "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "FROM_ENVFROM_"}],
-                 "workingDir": "/work-dir", "volumeMounts": [{"name": "scratch", "mountPath": "/work-dir"}]}  # fmt: skip
+    container = {
+        "env": env,
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "FROM_ENVFROM_"}],
+        "workingDir": "/work-dir",
+        "volumeMounts": [{"name": "scratch", "mountPath": "/work-dir"}],
+    }
     # FROM_ENVFROM is built from the prefixed key through $(VAR) expansion.
     container["env"].append({"name": "FROM_ENVFROM", "value": "$(FROM_ENVFROM_greeting)"})
     create(
@@ -230,9 +238,7 @@ def test_readiness_probe_gates_ready(kube: Client, namespace: str, tmp_path: Pat
     pod = running(kube, namespace, "gated")
     assert condition(pod, "Ready") == "False"  # the flag does not exist yet, so the probe cannot have passed
     (flag_dir / "ready").write_text("yes")
-    until(
-        lambda: condition(get_pod(kube, namespace, "gated"), "Ready") == "True", timeout=20, what="Ready=True"
-    )
+    until(lambda: condition(get_pod(kube, namespace, "gated"), "Ready") == "True", timeout=20, what="Ready=True")
     (flag_dir / "ready").unlink()
     until(
         lambda: condition(get_pod(kube, namespace, "gated"), "Ready") == "False",
@@ -242,32 +248,45 @@ def test_readiness_probe_gates_ready(kube: Client, namespace: str, tmp_path: Pat
 
 
 def test_deployment_and_service_endpoints(kube: Client, namespace: str) -> None:
-    template = exec_pod("x", SERVER, restart="Always", labels={"app": "web"}, container={
-        "env": [POD_NAME_ENV], "ports": [{"name": "http", "containerPort": 8080}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-    })  # fmt: skip
+    template = exec_pod(
+        "x",
+        SERVER,
+        restart="Always",
+        labels={"app": "web"},
+        container={
+            "env": [POD_NAME_ENV],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+        },
+    )
     deploy = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "web"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": template["spec"]}},
-    }  # fmt: skip
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-           "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}  # fmt: skip
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": template["spec"]},
+        },
+    }
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]},
+    }
     create(kube, namespace, deploy, svc)
     until(
         lambda: (kube.get(Deployment, "web", namespace=namespace).status.availableReplicas or 0) == 2,
-        timeout=45, what="2 available replicas",
-    )  # fmt: skip
+        timeout=45,
+        what="2 available replicas",
+    )
     pod_ips = {p.status.podIP for p in kube.list(Pod, namespace=namespace, labels={"app": "web"})}
 
     def endpoint_ips() -> set[str] | None:
         ips = {
             addr
-            for s in kube.list(
-                EndpointSlice, namespace=namespace, labels={"kubernetes.io/service-name": "web"}
-            )
+            for s in kube.list(EndpointSlice, namespace=namespace, labels={"kubernetes.io/service-name": "web"})
             for e in s.endpoints or []
             if e.conditions and e.conditions.ready
             for addr in e.addresses
@@ -280,20 +299,14 @@ def test_deployment_and_service_endpoints(kube: Client, namespace: str) -> None:
 
 
 def test_neuroncores_are_contiguous_and_disjoint(kube: Client, namespace: str, cluster: Any) -> None:
-    script = "import os, sys, time; print('cores=' + os.environ['NEURON_RT_VISIBLE_CORES'], flush=True); time.sleep(600)"
+    script = "import os, time; print('cores=' + os.environ['NEURON_RT_VISIBLE_CORES'], flush=True); time.sleep(600)"
     limits = {"resources": {"limits": {"aws.amazon.com/neuroncore": "2"}}}
     for name in ("nc-a", "nc-b"):
         create(kube, namespace, exec_pod(name, script, container=limits))
     cores = {}
     for name in ("nc-a", "nc-b"):
         pod = running(kube, namespace, name)
-        log = (
-            Path(cluster.state)
-            / "execnode"
-            / "pods"
-            / f"{namespace}_{name}_{pod['metadata']['uid']}"
-            / "c.log"
-        )
+        log = Path(cluster.state) / "execnode" / "pods" / f"{namespace}_{name}_{pod['metadata']['uid']}" / "c.log"
         line = until(lambda log=log: log.exists() and log.read_text().strip(), timeout=20, what=f"{log}")
         cores[name] = line.removeprefix("cores=")
     assert sorted(cores.values()) == ["0-1", "2-3"], cores
@@ -308,15 +321,18 @@ def test_neuroncores_are_contiguous_and_disjoint(kube: Client, namespace: str, c
     pod = running(kube, namespace, "nc-c", timeout=40)  # the freed range goes to the waiting pod
     log = Path(cluster.state) / "execnode" / "pods" / f"{namespace}_nc-c_{pod['metadata']['uid']}" / "c.log"
     assert (
-        until(lambda: log.exists() and log.read_text().strip(), timeout=20, what=f"{log}")
-        == f"cores={cores['nc-a']}"
+        until(lambda: log.exists() and log.read_text().strip(), timeout=20, what=f"{log}") == f"cores={cores['nc-a']}"
     )
 
 
 def test_in_cluster_api_access_with_projected_token(kube: Client, namespace: str, cluster: Any) -> None:
-    rb = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "default-view"},
-          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
-          "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]}  # fmt: skip
+    rb = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "default-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}],
+    }
     script = """
 import json, os, ssl, urllib.request
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -329,9 +345,23 @@ pod = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))
 open("/dev/termination-log", "w").write(pod["metadata"]["uid"])
 """
     create(kube, namespace, rb)
-    until(lambda: cluster.kubectl("auth", "can-i", "get", "pods", "-n", namespace,
-                                  f"--as=system:serviceaccount:{namespace}:default", check=False).stdout.strip() == "yes",
-          timeout=10, what="the RoleBinding")  # fmt: skip
+    until(
+        lambda: (
+            cluster.kubectl(
+                "auth",
+                "can-i",
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                f"--as=system:serviceaccount:{namespace}:default",
+                check=False,
+            ).stdout.strip()
+            == "yes"
+        ),
+        timeout=10,
+        what="the RoleBinding",
+    )
     create(kube, namespace, exec_pod("api", script))
     pod = terminated(kube, namespace, "api")
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -356,7 +386,7 @@ time.sleep(600)
     volumes = [{"name": "out", "hostPath": {"path": str(tmp_path), "type": "Directory"}}]
     create(kube, namespace, exec_pod("sig", script, grace=20, container=container, volumes=volumes))
     running(kube, namespace, "sig")
-    until(lambda: (tmp_path / "started").exists(), timeout=20, what="the handler to be installed")
+    until((tmp_path / "started").exists, timeout=20, what="the handler to be installed")
     t0 = time.monotonic()
     kube.delete(Pod, "sig", namespace=namespace)
     until(lambda: gone(kube, namespace, "sig"), timeout=20, what="the pod to disappear")
@@ -366,8 +396,12 @@ time.sleep(600)
 
 def test_job_pods_complete(kube: Client, namespace: str) -> None:
     template = exec_pod("x", "print('done')", restart="Never")
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
-           "spec": {"backoffLimit": 0, "template": {"spec": template["spec"]}}}  # fmt: skip
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "once"},
+        "spec": {"backoffLimit": 0, "template": {"spec": template["spec"]}},
+    }
     create(kube, namespace, job)
     until(
         lambda: (kube.get(Job, "once", namespace=namespace).status.succeeded or 0) == 1,
@@ -383,9 +417,7 @@ def test_crash_loop_restarts_with_backoff(kube: Client, namespace: str) -> None:
         st = get_pod(kube, namespace, "crash")["status"].get("containerStatuses", [{}])[0]
         return st if st.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff" else None
 
-    st = until(
-        backing_off, timeout=20, what="CrashLoopBackOff"
-    )  # the first restart is immediate, then back-off
+    st = until(backing_off, timeout=20, what="CrashLoopBackOff")  # the first restart is immediate, then back-off
     assert st["lastState"]["terminated"]["exitCode"] == 1
     assert st["restartCount"] == 1
     assert get_pod(kube, namespace, "crash")["status"]["phase"] == "Running"
@@ -402,10 +434,21 @@ def second_node(cluster: Any, kube: Client, tmp_path: Path) -> Iterator[dict[str
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "e2e")}
     log = (tmp_path / "agent.log").open("wb")
     proc = subprocess.Popen(
-        [*argv, "run", f"--kubeconfig={cluster.kubeconfig}", f"--node-name={name}", f"--state-dir={state}",
-         "--cores=2", f"--pod-cidr={cidr}", f"--apiserver-port={port}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            *argv,
+            "run",
+            f"--kubeconfig={cluster.kubeconfig}",
+            f"--node-name={name}",
+            f"--state-dir={state}",
+            "--cores=2",
+            f"--pod-cidr={cidr}",
+            f"--apiserver-port={port}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     info = {
         "proc": proc,
         "name": name,
@@ -416,9 +459,14 @@ def second_node(cluster: Any, kube: Client, tmp_path: Path) -> Iterator[dict[str
         "log": tmp_path / "agent.log",
     }
     try:
-        until(lambda: proc.poll() is None and any(
-            c.type == "Ready" and c.status == "True" for c in kube.get(Node, name).status.conditions or []),
-            timeout=30, what=f"node {name} Ready")  # fmt: skip
+        until(
+            lambda: (
+                proc.poll() is None
+                and any(c.type == "Ready" and c.status == "True" for c in kube.get(Node, name).status.conditions or [])
+            ),
+            timeout=30,
+            what=f"node {name} Ready",
+        )
         yield info
     finally:
         if proc.poll() is None:
@@ -435,7 +483,7 @@ def netns_pids(cidr: str) -> list[int]:
     pids: list[int] = []
     for ns in nsdir.iterdir() if nsdir.exists() else []:
         if ns.name.startswith(prefix):
-            out = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True).stdout
+            out = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True, check=False).stdout
             pids += [int(p) for p in out.split()]
     return pids
 
@@ -449,7 +497,7 @@ def alive(pid: int) -> bool:
 
 
 def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 def _sleeper(node: str) -> dict[str, Any]:
@@ -462,51 +510,90 @@ def _sleeper(node: str) -> dict[str, Any]:
 def test_agent_sigterm_stops_its_pods(kube: Client, namespace: str, second_node: dict[str, Any]) -> None:
     create(kube, namespace, _sleeper(second_node["name"]))
     running(kube, namespace, "sleeper")
-    pids = until(lambda: len(netns_pids(second_node["cidr"])) >= 2 and netns_pids(second_node["cidr"]), timeout=20,
-                 what="the pod's processes")  # fmt: skip
+    pids = until(
+        lambda: len(netns_pids(second_node["cidr"])) >= 2 and netns_pids(second_node["cidr"]),
+        timeout=20,
+        what="the pod's processes",
+    )
     os.kill(second_node["proc"].pid, signal.SIGTERM)
     assert second_node["proc"].wait(timeout=20) == 0
     until(lambda: not any(alive(p) for p in pids), timeout=5, what=f"processes {pids} to be gone")
     assert not link_exists(names(second_node["cidr"]).bridge)
 
 
-def test_cleanup_after_sigkill_leaves_nothing(
-    kube: Client, namespace: str, second_node: dict[str, Any]
-) -> None:
+def test_cleanup_after_sigkill_leaves_nothing(kube: Client, namespace: str, second_node: dict[str, Any]) -> None:
     create(kube, namespace, _sleeper(second_node["name"]))
     running(kube, namespace, "sleeper")
-    pids = until(lambda: len(netns_pids(second_node["cidr"])) >= 2 and netns_pids(second_node["cidr"]), timeout=20,
-                 what="the pod's processes")  # fmt: skip
+    pids = until(
+        lambda: len(netns_pids(second_node["cidr"])) >= 2 and netns_pids(second_node["cidr"]),
+        timeout=20,
+        what="the pod's processes",
+    )
     os.killpg(second_node["proc"].pid, signal.SIGKILL)
     second_node["proc"].wait()
     subprocess.run(
-        [*second_node["argv"], "cleanup", f"--state-dir={second_node['state']}", f"--pod-cidr={second_node['cidr']}"],
-        env=second_node["env"], check=True,
-    )  # fmt: skip
+        [
+            *second_node["argv"],
+            "cleanup",
+            f"--state-dir={second_node['state']}",
+            f"--pod-cidr={second_node['cidr']}",
+        ],
+        env=second_node["env"],
+        check=True,
+    )
     until(lambda: not any(alive(p) for p in pids), timeout=5, what=f"processes {pids} to be gone")
     n = names(second_node["cidr"])
     assert not link_exists(n.bridge)
     assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith(n.netns_prefix)]
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
     assert n.veth_prefix not in links
 
 
 def test_init_containers_and_volumes(kube: Client, namespace: str) -> None:
     objs = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files"}, "data": {"a.txt": "A", "b.txt": "B"}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}, "stringData": {"pw": "hunter2"}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "files"},
+            "data": {"a.txt": "A", "b.txt": "B"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds"},
+            "stringData": {"pw": "hunter2"},
+        },
         # The scheduler only places pods whose claims are bound: pre-bind the claim to a PV. Its source is
         # not local, so the exec node mounts one directory per claim.
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
-         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                  "storageClassName": "", "volumeName": f"pv-{namespace}"}},
-    ]  # fmt: skip
-    kube.create(codecs.from_dict({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"pv-{namespace}"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                 "persistentVolumeReclaimPolicy": "Retain", "csi": {"driver": "fake.example.com", "volumeHandle": "x"},
-                 "claimRef": {"namespace": namespace, "name": "data"}},
-    }))  # fmt: skip
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "",
+                "volumeName": f"pv-{namespace}",
+            },
+        },
+    ]
+    kube.create(
+        codecs.from_dict(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"pv-{namespace}"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "",
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "csi": {"driver": "fake.example.com", "volumeHandle": "x"},
+                    "claimRef": {"namespace": namespace, "name": "data"},
+                },
+            }
+        )
+    )
     check = """
 import os
 def read(p): return open(p).read()
@@ -521,18 +608,29 @@ open("/data/counter", "a").write("x")
 out.append(read("/data/counter"))
 open("/dev/termination-log", "w").write("|".join(out))
 """
-    pod = exec_pod("vols", check, labels={"app": "vols"}, container={"volumeMounts": [
-        {"name": "shared", "mountPath": "/shared"},
-        {"name": "cfg", "mountPath": "/cfg"},
-        {"name": "whole", "mountPath": "/single.txt", "subPath": "b.txt"},
-        {"name": "secret", "mountPath": "/secret"},
-        {"name": "meta", "mountPath": "/meta"},
-        {"name": "data", "mountPath": "/data"},
-    ]})  # fmt: skip
-    pod["spec"]["initContainers"] = [{
-        "name": "init", "image": "ignored", "command": ["sh", "-c", "echo -n first > /shared/init"],
-        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
-    }]  # fmt: skip
+    pod = exec_pod(
+        "vols",
+        check,
+        labels={"app": "vols"},
+        container={
+            "volumeMounts": [
+                {"name": "shared", "mountPath": "/shared"},
+                {"name": "cfg", "mountPath": "/cfg"},
+                {"name": "whole", "mountPath": "/single.txt", "subPath": "b.txt"},
+                {"name": "secret", "mountPath": "/secret"},
+                {"name": "meta", "mountPath": "/meta"},
+                {"name": "data", "mountPath": "/data"},
+            ]
+        },
+    )
+    pod["spec"]["initContainers"] = [
+        {
+            "name": "init",
+            "image": "ignored",
+            "command": ["sh", "-c", "echo -n first > /shared/init"],
+            "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        }
+    ]
     pod["spec"]["volumes"] = [
         {"name": "shared", "emptyDir": {}},
         {"name": "cfg", "configMap": {"name": "files", "items": [{"key": "a.txt", "path": "renamed"}]}},
@@ -567,22 +665,31 @@ def _check_volumes(kube: Client, namespace: str, objs: list[dict[str, Any]], pod
         "x",
     ]
     # The claim's directory outlives the pod: a second pod sees the first one's write.
-    pod2 = exec_pod("vols2", "open('/dev/termination-log', 'w').write(open('/data/counter').read())",
-                    container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-                    volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])  # fmt: skip
+    pod2 = exec_pod(
+        "vols2",
+        "open('/dev/termination-log', 'w').write(open('/data/counter').read())",
+        container={"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+    )
     create(kube, namespace, pod2)
     assert (
-        terminated(kube, namespace, "vols2")["status"]["containerStatuses"][0]["state"]["terminated"][
-            "message"
-        ]
-        == "x"
+        terminated(kube, namespace, "vols2")["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "x"
     )
 
 
 def test_liveness_failure_restarts_the_container(kube: Client, namespace: str) -> None:
     probe = {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2}  # nothing listens there
-    create(kube, namespace, exec_pod("unhealthy", "import time; time.sleep(600)", restart="Always", grace=1,
-                                     container={"livenessProbe": probe}))  # fmt: skip
+    create(
+        kube,
+        namespace,
+        exec_pod(
+            "unhealthy",
+            "import time; time.sleep(600)",
+            restart="Always",
+            grace=1,
+            container={"livenessProbe": probe},
+        ),
+    )
 
     def restarted() -> dict[str, Any] | None:
         st = (get_pod(kube, namespace, "unhealthy")["status"].get("containerStatuses") or [{}])[0]

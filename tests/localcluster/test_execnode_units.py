@@ -32,12 +32,15 @@ from localcluster.execnode.volumes import VolumeError, render_configmap, render_
 
 POD = {
     "metadata": {
-        "name": "p", "namespace": "ns", "uid": "u-1",
-        "labels": {"app": "x", "tier": "web"}, "annotations": {"note": 'say "hi"'},
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u-1",
+        "labels": {"app": "x", "tier": "web"},
+        "annotations": {"note": 'say "hi"'},
     },
     "spec": {"nodeName": "local-exec", "serviceAccountName": "sa"},
     "status": {"podIP": "10.242.0.2", "hostIP": "10.242.0.1", "podIPs": [{"ip": "10.242.0.2"}]},
-}  # fmt: skip
+}
 
 
 # ------------------------------------------------------------------ $(VAR)
@@ -83,12 +86,13 @@ def test_env_order_valuefrom_and_expansion() -> None:
         "resources": {"limits": {"memory": "1Gi", "cpu": "500m"}},
     }
     env = container_env(
-        POD, container,
+        POD,
+        container,
         configmaps={"cm": {"data": {"k": "v"}}},
         secrets={"s": {"data": {"pw": base64.b64encode(b"hunter2").decode()}}},
         base={"PATH": "/bin", "A": "base"},
         service_env=kubernetes_service_env("10.242.0.1", 443),
-    )  # fmt: skip
+    )
     assert env["A"] == "a"
     assert env["B"] == "a-v-10.242.0.1-$(NOPE)"
     assert env["CM_k"] == "v"
@@ -129,9 +133,17 @@ def test_field_ref_maps_only_in_volumes() -> None:
 
 @pytest.mark.parametrize(
     ("q", "value"),
-    [("500m", Fraction(1, 2)), ("1Gi", 2**30), ("2", 2), ("1.5", Fraction(3, 2)), ("1e3", 1000), ("128974848", 128974848),
-     ("129M", 129 * 10**6), ("100Ki", 102400)],
-)  # fmt: skip
+    [
+        ("500m", Fraction(1, 2)),
+        ("1Gi", 2**30),
+        ("2", 2),
+        ("1.5", Fraction(3, 2)),
+        ("1e3", 1000),
+        ("128974848", 128974848),
+        ("129M", 129 * 10**6),
+        ("100Ki", 102400),
+    ],
+)
 def test_parse_quantity(q: str, value: Fraction) -> None:
     assert parse_quantity(q) == value
 
@@ -157,9 +169,18 @@ def test_command_line_expands_and_requires_command() -> None:
 
 
 def test_referenced_objects() -> None:
-    pod = {"spec": {"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "s1"}}],
-                                    "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "c1", "key": "k"}}}]}],
-                    "initContainers": [{"name": "i", "envFrom": [{"configMapRef": {"name": "c2"}}]}]}}  # fmt: skip
+    pod = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "envFrom": [{"secretRef": {"name": "s1"}}],
+                    "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "c1", "key": "k"}}}],
+                }
+            ],
+            "initContainers": [{"name": "i", "envFrom": [{"configMapRef": {"name": "c2"}}]}],
+        }
+    }
     assert referenced_objects(pod) == ({"c1", "c2"}, {"s1"})
 
 
@@ -184,9 +205,7 @@ def test_cores_device_alignment_and_persistence() -> None:
     assert a.allocate("dev", 2, align=2) == (2, 2)
     b = CoreAllocator.from_json(a.to_json(), 8)
     assert b.in_use() == {"x": "0", "dev": "2-3"}
-    assert CoreAllocator.from_json(a.to_json(), 2).in_use() == {
-        "x": "0"
-    }  # entries beyond the new total are dropped
+    assert CoreAllocator.from_json(a.to_json(), 2).in_use() == {"x": "0"}  # entries beyond the new total are dropped
 
 
 def test_requested_cores_and_formats() -> None:
@@ -215,9 +234,9 @@ def test_ipam_lowest_free_and_persistence() -> None:
     ipam.release("p1")
     assert ipam.allocate("p6") == "10.242.0.3"
     assert Ipam.from_json("10.242.0.0/29", ipam.to_json()).allocations() == ipam.allocations()
-    assert Ipam(
-        "10.242.0.0/29", {"bad": "10.9.9.9", "dup": "10.242.0.2", "dup2": "10.242.0.2"}
-    ).allocations() == {"dup": "10.242.0.2"}
+    assert Ipam("10.242.0.0/29", {"bad": "10.9.9.9", "dup": "10.242.0.2", "dup2": "10.242.0.2"}).allocations() == {
+        "dup": "10.242.0.2"
+    }
 
 
 def test_names_are_per_cidr_and_fit_linux_limits() -> None:
@@ -250,9 +269,17 @@ def test_render_configmap_secret_downward() -> None:
     with pytest.raises(VolumeError, match="secret 's' not found"):
         render_secret(None, {"secretName": "s"}, 0o644, "v")
     files = render_downward(
-        POD, {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-                        {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}, 0o644, {}, "v",
-    )  # fmt: skip
+        POD,
+        {
+            "items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}},
+            ]
+        },
+        0o644,
+        {},
+        "v",
+    )
     assert files["labels"][0] == b'app="x"\ntier="web"'
     assert files["ns"][0] == b"ns"
 

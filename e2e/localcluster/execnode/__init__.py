@@ -6,7 +6,8 @@ like a kubelet; ``python -m localcluster.execnode cleanup ...`` removes everythi
 even after a SIGKILL.
 
 What it does
-- Registers the Node (labels ``kubernetes.io/{hostname,os,arch}``, ``node.kubernetes.io/instance-type=local.exec``,
+- Registers the Node (labels ``kubernetes.io/{hostname,os,arch}``,
+  ``node.kubernetes.io/instance-type=local.exec``,
   ``neuron.dev/local-exec=true``; taint ``neuron.dev/local-exec=true:NoSchedule``; cpu/memory of the host,
   ``pods=32``, ``aws.amazon.com/neuroncore=--cores``, ``aws.amazon.com/neuron=ceil(cores/2)``), renews its
   Lease in ``kube-node-lease`` every 10 s and its status every 60 s; InternalIP = the bridge address.
@@ -22,7 +23,8 @@ What it does
   (``readOnly``, ``subPath``/``subPathExpr``): emptyDir, configMap, secret, downwardAPI, projected
   (serviceAccountToken via TokenRequest bound to the pod, refreshed at 80 % of its lifetime; configMap;
   secret; downwardAPI), persistentVolumeClaim (the path of a bound hostPath/local PV, else one directory
-  per claim under ``<state>/pvc/``; the scheduler wants the claim Bound, so pre-bind it to a PV), hostPath. A per-container file is bound at ``terminationMessagePath``.
+  per claim under ``<state>/pvc/``; the scheduler wants the claim Bound, so pre-bind it to a PV), hostPath.
+  A per-container file is bound at ``terminationMessagePath``.
 - NeuronCores (``cores``): ``aws.amazon.com/neuroncore: N`` → N contiguous core ids in
   ``NEURON_RT_VISIBLE_CORES`` as a range (``"2"``, ``"2-3"``; the device plugin writes ``"2,3"``);
   ``aws.amazon.com/neuron: D`` → the 2·D cores of D whole devices. Released when the pod terminates;
@@ -34,7 +36,8 @@ What it does
   startTime — patched on ``pods/status`` only when they change. Deletion: preStop (exec/httpGet/sleep) →
   SIGTERM to the container's process group → SIGKILL when the grace period is over → delete with
   ``gracePeriodSeconds=0``. A command that cannot be executed ends as exit code 127, reason ``StartError``.
-- Logs: ``<state>/pods/<namespace>_<pod>_<uid>/<container>.log`` (stdout and stderr, appended across restarts).
+- Logs: ``<state>/pods/<namespace>_<pod>_<uid>/<container>.log`` (stdout and stderr together, appended
+  across restarts).
 
 What it does NOT do
 - No images: ``image`` is recorded in the status and otherwise ignored; ``command`` is required.

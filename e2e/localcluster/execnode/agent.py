@@ -1,6 +1,6 @@
-"""The exec node's agent: registers the Node, keeps it Ready (Lease + status heartbeats), watches the pods bound
-to it and runs one ``PodWorker`` per pod. Also owns the shared host state: bridge, API forwarder, IPAM and the
-NeuronCore allocator (both persisted under the state dir, so allocations survive a restart).
+"""The exec node's agent: registers the Node, keeps it Ready (Lease + status heartbeats), watches the pods
+bound to it and runs one ``PodWorker`` per pod. Also owns the shared host state: bridge, API forwarder,
+IPAM and the NeuronCore allocator (both persisted under the state dir, so allocations survive a restart).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,12 @@ class ApiFetcher:
         return await self._get(PersistentVolume, None, name)
 
     async def token(
-        self, namespace: str, service_account: str, pod: dict[str, Any], audience: str | None, expiration: int
+        self,
+        namespace: str,
+        service_account: str,
+        pod: Mapping[str, Any],
+        audience: str | None,
+        expiration: int,
     ) -> tuple[str, float]:
         body = ServiceAccountToken.from_dict(
             {
@@ -249,17 +255,34 @@ class Agent:
             "capacity": self._resources(),
             "allocatable": self._resources(),
             "conditions": [
-                {"type": t, "status": s, "reason": r, "message": m, "lastHeartbeatTime": now, "lastTransitionTime": self._node_since}
+                {
+                    "type": t,
+                    "status": s,
+                    "reason": r,
+                    "message": m,
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": self._node_since,
+                }
                 for t, s, r, m in conds
             ],
-            "addresses": [{"type": "InternalIP", "address": self.host_ip}, {"type": "Hostname", "address": self.node_name}],
+            "addresses": [
+                {"type": "InternalIP", "address": self.host_ip},
+                {"type": "Hostname", "address": self.node_name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
             "nodeInfo": {
-                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "v0.0.0-localexec",
-                "kubeProxyVersion": "", "kernelVersion": uname.release, "osImage": "local exec node (host processes)",
-                "containerRuntimeVersion": "execnode://0", "machineID": "", "systemUUID": "", "bootID": "",
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "v0.0.0-localexec",
+                "kubeProxyVersion": "",
+                "kernelVersion": uname.release,
+                "osImage": "local exec node (host processes)",
+                "containerRuntimeVersion": "execnode://0",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
             },
-        }  # fmt: skip
+        }
 
     async def register(self) -> None:
         self._node_since = micro_now()[:19] + "Z"
@@ -387,7 +410,7 @@ class Agent:
             for key in list(self.ipam.allocations()):
                 if key not in active:
                     self.ipam.release(key)
-            for key in self.cores.keys():
+            for key in self.cores.keys():  # noqa: SIM118 - a list copy, we release while iterating
                 if key.split("/")[0] not in active:
                     self.cores.release(key)
             self.persist()
@@ -449,10 +472,14 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
-            *(w.shutdown(min(self.cfg.stop_grace, float(w.pod["spec"].get("terminationGracePeriodSeconds", 30))))
-              for w in list(self.workers.values())),
+            *(
+                w.shutdown(
+                    min(self.cfg.stop_grace, float(w.pod["spec"].get("terminationGracePeriodSeconds", 30)))
+                )
+                for w in list(self.workers.values())
+            ),
             return_exceptions=True,
-        )  # fmt: skip
+        )
         await self.forwarder.stop()
         kill_recorded(self.state_dir)
         await asyncio.to_thread(self.net.cleanup)
@@ -463,7 +490,7 @@ class Agent:
 
 
 def cleanup(state_dir: Path, pod_cidr: str) -> list[str]:
-    """Everything ``run`` created on the host, even after a SIGKILL: pod processes, namespaces, veths, bridge."""
+    """Remove what ``run`` created on the host, even after a SIGKILL: processes, namespaces, veths, bridge."""
     net = HostNetwork(pod_cidr)
     n = kill_recorded(state_dir) if state_dir.exists() else 0
     lock = CidrLock(pod_cidr, state_dir)

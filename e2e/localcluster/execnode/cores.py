@@ -41,7 +41,8 @@ def requested_cores(container: Mapping[str, Any], cores_per_device: int = 2) -> 
     d = int(str(limits.get(NEURON_DEVICE, 0)))
     if n and d:
         raise ValueError(
-            f"containers[{container.get('name')}].resources: request either {NEURONCORE} or {NEURON_DEVICE}, not both"
+            f"containers[{container.get('name')}].resources: "
+            f"request either {NEURONCORE} or {NEURON_DEVICE}, not both"
         )
     if d:
         return d * cores_per_device, cores_per_device

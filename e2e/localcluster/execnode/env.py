@@ -54,10 +54,23 @@ def expand(text: str, lookup: Callable[[str], str | None] | Mapping[str, str]) -
 
 # ------------------------------------------------------------------------------------------- quantities
 _SUFFIX = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m": Fraction(1, 1000), "": 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-}  # fmt: skip
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Fraction(1, 10**9),
+    "u": Fraction(1, 10**6),
+    "m": Fraction(1, 1000),
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+}
 _QTY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?)$")
 
 
@@ -260,6 +273,7 @@ def command_line(container: Obj, env: Mapping[str, str]) -> list[str]:
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
     if not container.get("command"):
         raise EnvError(
-            f"containers[{container.get('name')}].command: required on the local exec node (images are not run)"
+            f"containers[{container.get('name')}].command: "
+            "required on the local exec node (images are not run)"
         )
     return [expand(a, env) for a in argv]

@@ -113,7 +113,7 @@ class Ipam:
 
 # ------------------------------------------------------------------------------------------- host side
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
     return proc
@@ -151,8 +151,15 @@ class HostNetwork:
         return NETNS_DIR / ns
 
     def remove_pod(self, pod_uid: str, ip: str | None) -> None:
+        """Kill whatever still runs in the pod's namespace, then delete it and its veth."""
+        import os
+        import signal
+
         ns = self.names.netns(pod_uid)
         if (NETNS_DIR / ns).exists():
+            for pid in self.netns_pids(ns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             _ip("netns", "delete", ns, check=False)
         if ip:
             _ip("link", "del", self.names.veth(ip), check=False)
@@ -162,7 +169,7 @@ class HostNetwork:
         return [int(p) for p in out.split()]
 
     def cleanup(self) -> list[str]:
-        """Kill every process in our namespaces, delete them, the veths and the bridge. Returns what it removed."""
+        """Kill every process in our namespaces; delete them, the veths and the bridge. Returns what went."""
         import os
         import signal
 
@@ -231,13 +238,15 @@ def other_exec_bridges(mine: str) -> list[str]:
     """Bridges of other exec nodes on this host (so cleanup leaves shared things alone while they run)."""
     out = _ip("-j", "link", "show", "type", "bridge", check=False).stdout or "[]"
     return [
-        l["ifname"] for l in json.loads(out) if l.get("ifname", "").startswith("lcxb") and l["ifname"] != mine
+        link["ifname"]
+        for link in json.loads(out)
+        if link.get("ifname", "").startswith("lcxb") and link["ifname"] != mine
     ]
 
 
 # ------------------------------------------------------------------------------------------- forwarder
 class Forwarder:
-    """TCP relay ``listen_host:listen_port`` → ``target_host:target_port`` (the in-cluster apiserver address)."""
+    """TCP relay ``listen_host:listen_port`` → ``target_host:target_port`` (in-cluster apiserver address)."""
 
     def __init__(self, listen_host: str, listen_port: int, target_host: str, target_port: int) -> None:
         self.listen = (listen_host, listen_port)

@@ -97,6 +97,7 @@ class PodWorker:
         self.gone = False
         self.sandbox_error = ""
         self._released = False
+        self._setup_done = asyncio.Event()  # the sandbox step finished (or gave up): safe to tear down
         self._deleting = False
         self._adopt_previous(pod.get("status") or {})
 
@@ -161,7 +162,7 @@ class PodWorker:
         self.dirty.set()
 
     def _adopt_previous(self, status: dict[str, Any]) -> None:
-        """After an agent restart: keep restart counts; a container that was started before counts as restarted."""
+        """After an agent restart: keep restart counts; a container that had started counts as restarted."""
         prev = {
             s["name"]: s
             for s in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
@@ -177,9 +178,15 @@ class PodWorker:
                 if c.init and state["terminated"].get("exitCode") == 0:
                     c.state, c.final = dict(state), True
             elif "running" in state:
-                c.last_state = {"terminated": {"exitCode": 137, "reason": "Error",
-                    "message": "the exec node restarted; the container process was lost",
-                    "startedAt": state["running"].get("startedAt"), "finishedAt": now_iso()}}  # fmt: skip
+                c.last_state = {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "Error",
+                        "message": "the exec node restarted; the container process was lost",
+                        "startedAt": state["running"].get("startedAt"),
+                        "finishedAt": now_iso(),
+                    }
+                }
                 if self.restart_policy == "Never":
                     c.state, c.final = dict(c.last_state), True
                 else:
@@ -189,7 +196,10 @@ class PodWorker:
 
     # ------------------------------------------------------------------ lifecycle
     async def _run(self) -> None:
-        await self._setup_sandbox()
+        try:
+            await self._setup_sandbox()
+        finally:
+            self._setup_done.set()
         if self.stopping.is_set():
             return
         if not self.initialized:
@@ -288,9 +298,14 @@ class PodWorker:
         sec_objs = {n: await a.fetcher.secret(self.ns, n) for n in secrets}
         base = {**a.base_env, "HOSTNAME": self.name}
         env = envmod.container_env(
-            self.pod, c.spec, configmaps=cm_objs, secrets=sec_objs, base=base,
-            service_env=a.service_env, node_allocatable=a.node_allocatable,
-        )  # fmt: skip
+            self.pod,
+            c.spec,
+            configmaps=cm_objs,
+            secrets=sec_objs,
+            base=base,
+            service_env=a.service_env,
+            node_allocatable=a.node_allocatable,
+        )
         alloc = a.cores.get(f"{self.uid}/{c.name}")
         if alloc:
             env["NEURON_RT_VISIBLE_CORES"] = format_range(*alloc)
@@ -317,17 +332,27 @@ class PodWorker:
         (d / "start-error").unlink(missing_ok=True)
         spec = {
             "netns": None if self.host_network else str(self.agent.net.netns_path(self.uid)),
-            "mounts": mounts, "argv": argv, "env": env, "cwd": c.spec.get("workingDir") or "/",
-            "start_error_file": str(d / "start-error"), "created_paths_file": str(self.agent.created_paths),
-        }  # fmt: skip
+            "mounts": mounts,
+            "argv": argv,
+            "env": env,
+            "cwd": c.spec.get("workingDir") or "/",
+            "start_error_file": str(d / "start-error"),
+            "created_paths_file": str(self.agent.created_paths),
+        }
         (d / "launch.json").write_text(json.dumps(spec))
-        logf = open(self.dir / f"{c.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        logf = open(self.dir / f"{c.name}.log", "ab")  # noqa: SIM115, ASYNC230 - a local file, handed to the child
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.agent.python, "-I", "-S", str(LAUNCH), str(d / "launch.json"),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=asyncio.subprocess.STDOUT,
+                self.agent.python,
+                "-I",
+                "-S",
+                str(LAUNCH),
+                str(d / "launch.json"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         finally:
             logf.close()
         (d / "pid").write_text(str(proc.pid))
@@ -341,21 +366,15 @@ class PodWorker:
             started_at = now_iso()
             t0 = time.monotonic()
             result = await self._launch(c)
-            if isinstance(result, str):
-                if result.startswith("CreateContainerConfigError"):
-                    c.state = {
-                        "waiting": {
-                            "reason": "CreateContainerConfigError",
-                            "message": result.split(": ", 1)[1],
-                        }
-                    }
-                    self._changed()
-                    if await self._sleep_or_stop(backoff):
-                        return
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-            proc = result if not isinstance(result, str) else None
-            assert proc is not None
+            if isinstance(result, str):  # CreateContainerConfigError: retried with back-off
+                reason, _, message = result.partition(": ")
+                c.state = {"waiting": {"reason": reason, "message": message}}
+                self._changed()
+                if await self._sleep_or_stop(backoff):
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            proc = result
             c.proc = proc
             c.container_id = f"execnode://{self.uid[:8]}-{c.name}-{proc.pid}"
             c.state = {"running": {"startedAt": started_at}}
@@ -384,7 +403,10 @@ class PodWorker:
             # kubelet restarts the first time at once, then waits base, 2*base, ... up to 5 minutes.
             delay = 0.0 if restarts == 0 else backoff
             if delay:
-                message = f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.name}_{self.ns}({self.uid})"
+                message = (
+                    f"back-off {delay:.0f}s restarting failed container={c.name} "
+                    f"pod={self.name}_{self.ns}({self.uid})"
+                )
                 c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
                 self._changed()
                 if await self._sleep_or_stop(delay):
@@ -405,9 +427,14 @@ class PodWorker:
         d = self._ctr_dir(c)
         start_error = d / "start-error"
         if code in (126, 127, 128) and start_error.exists():
-            return {"exitCode": 128 if code == 128 else code, "reason": "StartError",
-                    "message": start_error.read_text()[:MAX_MESSAGE], "startedAt": "1970-01-01T00:00:00Z",
-                    "finishedAt": now_iso(), "containerID": c.container_id}  # fmt: skip
+            return {
+                "exitCode": 128 if code == 128 else code,
+                "reason": "StartError",
+                "message": start_error.read_text()[:MAX_MESSAGE],
+                "startedAt": "1970-01-01T00:00:00Z",
+                "finishedAt": now_iso(),
+                "containerID": c.container_id,
+            }
         exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128+N, like runc
         try:
             with open(d / "termination-log", "rb") as f:
@@ -425,9 +452,12 @@ class PodWorker:
             except OSError:
                 pass
         out: dict[str, Any] = {
-            "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-            "startedAt": started_at, "finishedAt": now_iso(), "containerID": c.container_id,
-        }  # fmt: skip
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": started_at,
+            "finishedAt": now_iso(),
+            "containerID": c.container_id,
+        }
         if exit_code < 0 or code < 0:
             out["signal"] = -code
         if message:
@@ -436,7 +466,7 @@ class PodWorker:
 
     # ------------------------------------------------------------------ probes
     def _exec_runner(self, c: Ctr, proc: asyncio.subprocess.Process) -> probes.ExecRunner:
-        async def run(cmd: list[str], timeout: float) -> tuple[bool, str]:
+        async def run(cmd: list[str], timeout: float) -> tuple[bool, str]:  # noqa: ASYNC109 - kubelet's timeoutSeconds
             if not cmd:
                 return False, "exec: empty command"
             d = self._ctr_dir(c)
@@ -444,10 +474,16 @@ class PodWorker:
             path = d / f"exec-{os.getpid()}-{time.monotonic_ns()}.json"
             path.write_text(json.dumps(spec))
             p = await asyncio.create_subprocess_exec(
-                self.agent.python, "-I", "-S", str(LAUNCH), str(path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                self.agent.python,
+                "-I",
+                "-S",
+                str(LAUNCH),
+                str(path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
             try:
                 out, _ = await asyncio.wait_for(p.communicate(), timeout)
             except TimeoutError:
@@ -491,8 +527,10 @@ class PodWorker:
                             "pod %s/%s: %s probe of %s failed: %s", self.ns, self.name, kind, c.name, msg
                         )
                         c.kill_reason = f"{kind} probe failed: {msg}"
-                        grace = probe.get("terminationGracePeriodSeconds",
-                                          self.pod["spec"].get("terminationGracePeriodSeconds", 30))  # fmt: skip
+                        grace = probe.get(
+                            "terminationGracePeriodSeconds",
+                            self.pod["spec"].get("terminationGracePeriodSeconds", 30),
+                        )
                         await self._kill(proc, float(grace))
                         return
                 await asyncio.sleep(period)
@@ -557,6 +595,15 @@ class PodWorker:
         if self._released:
             return
         self._released = True
+        if (
+            self.stopping.is_set()
+        ):  # let a sandbox step in flight finish, so nothing is created after teardown
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._setup_done.wait(), 30)
+        for c in [*self.inits, *self.apps]:  # a container launched while we were stopping
+            if c.proc is not None and c.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(c.proc.pid, signal.SIGKILL)
         a = self.agent
         if not self.host_network:
             ip = a.ipam.get(self.uid)
@@ -582,10 +629,15 @@ class PodWorker:
         if self.sandbox_error and "waiting" in state:
             state = {"waiting": {"reason": "ContainerCreating", "message": self.sandbox_error}}
         out: dict[str, Any] = {
-            "name": c.name, "state": state, "lastState": c.last_state, "ready": c.ready,
-            "restartCount": c.restart_count, "image": c.spec.get("image", ""),
-            "imageID": f"execnode://{c.spec.get('image', '')}", "started": "running" in state and c.started is True,
-        }  # fmt: skip
+            "name": c.name,
+            "state": state,
+            "lastState": c.last_state,
+            "ready": c.ready,
+            "restartCount": c.restart_count,
+            "image": c.spec.get("image", ""),
+            "imageID": f"execnode://{c.spec.get('image', '')}",
+            "started": "running" in state and c.started is True,
+        }
         if c.container_id:
             out["containerID"] = c.container_id
         return out

@@ -1,5 +1,6 @@
 """Probe handlers of the local exec node: httpGet and tcpSocket from the host to the pod IP, exec inside the
-container's namespaces (through ``launch.py``), plus the per-probe threshold bookkeeping (pure ``ProbeState``).
+container's namespaces (through ``launch.py``), plus the per-probe threshold bookkeeping (the pure
+``ProbeState``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ async def http_get(
     path: str = "/",
     *,
     scheme: str = "HTTP",
-    headers: Obj | None = None,
-    timeout: float = 1,
+    headers: list[Obj] | None = None,
+    timeout: float = 1,  # noqa: ASYNC109 - the probe's timeoutSeconds
 ) -> tuple[bool, str]:
     """kubelet semantics: success on 200 <= status < 400 (redirects are not followed)."""
     ctx = None
@@ -47,7 +48,7 @@ async def http_get(
                 "Accept": "*/*",
                 "Connection": "close",
             }
-            hdrs.update({h["name"]: h["value"] for h in (headers or [])})  # type: ignore[union-attr]
+            hdrs.update({h["name"]: h["value"] for h in (headers or [])})
             req = (
                 f"GET {path or '/'} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
             )
@@ -67,7 +68,7 @@ async def http_get(
         return False, f'Get "{scheme.lower()}://{host}:{port}{path}": {exc or type(exc).__name__}'
 
 
-async def tcp_socket(host: str, port: int, timeout: float = 1) -> tuple[bool, str]:
+async def tcp_socket(host: str, port: int, timeout: float = 1) -> tuple[bool, str]:  # noqa: ASYNC109
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (TimeoutError, OSError) as exc:
@@ -110,9 +111,13 @@ async def run_probe(probe: Obj, container: Obj, pod_ip: str, exec_runner: ExecRu
     if "httpGet" in probe:
         h = probe["httpGet"]
         return await http_get(
-            h.get("host") or pod_ip, resolve_port(h["port"], container), h.get("path", "/"),
-            scheme=h.get("scheme", "HTTP"), headers=h.get("httpHeaders"), timeout=timeout,
-        )  # fmt: skip
+            h.get("host") or pod_ip,
+            resolve_port(h["port"], container),
+            h.get("path", "/"),
+            scheme=h.get("scheme", "HTTP"),
+            headers=h.get("httpHeaders"),
+            timeout=timeout,
+        )
     if "tcpSocket" in probe:
         t = probe["tcpSocket"]
         return await tcp_socket(t.get("host") or pod_ip, resolve_port(t["port"], container), timeout)

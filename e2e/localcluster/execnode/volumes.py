@@ -10,6 +10,7 @@ projected volume comes from the TokenRequest API bound to the pod and is rewritt
 ``Fetcher``.
 """
 
+# ruff: noqa: ASYNC240 - small local files and mkdirs; not worth a thread hop each
 from __future__ import annotations
 
 import base64
@@ -105,7 +106,7 @@ def render_downward(
 
 
 def write_files(root: Path, files: Files) -> None:
-    """Write ``files`` under ``root`` atomically (temp file + rename), so readers never see partial content."""
+    """Write ``files`` under ``root`` atomically (temp file + rename): readers never see partial content."""
     root.mkdir(parents=True, exist_ok=True)
     for rel, (content, mode) in files.items():
         if rel.startswith("/") or ".." in Path(rel).parts:
@@ -189,13 +190,10 @@ async def prepare(
                 if (pvc.get("spec") or {}).get("volumeName")
                 else None
             )
-            local = ((pv or {}).get("spec") or {}).get("hostPath") or ((pv or {}).get("spec") or {}).get(
-                "local"
-            )
-            if local:  # a hostPath/local PV: its path is on this host
-                target = Path(local["path"])
-            else:  # anything else (CSI, NFS, ...): one directory per claim that outlives the pods
-                target = pvc_root / f"{ns}_{claim}_{pvc['metadata']['uid']}"
+            pv_spec = (pv or {}).get("spec") or {}
+            local = pv_spec.get("hostPath") or pv_spec.get("local")
+            # A hostPath/local PV lives on this host; any other kind gets one directory per claim.
+            target = Path(local["path"]) if local else pvc_root / f"{ns}_{claim}_{pvc['metadata']['uid']}"
             target.mkdir(parents=True, exist_ok=True)
         elif kind == "configMap":
             cm = await fetch.configmap(ns, src.get("name", ""))
