@@ -50,24 +50,6 @@ POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "met
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture(scope="module", autouse=True)
-def _nodes_schedulable(cluster: Any) -> None:
-    """WORKAROUND until cluster.py runs kube-controller-manager with ``--use-service-account-credentials=true``:
-    with its own identity the node-lifecycle and EndpointSlice controllers lack RBAC, so the
-    ``node.kubernetes.io/not-ready`` taint added at registration is never removed."""
-    can = cluster.kubectl("auth", "can-i", "patch", "nodes", "--as=system:kube-controller-manager", check=False)
-    if can.stdout.strip() != "yes":
-        cluster.kubectl(
-            "create",
-            "clusterrolebinding",
-            "execnode-tests-kcm",
-            "--clusterrole=cluster-admin",
-            "--user=system:kube-controller-manager",
-            check=False,
-        )
-    cluster.kubectl("taint", "node", NODE, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
-
-
 def create(kube: Client, namespace: str, *objs: dict[str, Any]) -> None:
     for obj in objs:
         kube.create(codecs.from_dict({**obj, "metadata": {**obj["metadata"], "namespace": namespace}}))

@@ -36,6 +36,12 @@ What it does
   startTime — patched on ``pods/status`` only when they change. Deletion: preStop (exec/httpGet/sleep) →
   SIGTERM to the container's process group → SIGKILL when the grace period is over → delete with
   ``gracePeriodSeconds=0``. A command that cannot be executed ends as exit code 127, reason ``StartError``.
+- Restarts of the agent: SIGTERM stops all pods (at most 5 s grace) and removes the bridge; a new ``run``
+  on the same state dir keeps each pod's IP and NeuronCores and starts its containers again (the lost
+  instance shows as ``lastState.terminated`` exit 137, ``restartCount`` + 1; ``restartPolicy: Never``
+  containers end Failed instead). Containers also die with the agent (``PR_SET_PDEATHSIG``).
+- One exec node per pod CIDR on a host: an flock on ``/run/localcluster-execnode/<tag>.lock`` makes a
+  second ``run`` refuse and keeps ``cleanup`` of another cluster off a live node's network.
 - Logs: ``<state>/pods/<namespace>_<pod>_<uid>/<container>.log`` (stdout and stderr together, appended
   across restarts).
 
