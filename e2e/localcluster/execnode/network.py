@@ -234,6 +234,18 @@ class CidrLock:
             self._fd = None
 
 
+def cidr_available(cidr: str) -> bool:
+    """Whether no live exec node holds ``cidr`` on this host (for callers picking a CIDR, e.g. test sessions)."""
+    lock = CidrLock(cidr, Path("/nonexistent"))
+    try:
+        lock.acquire()
+    except CidrInUse:
+        return False
+    lock.path.unlink(missing_ok=True)  # we held it, so nobody else uses this file
+    lock.release()
+    return True
+
+
 def other_exec_bridges(mine: str) -> list[str]:
     """Bridges of other exec nodes on this host (so cleanup leaves shared things alone while they run)."""
     out = _ip("-j", "link", "show", "type", "bridge", check=False).stdout or "[]"
