@@ -7,7 +7,6 @@ included, applied as they are with server-side apply.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -153,7 +152,10 @@ def build_deployment(
         "volumeMounts": [
             {
                 "name": "artifacts",
-                "mountPath": posixpath.dirname(artifact.directory.rstrip("/")),
+                # The claim's root, where the compile Job mounts it too: artifact.directory is
+                # <mount>/<storage.pvc.path>/<cacheKey>, so mounting the claim any deeper would look for
+                # the artifact in the wrong directory of the volume.
+                "mountPath": settings.artifact_mount_path,
                 "readOnly": True,
             },
             {"name": "scratch", "mountPath": SCRATCH_MOUNT},
