@@ -162,7 +162,7 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
         )
     node_selector = dict(compiler.node_selector or settings.compile_node_selector)
     tolerations = (
-        [t.model_dump(by_alias=True, exclude_none=True) for t in compiler.tolerations]
+        [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compiler.tolerations]
         if compiler.tolerations
         else list(settings.compile_tolerations)
     )

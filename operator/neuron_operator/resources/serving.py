@@ -128,7 +128,7 @@ def build_deployment(
     }
     pod_labels = {**(pod_over.labels if pod_over and pod_over.labels else {}), **labels}
     tolerations = (
-        [t.model_dump(by_alias=True, exclude_none=True) for t in (pod_over.tolerations or [])]
+        [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in (pod_over.tolerations or [])]
         if pod_over
         else []
     )
