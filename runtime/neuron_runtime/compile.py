@@ -147,6 +147,8 @@ def trace_for_target(request: CompileRequest, model: Any, inputs: Sequence[Any])
     from neuron_runtime import neuron  # noqa: PLC0415
 
     if request.target == "cpu":
+        if isinstance(model, torch.jit.ScriptModule):
+            return model  # already TorchScript: tracing would be a no-op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.trace(model, tuple(inputs), check_trace=False, _store_inputs=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 
 import torch
@@ -89,6 +90,11 @@ class ServedModel:
         cores = placement.visible_cores(manifest.target)
         slots = placement.plan(settings.placement, cores)
         pool = WorkerPool.load(settings.artifact_dir, manifest, slots, settings.pin_cpu_threads)
+        if manifest.target == "cpu" and settings.pin_cpu_threads and hasattr(os, "sched_setaffinity"):
+            host = pool.host_cores(set(os.sched_getaffinity(0)))
+            if host:
+                os.sched_setaffinity(0, host)  # this (the event loop's) thread only
+                log.info("event loop on CPUs %s", sorted(host))
         return cls(settings.model_name, manifest, digest, pool, settings.batching, metrics)
 
     def start(self) -> None:

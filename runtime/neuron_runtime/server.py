@@ -38,6 +38,7 @@ from neuron_runtime.tensors import OIP_DATATYPES
 log = logging.getLogger("neuron_runtime.server")
 
 MODEL_VERSION = "1"
+SWITCH_INTERVAL_S = 0.0002
 JSON = "application/json"
 
 
@@ -232,14 +233,25 @@ def load_settings(config: Path | None) -> ServeSettings:
     return ServeSettings.model_validate(_FileUnderEnv(**data).model_dump())
 
 
-async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT (or `stop`), then drain; returns the exit code."""
+async def serve(
+    settings: ServeSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> int:
+    """Run the server until SIGTERM/SIGINT (or `stop`), then drain; returns the exit code.
+
+    `on_ready(port)` is called once the model is warm and ready (embedding and tests).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
+    # Workers need the GIL only briefly around each graph call; with the default 5 ms switch interval they can
+    # wait that long behind a busy event loop at every batch boundary (a convoy), leaving their core idle.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     model = ServedModel.load(settings, metrics)
     state = ServerState()
     app = build_app(model, settings, metrics, state)
@@ -258,6 +270,8 @@ async def serve(settings: ServeSettings, *, stop: asyncio.Event | None = None) -
         "model %s ready: %d worker(s), %d graph(s), warm-up %.2fs",
         model.name, len(model.pool.workers), len(model.manifest.graphs), time.perf_counter() - started,
     )
+    if on_ready is not None:
+        on_ready(port)
     await stop.wait()
     log.info("stopping: not ready; draining %d in-flight request(s)", state.in_flight)
     state.ready = False

@@ -113,6 +113,16 @@ class WorkerPool:
             log.info("worker %d: cores %s (start_nc=%d, nc_count=%d)", slot.index, slot.cores, slot.start_nc, slot.nc_count)
         return cls(workers)
 
+    def host_cores(self, allowed: set[int]) -> set[int]:
+        """CPUs no worker is pinned to: where the event loop (HTTP, JSON, batching) should run on `cpu`.
+
+        This mirrors a Neuron host, where graphs run on NeuronCores and the host CPUs do the serving work; on a
+        plain CPU it keeps the event loop from stealing cycles from (and fighting for the GIL with) a worker
+        on the same core. Empty when the workers use every allowed CPU.
+        """
+        used = {core for worker in self.workers for core in worker.slot.cores}
+        return allowed - used
+
     def least_loaded(self) -> Worker:
         """The worker with the fewest queued jobs; ties rotate so idle workers share the load evenly."""
         n = len(self.workers)

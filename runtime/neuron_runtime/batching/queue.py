@@ -30,6 +30,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 Clock = Callable[[], float]
+_EPSILON = 1e-9  # clock arithmetic slack: 100.0 + 0.005 - 100.0 < 0.005 in floating point
 
 
 class QueueFull(RuntimeError):
@@ -171,7 +172,7 @@ class Batcher(Generic[T, R]):
             self._closing
             or queue.rows >= self._config.max_batch_size
             or queue.rows in self._preferred
-            or now - head.enqueued >= self._max_delay
+            or now - head.enqueued >= self._max_delay - _EPSILON
         )
 
     def _next(self, now: float) -> tuple[Hashable | None, float | None]:

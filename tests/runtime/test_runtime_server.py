@@ -1,0 +1,259 @@
+"""The OIP v2 server end to end: tritonclient and kserve clients (JSON and binary tensors), health bodies,
+malformed requests (4xx, never 500, other clients unaffected), overload (429, nothing accepted is lost),
+deadlines (504) and a failing batch (only its own requests fail)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+from runtime_cases import BERT_ARGS, MLP_ARGS, ServerThread, running_server
+
+from neuron_runtime import zoo
+from neuron_runtime.compile import CompileResult, compile_artifact
+from neuron_runtime.config import CompileRequest
+from neuron_runtime.workers import Worker
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll `predicate` until true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def mlp_server(mlp_artifact: CompileResult) -> Iterator[ServerThread]:
+    with running_server(mlp_artifact, model_name="mlp", batching={"max_batch_size": 4, "max_delay_ms": 2}) as s:
+        yield s
+
+
+def eager_mlp(x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return zoo.tiny_mlp(**MLP_ARGS)(torch.from_numpy(x)).numpy()
+
+
+def test_health_and_metadata_are_json(mlp_server: ServerThread) -> None:
+    with httpx.Client(base_url=mlp_server.url) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        assert client.get("/v2/models/mlp/ready").json() == {"name": "mlp", "ready": True}
+        server = client.get("/v2").json()
+        assert server["name"] == "neuron-runtime" and "binary_tensor_data" in server["extensions"]
+        meta = client.get("/v2/models/mlp").json()
+        assert meta["platform"] == "pytorch_torchscript"
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}]
+        assert meta["outputs"] == [{"name": "output0", "datatype": "FP32", "shape": [-1, 3]}]
+        assert client.get("/v2/models/mlp/versions/1").status_code == 200
+        missing = client.get("/v2/models/other")
+        assert missing.status_code == 404 and "unknown model 'other'" in missing.json()["error"]
+        assert client.get("/v2/models/mlp/versions/7/ready").status_code == 404
+        assert client.get("/nope").json() == {"error": "404: Not Found"}
+        metrics = client.get("/metrics").text
+        for name in ["neuron_runtime_request_duration_seconds", "neuron_runtime_queue_wait_seconds",
+                     "neuron_runtime_batch_size_rows", "neuron_runtime_batch_padding_ratio",
+                     "neuron_runtime_worker_busy_seconds_total", "neuron_runtime_queue_depth_rows",
+                     "neuron_runtime_rejections_total"]:
+            assert name in metrics
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_infer(mlp_server: ServerThread, binary: bool) -> None:
+    client = triton.InferenceServerClient(url=mlp_server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp")
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    inp = triton.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("output0", binary_data=binary)]
+    result = client.infer("mlp", [inp], request_id="abc", outputs=outputs)
+    np.testing.assert_allclose(result.as_numpy("output0"), eager_mlp(x), rtol=1e-5, atol=1e-5)
+    assert result.get_response()["id"] == "abc"
+    # default tritonclient call: no outputs listed -> binary outputs requested
+    result = client.infer("mlp", [inp])
+    np.testing.assert_allclose(result.as_numpy("output0"), eager_mlp(x), rtol=1e-5, atol=1e-5)
+    assert result.get_response()["id"] == ""
+    client.close()
+
+
+def test_tritonclient_rows_beyond_the_traced_batch_are_split(mlp_server: ServerThread) -> None:
+    client = triton.InferenceServerClient(url=mlp_server.url.removeprefix("http://"))
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    inp = triton.InferInput("x", [4, 8], "FP32")
+    inp.set_data_from_numpy(x)
+    np.testing.assert_allclose(client.infer("mlp", [inp]).as_numpy("output0"), eager_mlp(x), rtol=1e-5, atol=1e-5)
+    too_many = triton.InferInput("x", [5, 8], "FP32")
+    too_many.set_data_from_numpy(np.zeros((5, 8), np.float32))
+    with pytest.raises(triton.InferenceServerException, match="at most 4"):
+        client.infer("mlp", [too_many])
+    client.close()
+
+
+@pytest.mark.parametrize("binary", [False, True])
+async def test_kserve_client(mlp_server: ServerThread, binary: bool) -> None:
+    from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+    client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+    assert await client.is_server_live(mlp_server.url)
+    assert await client.is_server_ready(mlp_server.url)
+    assert await client.is_model_ready(mlp_server.url, "mlp")
+    x = np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32)
+    inp = InferInput("x", [2, 8], "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    response = await client.infer(mlp_server.url, InferRequest("mlp", [inp], request_id="k1"), model_name="mlp")
+    assert response.id == "k1"
+    np.testing.assert_allclose(response.outputs[0].as_numpy(), eager_mlp(x), rtol=1e-5, atol=1e-5)
+    await client.close()
+
+
+def test_bucketed_model_over_tritonclient(bert_artifact: CompileResult) -> None:
+    eager = zoo.bert_like(**BERT_ARGS)
+    with running_server(bert_artifact, model_name="bert", batching={"max_batch_size": 4, "max_delay_ms": 1}) as s:
+        client = triton.InferenceServerClient(url=s.url.removeprefix("http://"))
+        for length in (3, 8, 11, 16):
+            ids = np.arange(1, length + 1, dtype=np.int64).reshape(1, length) % 50
+            mask = np.ones_like(ids)
+            inputs = [triton.InferInput("input_ids", [1, length], "INT64"),
+                      triton.InferInput("attention_mask", [1, length], "INT64")]
+            inputs[0].set_data_from_numpy(ids)
+            inputs[1].set_data_from_numpy(mask)
+            got = client.infer("bert", inputs).as_numpy("output0")
+            with torch.inference_mode():
+                want = eager(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        client.close()
+
+
+GOOD = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}
+BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int, str]] = [
+    ("wrong shape", {}, b'{"inputs":[{"name":"x","shape":[1,7],"datatype":"FP32","data":[1,2,3,4,5,6,7]}]}',
+     400, "axis 1 must be 8"),
+    ("wrong dtype", {}, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"INT32","data":[1,2,3,4,5,6,7,8]}]}',
+     400, "does not match the model's 'FP32'"),
+    ("wrong name", {}, b'{"inputs":[{"name":"y","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}',
+     400, "unknown input 'y'"),
+    ("missing inputs", {}, b'{"id":"x"}', 400, "'inputs' must be a non-empty list"),
+    ("missing data", {}, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32"}]}', 400, "neither 'data'"),
+    ("garbage bytes", {}, bytes(range(256)), 400, "not valid JSON"),
+    ("garbage binary", {"Inference-Header-Content-Length": "10"}, b"\x00" * 64, 400, "not valid JSON"),
+    ("bad header length", {"Inference-Header-Content-Length": "-3"}, b"{}", 400, "outside the body"),
+    ("huge body", {}, b"[" + b"1," * 40_000 + b"1]", 413, "too large"),
+]
+
+
+@pytest.mark.parametrize(("label", "headers", "raw", "status", "fragment"), BAD_REQUESTS,
+                         ids=[b[0] for b in BAD_REQUESTS])
+async def test_malformed_requests_get_4xx_and_others_are_unaffected(
+    mlp_artifact: CompileResult, label: str, headers: dict[str, str], raw: bytes, status: int, fragment: str
+) -> None:
+    with running_server(mlp_artifact, model_name="mlp", max_request_bytes=64 * 1024,
+                        batching={"max_batch_size": 4, "max_delay_ms": 1}) as s:
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+            bad = client.post("/v2/models/mlp/infer", content=raw, headers=headers)
+            goods = [client.post("/v2/models/mlp/infer", json=GOOD) for _ in range(4)]
+            responses = await asyncio.gather(bad, *goods)
+        assert responses[0].status_code == status, responses[0].text
+        assert fragment in responses[0].json()["error"]
+        assert [r.status_code for r in responses[1:]] == [200] * 4
+
+
+def gate_workers(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Hold every batch on its worker thread until the returned event is set."""
+    gate = threading.Event()
+    original = Worker.run
+
+    def gated(self: Worker, job: Any) -> Any:
+        if not gate.wait(timeout=30):
+            raise TimeoutError("test gate never opened")
+        return original(self, job)
+
+    monkeypatch.setattr(Worker, "run", gated)
+    return gate
+
+
+async def metric(client: httpx.AsyncClient, name: str) -> float:
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_overload_gets_429_and_no_accepted_request_is_lost(
+    mlp_artifact: CompileResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = gate_workers(monkeypatch)
+    n = 40
+    with running_server(mlp_artifact, model_name="mlp", warmup_runs=0,
+                        batching={"max_batch_size": 4, "max_delay_ms": 1, "max_queue": 8}) as s:
+        limits = httpx.Limits(max_connections=n + 4)
+        async with httpx.AsyncClient(base_url=s.url, timeout=30, limits=limits) as client:
+            tasks = [asyncio.ensure_future(client.post("/v2/models/mlp/infer", json=GOOD)) for _ in range(n)]
+
+            async def all_answered_or_held() -> bool:
+                rejected = sum(1 for t in tasks if t.done() and t.result().status_code == 429)
+                held = await metric(client, "neuron_runtime_requests_in_flight")
+                return rejected > 0 and rejected + held == n
+
+            await until(all_answered_or_held, 30, "every request to be rejected or held by the gate")
+            gate.set()
+            responses = await asyncio.gather(*tasks)
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429}
+    assert 0 < codes.count(429) < n
+    assert all(r.headers["Retry-After"] == "1" for r in responses if r.status_code == 429)
+    assert all(r.json()["outputs"][0]["shape"] == [1, 3] for r in responses if r.status_code == 200)
+
+
+async def test_deadline_gives_504(mlp_artifact: CompileResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = gate_workers(monkeypatch)
+    with running_server(mlp_artifact, model_name="mlp", warmup_runs=0, batching={"max_delay_ms": 1}) as s:
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+            body = {**GOOD, "parameters": {"timeout": 50_000}}
+            response = await client.post("/v2/models/mlp/infer", json=body)
+            gate.set()
+            assert response.status_code == 504
+            assert "timed out after 50 ms" in response.json()["error"]
+            assert (await client.post("/v2/models/mlp/infer", json=GOOD)).status_code == 200
+
+
+class Picky(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < -1000.0).any()):
+            raise RuntimeError("poisoned row")
+        return x * 2.0
+
+
+async def test_failing_batch_fails_only_its_own_requests(tmp_path: Path) -> None:
+    scripted = torch.jit.script(Picky())
+    path = tmp_path / "picky.pt"
+    torch.jit.save(scripted, str(path))
+    import hashlib
+
+    request = CompileRequest.model_validate({
+        "source": {"kind": "torchscript", "uri": path.as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
+        "inputs": [{"name": "x", "shape": [2, 2], "dtype": "float32"}], "batch_size": 2, "target": "cpu",
+    })
+    artifact = compile_artifact(request, tmp_path / "artifacts")
+    with running_server(artifact, model_name="picky", batching={"max_batch_size": 2, "max_delay_ms": 60_000}) as s:
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+            def body(value: float) -> dict[str, Any]:
+                return {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [value, value]}]}
+
+            url = "/v2/models/picky/infer"
+            doomed = await asyncio.gather(client.post(url, json=body(1.0)), client.post(url, json=body(-5000.0)))
+            fine = await asyncio.gather(client.post(url, json=body(3.0)), client.post(url, json=body(4.0)))
+    assert [r.status_code for r in doomed] == [500, 500]
+    assert "poisoned row" in doomed[0].json()["error"]
+    assert [r.json()["outputs"][0]["data"] for r in fine] == [[6.0, 6.0], [8.0, 8.0]]
