@@ -138,8 +138,17 @@ def model_status(
 
 
 def _with_removals(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch turning ``prev`` into ``new``: stale keys are set to None (deleted)."""
-    patch = {k: v for k, v in new.items() if v is not None}
+    """A merge patch turning ``prev`` into ``new``: stale keys are set to None (deleted).
+
+    Recursive, because a JSON merge patch merges objects key by key: a key missing from a new
+    ``artifact`` or ``lastFailure`` would otherwise survive from the old one.
+    """
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        if v is None:
+            continue
+        old = prev.get(k)
+        patch[k] = _with_removals(old, v) if isinstance(v, dict) and isinstance(old, dict) else v
     for k in prev:
         if k not in patch:
             patch[k] = None

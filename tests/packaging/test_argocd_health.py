@@ -1,0 +1,133 @@
+"""The Argo CD health checks shipped in the chart (charts/neuron-operator/argocd/*.lua), run on sample
+NeuronModel / NeuronDeployment objects with Lua 5.1 (Argo CD's gopher-lua speaks 5.1).
+
+Needs the `lupa` package (PyPI, bundles Lua 5.1); without it these tests skip. The expected mapping is the
+one in the chart README ("Argo CD").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from chartkit import CHART
+
+lua51 = pytest.importorskip("lupa.lua51", reason="lupa (Lua for Python) is not installed")
+
+SCRIPTS = {
+    "NeuronModel": CHART / "argocd" / "neuronmodel-health.lua",
+    "NeuronDeployment": CHART / "argocd" / "neurondeployment-health.lua",
+}
+
+
+def cond(type_: str, status: str, reason: str = "Reason", generation: int | None = 3, message: str = "") -> dict:
+    c: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message}
+    if generation is not None:
+        c["observedGeneration"] = generation
+    return c
+
+
+def obj(kind: str, conditions: list[dict] | None, observed: int | None = 3, generation: int = 3) -> dict:
+    o: dict[str, Any] = {
+        "apiVersion": "neuron.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "m", "namespace": "ns", "generation": generation},
+    }
+    if conditions is not None:
+        o["status"] = {"conditions": conditions}
+        if observed is not None:
+            o["status"]["observedGeneration"] = observed
+    return o
+
+
+def health(kind: str, o: dict) -> tuple[str, str]:
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
+    runtime.globals().obj = runtime.table_from(o, recursive=True)
+    # Argo CD runs the script as a chunk with `obj` set and reads the table it returns.
+    result = runtime.execute(SCRIPTS[kind].read_text())
+    return result["status"], result["message"]
+
+
+BOTH = pytest.mark.parametrize("kind", sorted(SCRIPTS))
+
+
+@BOTH
+def test_ready_is_healthy(kind: str) -> None:
+    o = obj(kind, [cond("Ready", "True", "Compiled"), cond("Reconciling", "False"), cond("Stalled", "False")])
+    assert health(kind, o) == ("Healthy", "Compiled")
+
+
+@BOTH
+def test_stalled_is_degraded_with_reason_and_message(kind: str) -> None:
+    o = obj(
+        kind,
+        [
+            cond("Ready", "False", "CompileFailed"),
+            cond("Stalled", "True", "CompileFailed", message="neuronx-cc exited 70"),
+        ],
+    )
+    assert health(kind, o) == ("Degraded", "CompileFailed: neuronx-cc exited 70")
+
+
+@BOTH
+def test_reconciling_is_progressing(kind: str) -> None:
+    o = obj(
+        kind, [cond("Ready", "False", "Pending"), cond("Reconciling", "True", "Compiling"), cond("Stalled", "False")]
+    )
+    assert health(kind, o) == ("Progressing", "Compiling")
+
+
+@BOTH
+def test_ready_and_still_reconciling_is_progressing(kind: str) -> None:
+    o = obj(kind, [cond("Ready", "True", "ReplicasReady"), cond("Reconciling", "True", "Scaling")])
+    assert health(kind, o)[0] == "Progressing"
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "o_factory",
+    [
+        # the operator has not written status yet
+        lambda kind: obj(kind, None),
+        lambda kind: obj(kind, []),
+        # the spec changed (generation 4) but the status is from generation 3
+        lambda kind: obj(kind, [cond("Ready", "True")], observed=3, generation=4),
+        # no observedGeneration at all: nothing says the status is about this spec
+        lambda kind: obj(kind, [cond("Ready", "True", generation=None)], observed=None),
+        # status caught up but the Ready condition is stale
+        lambda kind: obj(kind, [cond("Ready", "True", generation=3)], observed=4, generation=4),
+    ],
+    ids=["no-status", "no-conditions", "stale-status", "no-observed-generation", "stale-ready"],
+)
+def test_not_yet_observed_is_progressing_never_healthy(kind: str, o_factory: Any) -> None:
+    status, message = health(kind, o_factory(kind))
+    assert status == "Progressing"
+    assert "Waiting for the operator" in message
+
+
+@BOTH
+def test_stale_stalled_does_not_degrade(kind: str) -> None:
+    """A Stalled=True from an older generation says nothing about the new spec."""
+    o = obj(
+        kind,
+        [cond("Stalled", "True", "InvalidSpec", generation=3), cond("Ready", "False", generation=3)],
+        observed=4,
+        generation=4,
+    )
+    assert health(kind, o)[0] == "Progressing"
+
+
+def test_suspended_deployment() -> None:
+    o = obj(
+        "NeuronDeployment",
+        [cond("Ready", "False", "Suspended"), cond("Reconciling", "False"), cond("Stalled", "False")],
+    )
+    assert health("NeuronDeployment", o) == ("Suspended", "Suspended")
+    # a NeuronModel has no suspend: the same conditions only mean "not ready yet"
+    assert health("NeuronModel", {**o, "kind": "NeuronModel"})[0] == "Progressing"
+
+
+@BOTH
+def test_ready_false_is_progressing_with_its_reason(kind: str) -> None:
+    o = obj(kind, [cond("Ready", "False", "ModelNotReady", message="model m is compiling")])
+    assert health(kind, o) == ("Progressing", "ModelNotReady: model m is compiling")
