@@ -44,6 +44,10 @@ NEURON_SCHEDULER_NAME = "my-scheduler"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "execnode")
 
 
+class ComponentDiedError(RuntimeError):
+    """A control-plane process exited while we waited for it (fatal: no point in waiting longer)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -248,9 +252,7 @@ class LocalCluster:
             indent=2,
         )
 
-    def _start(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             argv,
@@ -300,7 +302,7 @@ class LocalCluster:
         pid = self._pid(name)
         if pid is None or not _alive(pid):
             tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{name} exited during start-up; last log lines:\n{tail}")
+            raise ComponentDiedError(f"{name} exited during start-up; last log lines:\n{tail}")
 
     def _wait_https(self, name: str, url: str, timeout: float = 90, *, verify: bool = True) -> None:
         ctx = ssl.create_default_context(cafile=str(self._pki.ca.cert))
@@ -318,7 +320,7 @@ class LocalCluster:
             except OSError:
                 return False
 
-        until(ok, timeout=timeout, interval=0.1, what=f"{name} at {url}")
+        until(ok, timeout=timeout, interval=0.1, what=f"{name} at {url}", fatal=(ComponentDiedError,))
 
     def _start_etcd(self, tools: Tools) -> None:
         p = self.config.ports
@@ -347,7 +349,7 @@ class LocalCluster:
             except OSError:
                 return False
 
-        until(healthy, timeout=60, interval=0.1, what="etcd /health")
+        until(healthy, timeout=60, interval=0.1, what="etcd /health", fatal=(ComponentDiedError,))
 
     def _start_apiserver(self, tools: Tools, pki: dict[str, CertPair]) -> None:
         p, d = self.config.ports, self.state / "pki"
@@ -459,9 +461,7 @@ class LocalCluster:
         if not manifests:
             return
         # `create` (not apply): the apiserver keeps a Node's status only on creation.
-        self.kubectl(
-            "create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
-        )
+        self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}))
         self._log(f"created {len(manifests)} simulated nodes")
 
     def _start_exec_node(self) -> None:
@@ -481,9 +481,7 @@ class LocalCluster:
             ],
             env={
                 **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
-                ),
+                "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
             },
         )
 
@@ -512,15 +510,13 @@ class LocalCluster:
             ready = {
                 n["metadata"]["name"]
                 for n in json.loads(out)["items"]
-                if any(
-                    c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", [])
-                )
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
             }
             if self.config.exec_node:
                 self._check_alive("execnode")
             return set(names) <= ready
 
-        until(nodes_ready, timeout=120, interval=0.3, what=f"nodes {names} to be Ready")
+        until(nodes_ready, timeout=120, interval=0.3, what=f"nodes {names} to be Ready", fatal=(ComponentDiedError,))
 
         def schedulable() -> bool:
             # The node-lifecycle controller removes the initial not-ready taint once it sees Ready.
@@ -529,14 +525,10 @@ class LocalCluster:
                 t["key"].startswith("node.kubernetes.io/") for n in nodes for t in n["spec"].get("taints", [])
             )
 
-        until(
-            schedulable, timeout=120, interval=0.3, what="the node-lifecycle controller to untaint the nodes"
-        )
+        until(schedulable, timeout=120, interval=0.3, what="the node-lifecycle controller to untaint the nodes")
         # Pods need the default ServiceAccount (created by the controller-manager) before admission.
         until(
-            lambda: (
-                self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
-            ),
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
             timeout=60,
             what="the default ServiceAccount",
         )

@@ -26,17 +26,20 @@ def until(
     what: str = "condition",
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``probe`` until it returns a truthy value, and return that value.
 
     Exceptions from ``probe`` count as "not yet" (the API may not be ready), but the last one is
-    reported if the deadline passes.
+    reported if the deadline passes; exceptions of the ``fatal`` types propagate at once.
     """
     deadline = clock() + timeout
     last: object = None
     while True:
         try:
             value = probe()
+        except fatal:
+            raise
         except Exception as exc:  # reported below if we give up
             value, last = None, exc
         else:

@@ -24,11 +24,13 @@ from prometheus_client.core import CounterMetricFamily
 from neuron_operator.settings import OperatorSettings
 
 
-class _WritesCollector:
-    """Exports the Kube client's write counters as neuron_operator_api_writes_total{verb,kind}."""
+class _OperatorCollector:
+    """Exports API writes (neuron_operator_api_writes_total{verb,kind}) and reconcile passes
+    (neuron_operator_reconcile_passes_total{kind})."""
 
-    def __init__(self, kube: Any) -> None:
-        self.kube = kube
+    def __init__(self, runtime: Any) -> None:
+        self.kube = runtime.kube
+        self.queue = runtime.queue
 
     def collect(self) -> Any:
         family = CounterMetricFamily(
@@ -39,6 +41,12 @@ class _WritesCollector:
         for (verb, kind), n in sorted(self.kube.writes.items()):
             family.add_metric([verb, kind], n)
         yield family
+        passes = CounterMetricFamily(
+            "neuron_operator_reconcile_passes", "Completed reconcile passes by kind", labels=["kind"]
+        )
+        for kind, n in sorted(self.queue.total_passes.items()):
+            passes.add_metric([kind], n)
+        yield passes
 
 
 def _settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -63,7 +71,7 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
 
     runtime = await handlers.make_runtime(settings)
     with contextlib.suppress(ValueError):  # already registered (tests run several operators in-process)
-        REGISTRY.register(_WritesCollector(runtime.kube))
+        REGISTRY.register(_OperatorCollector(runtime))
     stop = stop or asyncio.Event()
     lost = False
     holder: asyncio.Task[None] | None = None

@@ -9,6 +9,7 @@ and of Kubernetes, so it is tested with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,8 @@ class WorkQueue:
     backoff_cap: float = 300.0
     on_error: Callable[[Key, BaseException], None] | None = None
     _workers: dict[Key, _Worker] = field(default_factory=dict)
+    #: Completed passes per kind (successful or not), exported as a metric.
+    total_passes: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def trigger(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)
@@ -97,6 +100,7 @@ class WorkQueue:
                 raise
             except Exception as exc:  # any failure: log, back off, retry (level-triggered)
                 worker.passes += 1
+                self.total_passes[kind] += 1
                 delay = worker.backoff.next()
                 log.warning(
                     "reconcile %s/%s/%s failed (retry in %.1fs): %s", kind, namespace, name, delay, exc
@@ -107,6 +111,7 @@ class WorkQueue:
                 await asyncio.sleep(delay)
             else:
                 worker.passes += 1
+                self.total_passes[kind] += 1
                 worker.backoff.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(trigger.wait(), timeout=self.resync)

@@ -32,7 +32,9 @@ from neuron_runtime.config import (
 COMPILE_REQUEST_ENV: Final = "NEURON_RUNTIME_COMPILE_REQUEST"
 COMPILE_CONTAINER: Final = "compile"
 SOURCES_MOUNT: Final = "/var/lib/neuron/sources"
-SCRATCH_MOUNT: Final = "/tmp"
+#: Writable scratch (the root filesystem is read-only). Not /tmp: on the local exec node pods share the
+#: host filesystem, and a volume over /tmp would hide whatever lives there (a checkout, a venv).
+SCRATCH_MOUNT: Final = "/scratch"
 #: `neuron-runtime compile` exit codes that retrying cannot fix (bad request, unreadable or mismatching
 #: source, Neuron SDK missing from the image): the Job fails at once instead of burning its backoff.
 PERMANENT_EXIT_CODES: Final = (2, 3, 5)
@@ -186,6 +188,7 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
                 "env": [
                     {"name": COMPILE_REQUEST_ENV, "value": request.model_dump_json(exclude_none=True)},
                     {"name": "HOME", "value": SCRATCH_MOUNT},
+                    {"name": "TMPDIR", "value": SCRATCH_MOUNT},
                 ],
                 "resources": resources,
                 "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -21,7 +21,9 @@ from neuron_runtime.config import ServeSettings
 
 RUNTIME_CONTAINER: Final = "runtime"
 PORT_NAME: Final = "http"
-SCRATCH_MOUNT: Final = "/tmp"
+#: Writable scratch (the root filesystem is read-only). Not /tmp: on the local exec node pods share the
+#: host filesystem, and a volume over /tmp would hide whatever lives there (a checkout, a venv).
+SCRATCH_MOUNT: Final = "/scratch"
 #: Annotation on a NeuronDeployment: an autoscaler scales the child Deployment directly, so the operator
 #: leaves its replicas alone. (Prefer pointing the HPA at the NeuronDeployment's scale subresource.)
 EXTERNAL_REPLICAS_ANNOTATION: Final = "neuron.dev/replicas-managed-externally"
@@ -74,6 +76,7 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
         # neuron-monitor reports this as runtime_tag, so per-pod Neuron metrics can be joined to pods.
         {"name": "NEURON_PROCESS_TAG", "value": f"$(POD_NAMESPACE)/$(POD_NAME)/{artifact.model_name}"},
         {"name": "HOME", "value": SCRATCH_MOUNT},
+        {"name": "TMPDIR", "value": SCRATCH_MOUNT},
     ]
     return env
 

@@ -1,0 +1,107 @@
+"""Helpers for operator scenarios on the real local control plane (used by conftest and the tests).
+
+``operator`` runs ``neuron-operator run`` as a subprocess (the real CLI, leader election on) configured to
+run compile Jobs on the local exec node; ``store`` gives a test namespace its artifact PersistentVolumeClaim
+(a hostPath PersistentVolume on this machine, bound by the real PV controller).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcluster.cluster import LocalCluster, free_port
+from localcluster.wait import until
+from neuron_operator.settings import OperatorSettings
+
+REPO = Path(__file__).resolve().parents[2]
+EXEC_NODE_SELECTOR = {"neuron.dev/local-exec": "true"}
+EXEC_NODE_TOLERATIONS = [{"key": "neuron.dev/local-exec", "operator": "Exists"}]
+ARTIFACT_PVC = "neuron-artifacts"
+
+
+def operator_settings(**overrides: Any) -> OperatorSettings:
+    """The settings the scenario operator runs with (tests compute cache keys from the same object)."""
+    base: dict[str, Any] = {
+        "compile_node_selector": EXEC_NODE_SELECTOR,
+        "compile_tolerations": EXEC_NODE_TOLERATIONS,
+        "compile_cpu": "500m",
+        "compile_memory": "2Gi",
+        "resync_seconds": 2.0,
+        "backoff_base_seconds": 0.5,
+        "backoff_max_seconds": 5.0,
+        "artifact_pvc": ARTIFACT_PVC,
+    }
+    return OperatorSettings(**(base | overrides))
+
+
+def settings_env(settings: OperatorSettings) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"NEURON_OPERATOR_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+@dataclass
+class Operator:
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+    log: Path
+    settings: OperatorSettings
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            m = re.match(r"^(neuron_operator_\w+)(\{[^}]*\})? ([0-9.e+]+)$", line)
+            if m:
+                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+        return out
+
+    def writes(self) -> dict[str, float]:
+        """Reconcile writes by verb and kind; the leader-election Lease heartbeat is not a reconcile write."""
+        return {
+            k: v
+            for k, v in self.metrics().items()
+            if k.startswith("neuron_operator_api_writes_total") and 'kind="Lease"' not in k
+        }
+
+    def passes(self, kind: str) -> float:
+        return self.metrics().get(f'neuron_operator_reconcile_passes_total{{kind="{kind}"}}', 0.0)
+
+
+def start_operator(cluster: LocalCluster, log: Path, settings: OperatorSettings, identity: str) -> Operator:
+    metrics_port = free_port()
+    env = {
+        **cluster.env(),
+        **settings_env(settings),
+        "NEURON_OPERATOR_METRICS_PORT": str(metrics_port),
+        "NEURON_OPERATOR_HEALTH_PORT": str(free_port()),
+        "POD_NAME": identity,
+        "PYTHONUNBUFFERED": "1",
+    }
+    out = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuron_operator.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+    )
+    op = Operator(proc, metrics_port, log, settings)
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        return bool(op.metrics() is not None)
+
+    until(up, timeout=60, what="the operator's metrics endpoint")
+    return op
+
+
+@dataclass
+class Store:
+    namespace: str
+    path: Path  # the artifact PersistentVolume's directory on this machine
