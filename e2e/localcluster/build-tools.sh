@@ -92,7 +92,13 @@ build_kwok() {
 }
 
 build_helm() {
-  GOBIN="$2" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$1" \
+  set -- "${1%%-k8s*}" "$2"  # the cache key carries the Kubernetes version; the module version does not
+  # Stamp the version, and make offline `helm template` assume our Kubernetes minor (the source default
+  # is 1.20, which fails charts declaring kubeVersion >= 1.29); against a cluster helm asks the server.
+  local minor
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  GOBIN="$2" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$1 \
+    -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
     "helm.sh/helm/v3/cmd/helm@v$1"
   "$2/helm" version --short
 }
@@ -104,10 +110,10 @@ for c in "${components[@]}"; do
     k8s) done_or_build k8s "$K8S_VERSION" build_k8s ;;
     etcd) done_or_build etcd "$ETCD_VERSION" build_etcd ;;
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
-    helm) done_or_build helm "$HELM_VERSION" build_helm ;;
+    helm) done_or_build helm "$HELM_VERSION-k8s$K8S_VERSION" build_helm ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done
 # One line per tool, machine-readable, for the Python side.
 printf 'K8S=%s\nETCD=%s\nKWOK=%s\nHELM=%s\n' "$TOOLS/k8s-v$K8S_VERSION" "$TOOLS/etcd-v$ETCD_VERSION" \
-  "$TOOLS/kwok-v$KWOK_VERSION" "$TOOLS/helm-v$HELM_VERSION"
+  "$TOOLS/kwok-v$KWOK_VERSION" "$TOOLS/helm-v$HELM_VERSION-k8s$K8S_VERSION"
