@@ -75,22 +75,42 @@ class Scenario:
 
 SCENARIOS = {
     "m1": Scenario(
-        "m1", "weight-heavy MLP 1024-4096-4096-1000 (96 MB), traced bs 8", "neuron_runtime.zoo:heavy_mlp",
-        [{"name": "x", "shape": [8, 1024], "dtype": "float32"}], 8, compare_unbatched=True, open_loop=True,
+        "m1",
+        "weight-heavy MLP 1024-4096-4096-1000 (96 MB), traced bs 8",
+        "neuron_runtime.zoo:heavy_mlp",
+        [{"name": "x", "shape": [8, 1024], "dtype": "float32"}],
+        8,
+        compare_unbatched=True,
+        open_loop=True,
     ),
     "m2": Scenario(
-        "m2", "tiny MLP 256-1024-1024-10 (per-request overhead), traced bs 8", "neuron_runtime.zoo:tiny_mlp",
-        [{"name": "x", "shape": [8, 256], "dtype": "float32"}], 8, concurrency=[1, 8, 32, 64],
+        "m2",
+        "tiny MLP 256-1024-1024-10 (per-request overhead), traced bs 8",
+        "neuron_runtime.zoo:tiny_mlp",
+        [{"name": "x", "shape": [8, 256], "dtype": "float32"}],
+        8,
+        concurrency=[1, 8, 32, 64],
     ),
     "m3": Scenario(
-        "m3", "small ResNet-like CNN 3x64x64 (binary tensors), traced bs 8", "neuron_runtime.zoo:small_cnn",
-        [{"name": "x", "shape": [8, 3, 64, 64], "dtype": "float32"}], 8, binary=True, concurrency=[1, 8, 32],
+        "m3",
+        "small ResNet-like CNN 3x64x64 (binary tensors), traced bs 8",
+        "neuron_runtime.zoo:small_cnn",
+        [{"name": "x", "shape": [8, 3, 64, 64], "dtype": "float32"}],
+        8,
+        binary=True,
+        concurrency=[1, 8, 32],
     ),
     "m4": Scenario(
-        "m4", "BERT-like encoder, seq buckets 32/64/128, traced bs 8", "neuron_runtime.zoo:bert_like",
-        [{"name": "input_ids", "shape": [8, 128], "dtype": "int64"},
-         {"name": "attention_mask", "shape": [8, 128], "dtype": "int64"}],
-        8, buckets={"axis": 1, "sizes": [32, 64, 128]}, concurrency=[1, 8, 32],
+        "m4",
+        "BERT-like encoder, seq buckets 32/64/128, traced bs 8",
+        "neuron_runtime.zoo:bert_like",
+        [
+            {"name": "input_ids", "shape": [8, 128], "dtype": "int64"},
+            {"name": "attention_mask", "shape": [8, 128], "dtype": "int64"},
+        ],
+        8,
+        buckets={"axis": 1, "sizes": [32, 64, 128]},
+        concurrency=[1, 8, 32],
         seq_lengths=list(range(8, 129)),
     ),
 }
@@ -106,17 +126,25 @@ def compile_scenario(s: Scenario) -> Path:
     from neuron_runtime.config import CompileRequest
 
     request = CompileRequest.model_validate(
-        {"source": {"kind": "python", "factory": s.factory}, "inputs": s.inputs, "batch_size": s.batch_size,
-         "buckets": s.buckets, "target": "cpu"}
+        {
+            "source": {"kind": "python", "factory": s.factory},
+            "inputs": s.inputs,
+            "batch_size": s.batch_size,
+            "buckets": s.buckets,
+            "target": "cpu",
+        }
     )
     result = compile_artifact(request, BENCH_DIR / "artifacts")
-    log(f"{s.key}: artifact {result.directory.name[:12]} ({'cached' if result.cached else 'compiled'}, "
-        f"{result.manifest.size_bytes / 1e6:.0f} MB)")
+    log(
+        f"{s.key}: artifact {result.directory.name[:12]} ({'cached' if result.cached else 'compiled'}, "
+        f"{result.manifest.size_bytes / 1e6:.0f} MB)"
+    )
     return result.directory
 
 
-def in_process_limit(directory: Path, core: int | None, seconds: float, bucket_mix: dict[int, float] | None
-                     ) -> dict[str, float]:
+def in_process_limit(
+    directory: Path, core: int | None, seconds: float, bucket_mix: dict[int, float] | None
+) -> dict[str, float]:
     """Rows/s of the traced graphs called directly at the traced batch size, 1 thread, on the server core."""
     import torch
 
@@ -139,8 +167,9 @@ def in_process_limit(directory: Path, core: int | None, seconds: float, bucket_m
                     if graph.bucket is not None and manifest.bucket_axis is not None:
                         shape[manifest.bucket_axis] = graph.bucket
                     dtype = getattr(torch, spec.dtype)
-                    example.append(torch.randn(shape).to(dtype) if dtype.is_floating_point
-                                   else torch.ones(shape, dtype=dtype))
+                    example.append(
+                        torch.randn(shape).to(dtype) if dtype.is_floating_point else torch.ones(shape, dtype=dtype)
+                    )
                 for _ in range(3):
                     module(*example)
                 n, start = 0, time.perf_counter()
@@ -183,7 +212,8 @@ def make_bodies(s: Scenario, workdir: Path, count: int = 32) -> tuple[list[str],
                 data = rng.standard_normal(shape, dtype=np.float32)
                 datatype = "FP32"
             else:
-                data = (rng.integers(1, 8000, shape) if spec["name"] == "input_ids" else np.ones(shape)).astype(np.int64)
+                ids = spec["name"] == "input_ids"
+                data = (rng.integers(1, 8000, shape) if ids else np.ones(shape)).astype(np.int64)
                 datatype = "INT64"
             entry: dict[str, Any] = {"name": spec["name"], "shape": shape, "datatype": datatype}
             if s.binary:
@@ -208,8 +238,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(directory: Path, model: str, layout: Layout, max_batch: int, delay_ms: float
-           ) -> Iterator[tuple[str, int]]:
+def server(directory: Path, model: str, layout: Layout, max_batch: int, delay_ms: float) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {
         **os.environ,
@@ -228,9 +257,13 @@ def server(directory: Path, model: str, layout: Layout, max_batch: int, delay_ms
         env["NEURON_RT_VISIBLE_CORES"] = ",".join(map(str, layout.worker_cores))
     cpus = layout.server_cpus
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus is not None else None
+    # The driver runs no threads of its own, so preexec_fn is safe here.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "neuron_runtime.cli", "serve"], env=env, preexec_fn=preexec,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "neuron_runtime.cli", "serve"],
+        env=env,
+        preexec_fn=preexec,  # noqa: PLW1509
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://{HOST}:{port}"
     try:
@@ -274,16 +307,34 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def run_load(base: str, model: str, bodies: list[str], core: int | None, mode: list[str], warmup: float,
-             duration: float, pid: int) -> dict[str, Any]:
+def run_load(
+    base: str,
+    model: str,
+    bodies: list[str],
+    core: int | None,
+    mode: list[str],
+    warmup: float,
+    duration: float,
+    pid: int,
+) -> dict[str, Any]:
     before, cpu_before = scrape(base), process_cpu_seconds(pid)
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", f"{base}/v2/models/{model}/infer",
-           "--warmup", str(warmup), "--duration", str(duration)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        "--url",
+        f"{base}/v2/models/{model}/infer",
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    ]
     for body in bodies:
         cmd += ["--body", body]
     preexec = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-    out = subprocess.run([*cmd, *mode], capture_output=True, check=True, timeout=warmup + duration + 90,
-                         preexec_fn=preexec, cwd=ROOT)
+    out = subprocess.run(
+        [*cmd, *mode], capture_output=True, check=True, timeout=warmup + duration + 90, preexec_fn=preexec, cwd=ROOT
+    )
     result: dict[str, Any] = json.loads(out.stdout)
     after, cpu_after = scrape(base), process_cpu_seconds(pid)
 
@@ -292,8 +343,9 @@ def run_load(base: str, model: str, bodies: list[str], core: int | None, mode: l
 
     batches = delta("neuron_runtime_batch_size_rows_count")
     executed = delta("neuron_runtime_rows_executed_total")
-    busy = sum(v - before.get(k, 0.0) for k, v in after.items()
-               if k.startswith("neuron_runtime_worker_busy_seconds_total"))
+    busy = sum(
+        v - before.get(k, 0.0) for k, v in after.items() if k.startswith("neuron_runtime_worker_busy_seconds_total")
+    )
     requests = delta('neuron_runtime_requests_total{code="200"}') or 1.0
     result.update(
         mean_batch=delta("neuron_runtime_batch_size_rows_sum") / batches if batches else 0.0,
@@ -310,8 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="M1 only, 2 concurrencies, short windows (~1 min)")
     parser.add_argument("--models", default=None, help="comma list of m1..m4 (default: all; quick: m1)")
     parser.add_argument("--duration", type=float, help="seconds per measured window")
-    parser.add_argument("--layout", choices=["split", "one-core", "both", "none"], default=None,
-                        help="core layout (default: both for the full run, split for --quick)")
+    parser.add_argument(
+        "--layout",
+        choices=["split", "one-core", "both", "none"],
+        default=None,
+        help="core layout (default: both for the full run, split for --quick)",
+    )
     parser.add_argument("--json", type=Path, help="also write all results here")
     args = parser.parse_args(argv)
 
@@ -332,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             bodies, mix = make_bodies(s, Path(tmp))
             which = args.layout or ("split" if args.quick else ("both" if key == "m1" else "split"))
             for layout in layouts(cpus, which):
-                result = run_scenario(s, layout, directory, bodies, mix, args.quick, warmup, duration,
-                                      limit_seconds)
+                result = run_scenario(s, layout, directory, bodies, mix, args.quick, warmup, duration, limit_seconds)
                 report["scenarios"][f"{key}/{layout.name}"] = result
                 print_table(s, layout, result)
     if args.json:
@@ -341,12 +396,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_scenario(s: Scenario, layout: Layout, directory: Path, bodies: list[str], mix: dict[int, float] | None,
-                 quick: bool, warmup: float, duration: float, limit_seconds: float) -> dict[str, Any]:
+def run_scenario(
+    s: Scenario,
+    layout: Layout,
+    directory: Path,
+    bodies: list[str],
+    mix: dict[int, float] | None,
+    quick: bool,
+    warmup: float,
+    duration: float,
+    limit_seconds: float,
+) -> dict[str, Any]:
     key = s.key
     limit_before = in_process_limit(directory, layout.limit_core, limit_seconds, mix)
-    log(f"{key}/{layout.name}: in-process limit {limit_before['rows_per_s']:.0f} rows/s "
-        f"(batch ms {limit_before['batch_ms']})")
+    log(
+        f"{key}/{layout.name}: in-process limit {limit_before['rows_per_s']:.0f} rows/s "
+        f"(batch ms {limit_before['batch_ms']})"
+    )
     rows: list[dict[str, Any]] = []
     concurrencies = s.quick_concurrency if quick else s.concurrency
 
@@ -354,8 +420,10 @@ def run_scenario(s: Scenario, layout: Layout, directory: Path, bodies: list[str]
         r = run_load(base, key, bodies, layout.client_core, mode, warmup, duration, pid)
         r.update(config=config, mode=label)
         rows.append(r)
-        log(f"{key}/{layout.name}: {config} {label}: {r['throughput']:.0f} rps, p50 {r['p50_ms'] or 0:.2f} ms, "
-            f"p99 {r['p99_ms'] or 0:.2f} ms")
+        log(
+            f"{key}/{layout.name}: {config} {label}: {r['throughput']:.0f} rps, p50 {r['p50_ms'] or 0:.2f} ms, "
+            f"p99 {r['p99_ms'] or 0:.2f} ms"
+        )
         return r
 
     with server(directory, key, layout, 8, 5.0) as (base, pid):
@@ -363,7 +431,7 @@ def run_scenario(s: Scenario, layout: Layout, directory: Path, bodies: list[str]
             load(base, pid, ["closed", "--concurrency", str(conc)], "batch 8, 5 ms", f"closed c={conc}")
         if s.open_loop:
             peak = max(r["throughput"] for r in rows)
-            for frac in ([0.5] if quick else [0.25, 0.5, 0.9, 1.2]):
+            for frac in [0.5] if quick else [0.25, 0.5, 0.9, 1.2]:
                 load(base, pid, ["open", "--rate", f"{peak * frac:.1f}"], "batch 8, 5 ms", f"open {frac:.2f}x peak")
     if s.compare_unbatched:
         with server(directory, key, layout, 1, 5.0) as (base, pid):
@@ -372,24 +440,37 @@ def run_scenario(s: Scenario, layout: Layout, directory: Path, bodies: list[str]
     limit_after = in_process_limit(directory, layout.limit_core, limit_seconds, mix)
     limit = (limit_before["rows_per_s"] + limit_after["rows_per_s"]) / 2
     drift = abs(limit_before["rows_per_s"] - limit_after["rows_per_s"]) / limit
-    return {"title": s.title, "layout": layout.name, "limit_before": limit_before, "limit_after": limit_after,
-            "limit": limit, "limit_drift": drift, "rows": rows}
+    return {
+        "title": s.title,
+        "layout": layout.name,
+        "limit_before": limit_before,
+        "limit_after": limit_after,
+        "limit": limit,
+        "limit_drift": drift,
+        "rows": rows,
+    }
 
 
 def print_table(s: Scenario, layout: Layout, result: dict[str, Any]) -> None:
     limit, drift, rows = result["limit"], result["limit_drift"], result["rows"]
     batch_ms = min(result["limit_before"]["batch_ms"].values())
     print(f"\n## {s.key}: {s.title} (layout {layout.name})")
-    print(f"in-process limit {limit:.0f} rows/s (mean of before/after, drift {drift:.1%}"
-          f"{' FLAGGED' if drift > 0.10 else ''}); traced batch {batch_ms:.2f} ms")
-    print("| config | load | rows/s | ratio to limit | p50 ms | p99 ms | mean batch | padding | "
-          "server CPU ms/req | worker busy ms/req | non-200 |")
+    print(
+        f"in-process limit {limit:.0f} rows/s (mean of before/after, drift {drift:.1%}"
+        f"{' FLAGGED' if drift > 0.10 else ''}); traced batch {batch_ms:.2f} ms"
+    )
+    print(
+        "| config | load | rows/s | ratio to limit | p50 ms | p99 ms | mean batch | padding | "
+        "server CPU ms/req | worker busy ms/req | non-200 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         bad = {k: v for k, v in r["statuses"].items() if k != "200"}
-        print(f"| {r['config']} | {r['mode']} | {r['throughput']:.0f} | {r['throughput'] / limit:.2f} | "
-              f"{r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | {r['mean_batch']:.2f} | {r['padding_ratio']:.2f} | "
-              f"{r['server_cpu_ms_per_req']:.3f} | {r['worker_busy_ms_per_req']:.3f} | {bad or r['dropped'] or '-'} |")
+        print(
+            f"| {r['config']} | {r['mode']} | {r['throughput']:.0f} | {r['throughput'] / limit:.2f} | "
+            f"{r['p50_ms'] or 0:.2f} | {r['p99_ms'] or 0:.2f} | {r['mean_batch']:.2f} | {r['padding_ratio']:.2f} | "
+            f"{r['server_cpu_ms_per_req']:.3f} | {r['worker_busy_ms_per_req']:.3f} | {bad or r['dropped'] or '-'} |"
+        )
     by_mode = {(r["config"], r["mode"]): r for r in rows}
     batched = by_mode.get(("batch 8, 5 ms", "closed c=32"))
     unbatched = by_mode.get(("maxBatchSize 1", "closed c=32"))
@@ -400,8 +481,10 @@ def print_table(s: Scenario, layout: Layout, result: dict[str, Any]) -> None:
         print(f"- batching gain at 32 clients: {batched['throughput'] / unbatched['throughput']:.1f}x (target >= 5x)")
     if one and one["p50_ms"] is not None:
         added = one["p50_ms"] - batch_ms
-        print(f"- added p50 at 1 client: {added:.2f} ms over the {batch_ms:.2f} ms traced batch "
-              f"(target <= 1 ms + 5 ms delay)")
+        print(
+            f"- added p50 at 1 client: {added:.2f} ms over the {batch_ms:.2f} ms traced batch "
+            f"(target <= 1 ms + 5 ms delay)"
+        )
     sys.stdout.flush()
 
 

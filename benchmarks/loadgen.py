@@ -47,8 +47,9 @@ def _summary(latencies: list[float], statuses: dict[int, int], window: float, dr
 Body = tuple[bytes, dict[str, str]]
 
 
-async def closed_loop(url: str, bodies: list[Body], concurrency: int, warmup: float,
-                      duration: float, max_requests: int) -> dict[str, Any]:
+async def closed_loop(
+    url: str, bodies: list[Body], concurrency: int, warmup: float, duration: float, max_requests: int
+) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -78,8 +79,9 @@ async def closed_loop(url: str, bodies: list[Body], concurrency: int, warmup: fl
     return _summary(latencies, statuses, duration)
 
 
-async def open_loop(url: str, bodies: list[Body], rate: float, warmup: float, duration: float,
-                    max_in_flight: int, seed: int) -> dict[str, Any]:
+async def open_loop(
+    url: str, bodies: list[Body], rate: float, warmup: float, duration: float, max_in_flight: int, seed: int
+) -> dict[str, Any]:
     rng = random.Random(seed)
     schedule: list[float] = []
     t = 0.0
@@ -126,8 +128,12 @@ async def open_loop(url: str, bodies: list[Body], rate: float, warmup: float, du
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--body", action="append", required=True,
-                        help="pre-encoded request body file, PATH or PATH:JSON_HEADER_LENGTH (binary); repeatable")
+    parser.add_argument(
+        "--body",
+        action="append",
+        required=True,
+        help="pre-encoded request body file, PATH or PATH:JSON_HEADER_LENGTH (binary); repeatable",
+    )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -146,15 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         path, _, header_length = spec.partition(":")
         headers = {"Content-Type": "application/json"}
         if header_length:
-            headers = {"Inference-Header-Content-Length": header_length,
-                       "Content-Type": "application/octet-stream"}
+            headers = {"Inference-Header-Content-Length": header_length, "Content-Type": "application/octet-stream"}
         bodies.append((Path(path).read_bytes(), headers))
     if args.mode == "closed":
-        result = asyncio.run(closed_loop(args.url, bodies, args.concurrency, args.warmup, args.duration,
-                                         args.max_requests))
+        result = asyncio.run(
+            closed_loop(args.url, bodies, args.concurrency, args.warmup, args.duration, args.max_requests)
+        )
     else:
-        result = asyncio.run(open_loop(args.url, bodies, args.rate, args.warmup, args.duration,
-                                       args.max_in_flight, args.seed))
+        result = asyncio.run(
+            open_loop(args.url, bodies, args.rate, args.warmup, args.duration, args.max_in_flight, args.seed)
+        )
     json.dump(result, sys.stdout)
     return 0
 

@@ -135,9 +135,7 @@ def verify(directory: Path, expected_sha256: str | None = None) -> tuple[Manifes
     return manifest, digest
 
 
-def write_atomically(
-    final: Path, fill: Callable[[Path], Manifest]
-) -> tuple[Manifest, str]:
+def write_atomically(final: Path, fill: Callable[[Path], Manifest]) -> tuple[Manifest, str]:
     """Create the artifact at `final` via `fill(tmpdir)`, which writes the graph files and returns the manifest.
 
     The manifest is written last, everything is fsynced, then the directory is renamed into place. A stale or

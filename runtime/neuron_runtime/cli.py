@@ -87,9 +87,9 @@ def write_termination_message(path: Path | None, message: dict[str, Any]) -> str
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
+    from pydantic import ValidationError
 
-    from neuron_runtime.config import CompileRequest  # noqa: PLC0415
+    from neuron_runtime.config import CompileRequest
 
     log_path = _termination_log(args.termination_log)
 
@@ -114,9 +114,9 @@ def run_compile(args: argparse.Namespace) -> int:
     except (OSError, ValidationError) as exc:
         return fail(EXIT_BAD_REQUEST, "BadRequest", f"invalid compile request: {exc}")
 
-    from neuron_runtime.compile import TraceError, compile_artifact  # noqa: PLC0415
-    from neuron_runtime.neuron import NeuronPackageMissing  # noqa: PLC0415
-    from neuron_runtime.sources import SourceError  # noqa: PLC0415
+    from neuron_runtime.compile import TraceError, compile_artifact
+    from neuron_runtime.neuron import NeuronPackageMissing
+    from neuron_runtime.sources import SourceError
 
     try:
         result = compile_artifact(request, args.output_root, progress)
@@ -149,7 +149,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from neuron_runtime.server import serve_main  # noqa: PLC0415
+    from neuron_runtime.server import serve_main
 
     return serve_main(args.config)
 

@@ -65,7 +65,7 @@ def compile_artifact(
                 return CompileResult(manifest, digest, final, cached=True)
             progress(f"cached artifact at {final} has cache key {manifest.cache_key}; recompiling")
 
-    from neuron_runtime import neuron  # noqa: PLC0415  (imports torch: only on a cache miss)
+    from neuron_runtime import neuron
 
     if neuron.is_neuron_target(request.target):
         neuron.require(request.target)  # fail before loading a large model
@@ -81,7 +81,9 @@ def compile_artifact(
 
 def load_source(request: CompileRequest, scratch: Path, progress: Progress) -> Any:
     """Load the model to trace (a `torch.nn.Module` or a `ScriptModule`), verifying any pinned sha256."""
-    import torch  # noqa: PLC0415
+    import torch
+
+    from neuron_runtime.tensors import load_script
 
     torch.manual_seed(0)
     source = request.source
@@ -89,7 +91,7 @@ def load_source(request: CompileRequest, scratch: Path, progress: Progress) -> A
         path = fetch(source.uri, scratch, source.sha256, "TorchScript model")
         progress(f"loading TorchScript {path}")
         try:
-            return torch.jit.load(str(path), map_location="cpu").eval()
+            return load_script(path).eval()
         except Exception as exc:
             raise SourceError(f"cannot load TorchScript {source.uri}: {exc}") from exc
     assert isinstance(source, PythonSource)
@@ -121,9 +123,9 @@ def example_inputs(request: CompileRequest, bucket: int | None) -> list[Any]:
 
     Floating inputs are seeded normals; integer and bool inputs are ones (a valid token id / "keep" mask).
     """
-    import torch  # noqa: PLC0415
+    import torch
 
-    from neuron_runtime.tensors import torch_dtype  # noqa: PLC0415
+    from neuron_runtime.tensors import torch_dtype
 
     generator = torch.Generator().manual_seed(1234)
     bucketed = request.bucketed_inputs()
@@ -142,26 +144,24 @@ def example_inputs(request: CompileRequest, bucket: int | None) -> list[Any]:
 
 
 def trace_for_target(request: CompileRequest, model: Any, inputs: Sequence[Any]) -> Any:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from neuron_runtime import neuron  # noqa: PLC0415
+    from neuron_runtime import neuron
 
     if request.target == "cpu":
         if isinstance(model, torch.jit.ScriptModule):
             return model  # already TorchScript: tracing would be a no-op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.trace(model, tuple(inputs), check_trace=False, _store_inputs=False)
+            return torch.jit.trace(model, tuple(inputs), check_trace=False, _store_inputs=False)  # type: ignore[no-untyped-call]
     return neuron.trace(request.target, model, inputs, request.compiler, request.dynamic_batch)
 
 
-def _trace_all(
-    request: CompileRequest, model: Any, tmp: Path, started: float, progress: Progress
-) -> artifact.Manifest:
-    import torch  # noqa: PLC0415
+def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, progress: Progress) -> artifact.Manifest:
+    import torch
 
-    from neuron_runtime import neuron  # noqa: PLC0415
-    from neuron_runtime.tensors import dtype_name, flatten_outputs  # noqa: PLC0415
+    from neuron_runtime import neuron
+    from neuron_runtime.tensors import dtype_name, flatten_outputs
 
     buckets: list[int | None] = list(request.buckets.sizes) if request.buckets else [None]
     graphs: list[artifact.GraphFile] = []
@@ -241,7 +241,7 @@ def _output_specs(
                     bucket_axis = axis
                     shape[axis] = -1
                     break
-        specs.append(artifact.OutputSpec(name=f"output{i}", dtype=dtype, shape=shape, bucket_axis=bucket_axis))  # type: ignore[arg-type]
+        specs.append(artifact.OutputSpec(name=f"output{i}", dtype=dtype, shape=shape, bucket_axis=bucket_axis))
     return specs
 
 

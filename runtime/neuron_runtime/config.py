@@ -12,6 +12,7 @@ validated eagerly so that a bad spec fails with an error naming the field, befor
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -86,9 +87,7 @@ class Batching(_Strict):
     def _preferred_within_max(self) -> Batching:
         too_big = [v for v in self.preferred_batch_sizes if v > self.max_batch_size]
         if too_big:
-            raise ValueError(
-                f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}"
-            )
+            raise ValueError(f"preferred_batch_sizes {too_big} exceed max_batch_size {self.max_batch_size}")
         if self.max_queue < self.max_batch_size:
             raise ValueError(f"max_queue {self.max_queue} must be >= max_batch_size {self.max_batch_size}")
         return self
@@ -121,7 +120,7 @@ class Buckets(_Strict):
     def _ascending_unique(cls, value: list[int]) -> list[int]:
         if any(v < 1 for v in value):
             raise ValueError("bucket sizes must be >= 1")
-        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(value)):
             raise ValueError(f"bucket sizes must be ascending and unique, got {value}")
         return value
 

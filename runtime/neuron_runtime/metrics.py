@@ -28,15 +28,21 @@ class Metrics:
             "neuron_runtime_requests_total", "Inference requests by HTTP status code", ["code"], registry=r
         )
         self.queue_wait = Histogram(
-            "neuron_runtime_queue_wait_seconds", "Time a request waited in the batch queue", buckets=LATENCY_BUCKETS,
+            "neuron_runtime_queue_wait_seconds",
+            "Time a request waited in the batch queue",
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_rows = Histogram(
-            "neuron_runtime_batch_size_rows", "Rows per dispatched batch (before padding)", buckets=ROW_BUCKETS,
+            "neuron_runtime_batch_size_rows",
+            "Rows per dispatched batch (before padding)",
+            buckets=ROW_BUCKETS,
             registry=r,
         )
         self.padding_ratio = Histogram(
-            "neuron_runtime_batch_padding_ratio", "Padded rows / executed rows per batch", buckets=RATIO_BUCKETS,
+            "neuron_runtime_batch_padding_ratio",
+            "Padded rows / executed rows per batch",
+            buckets=RATIO_BUCKETS,
             registry=r,
         )
         self.rows_executed = Counter(
@@ -44,7 +50,9 @@ class Metrics:
         )
         self.rows_padded = Counter("neuron_runtime_rows_padded_total", "Padding rows run", registry=r)
         self.worker_busy = Counter(
-            "neuron_runtime_worker_busy_seconds_total", "Time each worker spent executing graphs", ["worker"],
+            "neuron_runtime_worker_busy_seconds_total",
+            "Time each worker spent executing graphs",
+            ["worker"],
             registry=r,
         )
         self.queue_depth = Gauge("neuron_runtime_queue_depth_rows", "Rows waiting in the batch queue", registry=r)

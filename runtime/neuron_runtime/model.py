@@ -11,6 +11,7 @@ The HTTP layer (`server`) depends only on this module's public surface.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -105,7 +106,7 @@ class ServedModel:
         for bucket in self.manifest.graphs:
             example = self._example(bucket.bucket)
             for _ in range(runs):
-                await self.pool.run_on_each(lambda graphs, b=bucket.bucket, x=example: graphs[b](*x))
+                await self.pool.run_on_each(functools.partial(_run_graph, bucket=bucket.bucket, tensors=example))
 
     def _example(self, bucket: int | None) -> list[torch.Tensor]:
         tensors = []
@@ -131,8 +132,11 @@ class ServedModel:
     async def infer(self, prepared: collate.Prepared) -> Outputs:
         return await self.submit(prepared)
 
-    async def close(self) -> None:
+    async def drain(self) -> None:
+        """Refuse new requests, dispatch everything queued now, and wait for running batches."""
         await self.batcher.close()
+
+    def shutdown(self) -> None:
         self.pool.shutdown()
 
     # -- batch execution ----------------------------------------------------------------------------------------
@@ -154,19 +158,19 @@ class ServedModel:
         rows = [p.rows for p in batch]
         axes = self.output_axes
         if sum(rows) <= size:
-            return await self.pool.run(lambda graphs: _run_whole(graphs, bucket, batch, size, axes))
+            return await self.pool.run(functools.partial(_run_whole, bucket=bucket, batch=batch, size=size, axes=axes))
         # Larger than one traced batch (dynamicBatch): chunks run in parallel on the least-loaded workers.
         joined = collate.concat([p.tensors for p in batch])
         chunks = collate.chunk(joined, size)
         outputs = await asyncio.gather(
-            *(self.pool.run(lambda graphs, c=c: _run_graph(graphs, bucket, c)) for c, _real in chunks)
+            *(self.pool.run(functools.partial(_run_graph, bucket=bucket, tensors=c)) for c, _real in chunks)
         )
         merged = collate.unchunk(outputs, [real for _c, real in chunks])
         return [collate.crop(out, axes, p.length) for out, p in zip(collate.split(merged, rows), batch, strict=True)]
 
 
 def _run_graph(graphs: Graphs, bucket: int | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    from neuron_runtime.tensors import flatten_outputs  # noqa: PLC0415
+    from neuron_runtime.tensors import flatten_outputs
 
     return flatten_outputs(graphs[bucket](*tensors))
 
@@ -188,4 +192,3 @@ def _run_whole(
         collate.crop(out, axes, p.length)
         for out, p in zip(collate.split(outputs, [p.rows for p in batch]), batch, strict=True)
     ]
-

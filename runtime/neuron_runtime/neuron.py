@@ -132,4 +132,3 @@ def placement_context(target: Target, start_nc: int, nc_count: int, multicore: b
     manager = package.multicore_context() if multicore else package.neuron_cores_context(start_nc, nc_count)
     with manager:
         yield
-

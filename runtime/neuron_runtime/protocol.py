@@ -162,8 +162,10 @@ def _shape(value: Any, where: str) -> list[int]:
 
 def _from_bytes(data: memoryview, dtype: str, shape: list[int]) -> torch.Tensor:
     if dtype == "bfloat16":
-        return torch.frombuffer(bytearray(data), dtype=torch.bfloat16).reshape(shape) if data.nbytes else (
-            torch.empty(shape, dtype=torch.bfloat16)
+        return (
+            torch.frombuffer(bytearray(data), dtype=torch.bfloat16).reshape(shape)
+            if data.nbytes
+            else (torch.empty(shape, dtype=torch.bfloat16))
         )
     array = np.frombuffer(data, dtype=NUMPY_DTYPES[dtype]).reshape(shape).copy()
     return torch.from_numpy(array)

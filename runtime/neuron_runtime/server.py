@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from neuron_runtime import __version__
 from neuron_runtime.batching.collate import RequestError
@@ -218,8 +219,8 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
 def load_settings(config: Path | None) -> ServeSettings:
     """Settings from env vars, with an optional YAML/JSON file underneath (env vars win, nested keys merge)."""
     if config is None:
-        return ServeSettings()  # type: ignore[call-arg]
-    import yaml  # noqa: PLC0415
+        return ServeSettings()
+    import yaml
 
     data = yaml.safe_load(config.read_text()) or {}
     if not isinstance(data, dict):
@@ -227,7 +228,14 @@ def load_settings(config: Path | None) -> ServeSettings:
 
     class _FileUnderEnv(ServeSettings):
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[no-untyped-def,override]
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
             return env_settings, init_settings
 
     return ServeSettings.model_validate(_FileUnderEnv(**data).model_dump())
@@ -268,7 +276,10 @@ async def serve(
     state.ready = True
     log.info(
         "model %s ready: %d worker(s), %d graph(s), warm-up %.2fs",
-        model.name, len(model.pool.workers), len(model.manifest.graphs), time.perf_counter() - started,
+        model.name,
+        len(model.pool.workers),
+        len(model.manifest.graphs),
+        time.perf_counter() - started,
     )
     if on_ready is not None:
         on_ready(port)
@@ -279,12 +290,15 @@ async def serve(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.Event().wait(), settings.shutdown_delay_s)
     state.accepting = False
-    if state.in_flight:
-        try:
+    try:
+        # Flush the queues at once (no more waiting for the delay) and let running batches finish, then let
+        # the handlers write their responses.
+        await asyncio.wait_for(model.drain(), settings.drain_timeout_s)
+        if state.in_flight:
             await asyncio.wait_for(state.drained.wait(), settings.drain_timeout_s)
-        except TimeoutError:
-            log.warning("drain timed out with %d request(s) in flight", state.in_flight)
-    await model.close()
+    except TimeoutError:
+        log.warning("drain timed out with %d request(s) in flight", state.in_flight)
+    model.shutdown()
     await runner.cleanup()
     log.info("stopped")
     return 0
@@ -298,11 +312,11 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
 
 
 def serve_main(config: Path | None) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
+    from pydantic import ValidationError
 
-    from neuron_runtime.artifact import ArtifactError  # noqa: PLC0415
-    from neuron_runtime.model import ConfigurationError  # noqa: PLC0415
-    from neuron_runtime.placement import PlacementError  # noqa: PLC0415
+    from neuron_runtime.artifact import ArtifactError
+    from neuron_runtime.model import ConfigurationError
+    from neuron_runtime.placement import PlacementError
 
     try:
         settings = load_settings(config)
@@ -313,7 +327,7 @@ def serve_main(config: Path | None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:
         runner = asyncio.run
     else:
@@ -326,4 +340,3 @@ def serve_main(config: Path | None) -> int:
     except (PlacementError, ConfigurationError) as exc:
         log.error("cannot place the model: %s", exc)
         return 2
-

@@ -39,9 +39,7 @@ def fetch(uri: str, dest_dir: Path, expected_sha256: str | None, what: str) -> P
     elif parsed.scheme == "" and uri.startswith("/"):
         path = Path(uri)
     else:
-        raise SourceError(
-            f"{what} URI {uri!r} is not supported: use file:///abs/path, an absolute path, or http(s)://"
-        )
+        raise SourceError(f"{what} URI {uri!r} is not supported: use file:///abs/path, an absolute path, or http(s)://")
     if not path.is_file():
         raise SourceError(f"{what} {path} does not exist or is not a file")
     if expected_sha256 is not None:

@@ -6,6 +6,8 @@ Protocol datatypes (`FP32`, ...). numpy has no bfloat16, so BF16 tensors travel 
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,14 @@ def dtype_name(dtype: torch.dtype) -> str:
         return DTYPE_NAMES[dtype]
     except KeyError:
         raise ValueError(f"output dtype {dtype} is not supported by the runtime") from None
+
+
+def load_script(path: Path) -> torch.jit.ScriptModule:
+    """`torch.jit.load` onto the CPU (Neuron graphs move to their NeuronCores inside it), typed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ deprecates TorchScript; Neuron still uses it
+        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    return module
 
 
 def flatten_outputs(value: Any) -> list[torch.Tensor]:

@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from neuron_runtime import neuron
 from neuron_runtime.artifact import Manifest
 from neuron_runtime.config import Target
 from neuron_runtime.placement import WorkerSlot
+from neuron_runtime.tensors import load_script
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,9 @@ def load_graphs(directory: Path, manifest: Manifest, slot: WorkerSlot) -> Graphs
     """Load every bucket's graph for one slot (placed on its NeuronCores on Neuron targets)."""
     target: Target = manifest.target  # type: ignore[assignment]
     graphs: Graphs = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        for graph in manifest.graphs:
-            with neuron.placement_context(target, slot.start_nc, slot.nc_count, multicore=slot.shared_model):
-                module = torch.jit.load(str(directory / graph.file), map_location="cpu")
-            graphs[graph.bucket] = module.eval()
+    for graph in manifest.graphs:
+        with neuron.placement_context(target, slot.start_nc, slot.nc_count, multicore=slot.shared_model):
+            graphs[graph.bucket] = load_script(directory / graph.file).eval()
     return graphs
 
 
@@ -110,7 +107,9 @@ class WorkerPool:
                 initargs=(slot, target, pin_cpu),
             )
             workers.append(Worker(slot=slot, graphs=graphs, executor=executor))
-            log.info("worker %d: cores %s (start_nc=%d, nc_count=%d)", slot.index, slot.cores, slot.start_nc, slot.nc_count)
+            log.info(
+                "worker %d: cores %s (start_nc=%d, nc_count=%d)", slot.index, slot.cores, slot.start_nc, slot.nc_count
+            )
         return cls(workers)
 
     def host_cores(self, allowed: set[int]) -> set[int]:
@@ -152,9 +151,7 @@ class WorkerPool:
     async def run_on_each(self, job: Callable[[Graphs], X]) -> list[X]:
         """Run `job` once on every worker (warm-up), all concurrently."""
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(w.executor, w.run, job) for w in self.workers)
-        )
+        results = await asyncio.gather(*(loop.run_in_executor(w.executor, w.run, job) for w in self.workers))
         return [r for r, _busy in results]
 
     def shutdown(self) -> None:

@@ -13,6 +13,8 @@ Used by the benchmarks, the tests and the operator's examples. Each factory is d
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ def _init(module: nn.Module, seed: int) -> nn.Module:
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -80,13 +82,12 @@ class _SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layers(self.stem(x))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+        logits: torch.Tensor = self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(y, 1), 1))
+        return logits
 
 
-def small_cnn(
-    *, widths: list[int] | None = None, blocks: int = 2, classes: int = 10, seed: int = 0
-) -> nn.Module:
-    """ResNet-like: 4 stages × 2 basic blocks, 32–256 channels, input [B, 3, 64, 64]."""
+def small_cnn(*, widths: list[int] | None = None, blocks: int = 2, classes: int = 10, seed: int = 0) -> nn.Module:
+    """ResNet-like: 4 stages x 2 basic blocks, 32-256 channels, input [B, 3, 64, 64]."""
     model = _SmallCNN(widths or [32, 64, 128, 256], blocks, classes)
     _init(model, seed)
     for module in model.modules():  # BatchNorm in eval mode with non-trivial statistics
@@ -111,7 +112,8 @@ class _BertLike(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         hidden = self.embed(input_ids) + self.position(positions)
         hidden = self.encoder(hidden, src_key_padding_mask=attention_mask == 0)
-        return self.classifier(self.norm(hidden[:, 0]))
+        logits: torch.Tensor = self.classifier(self.norm(hidden[:, 0]))
+        return logits
 
 
 def bert_like(

@@ -11,7 +11,6 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from neuron_runtime.compile import CompileResult
@@ -99,8 +98,13 @@ class ServerThread:
 
 @contextmanager
 def running_server(artifact: CompileResult, **overrides: Any) -> Iterator[ServerThread]:
-    values: dict[str, Any] = {"model_name": "tiny", "host": "127.0.0.1", "port": 0, "pin_cpu_threads": False,
-                              "warmup_runs": 1}
+    values: dict[str, Any] = {
+        "model_name": "tiny",
+        "host": "127.0.0.1",
+        "port": 0,
+        "pin_cpu_threads": False,
+        "warmup_runs": 1,
+    }
     values.update(overrides)
     settings = ServeSettings(artifact_dir=artifact.directory, **values)
     server = ServerThread(settings)

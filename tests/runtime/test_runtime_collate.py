@@ -42,8 +42,9 @@ def test_pad_axis_zero_pads() -> None:
 @given(rows=st.lists(st.integers(1, 5), min_size=1, max_size=6), size=st.integers(1, 6))
 def test_concat_chunk_unchunk_split_round_trip(rows: list[int], size: int) -> None:
     generator = torch.Generator().manual_seed(sum(rows) * 31 + size)
-    requests = [[torch.randn(n, 3, generator=generator), torch.randint(0, 9, (n, 2), generator=generator)]
-                for n in rows]
+    requests = [
+        [torch.randn(n, 3, generator=generator), torch.randint(0, 9, (n, 2), generator=generator)] for n in rows
+    ]
     joined = collate.concat(requests)
     chunks = collate.chunk(joined, size)
     assert all(t.shape[0] == size for c, _ in chunks for t in c)
@@ -76,15 +77,21 @@ def test_prepare_rejects_bad_requests(bert_artifact: CompileResult) -> None:
         ({"input_ids": ids[0], "attention_mask": ids}, "rank"),
         ({"input_ids": ids, "attention_mask": torch.ones(2, 5, dtype=torch.int64)}, "batch dimension"),
         ({"input_ids": ids, "attention_mask": torch.ones(1, 6, dtype=torch.int64)}, "length 6"),
-        ({"input_ids": torch.ones(1, 17, dtype=torch.int64)} | {"attention_mask": torch.ones(1, 17, dtype=torch.int64)},
-         "exceeds the largest traced bucket 16"),
+        (
+            {"input_ids": torch.ones(1, 17, dtype=torch.int64)}
+            | {"attention_mask": torch.ones(1, 17, dtype=torch.int64)},
+            "exceeds the largest traced bucket 16",
+        ),
     ]
     for inputs, fragment in cases:
         with pytest.raises(collate.RequestError, match=fragment):
             collate.prepare(sig, inputs)
     with pytest.raises(collate.RequestError, match="at most 2"):
-        collate.prepare(sig, {"input_ids": torch.ones(3, 4, dtype=torch.int64),
-                              "attention_mask": torch.ones(3, 4, dtype=torch.int64)}, max_rows=2)
+        collate.prepare(
+            sig,
+            {"input_ids": torch.ones(3, 4, dtype=torch.int64), "attention_mask": torch.ones(3, 4, dtype=torch.int64)},
+            max_rows=2,
+        )
 
 
 def test_prepare_pads_to_the_bucket(bert_artifact: CompileResult) -> None:

@@ -28,7 +28,13 @@ from neuron_runtime.config import Batching, Buckets, CompileRequest, Placement, 
     port=st.integers(0, 65535),
 )
 def test_to_env_reproduces_the_settings(
-    workers: int, cores: int, mode: str, max_batch: int, delay: float, preferred: list[int], sha: str | None,
+    workers: int,
+    cores: int,
+    mode: str,
+    max_batch: int,
+    delay: float,
+    preferred: list[int],
+    sha: str | None,
     port: int,
 ) -> None:
     original = ServeSettings(
@@ -88,9 +94,9 @@ def test_buckets_must_ascend() -> None:
 def test_compile_request_checks_shapes_against_batch_size() -> None:
     with pytest.raises(ValidationError, match=r"shape\[0\]=4 must equal batch_size=8"):
         mlp_request(batch_size=8)
-    with pytest.raises(ValidationError, match="buckets.axis=3 is out of range"):
+    with pytest.raises(ValidationError, match=r"buckets\.axis=3 is out of range"):
         bert_request(buckets={"axis": 3, "sizes": [8]})
-    with pytest.raises(ValidationError, match="pkg.module:function"):
+    with pytest.raises(ValidationError, match=r"pkg\.module:function"):
         mlp_request(source={"kind": "python", "factory": "not a factory"})
     with pytest.raises(ValidationError, match="64 lowercase hex"):
         mlp_request(source={"kind": "torchscript", "uri": "/m.pt", "sha256": "abc"})

@@ -20,8 +20,15 @@ def test_parse_visible_cores(text: str, cores: list[int]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
-    [("", "empty"), ("a", "not a core index"), ("3-1", "descending"), ("1,1", "twice"), ("0-", "not a core"),
-     ("-1", "not a core"), ("99999", "0..4095")],
+    [
+        ("", "empty"),
+        ("a", "not a core index"),
+        ("3-1", "descending"),
+        ("1,1", "twice"),
+        ("0-", "not a core"),
+        ("-1", "not a core"),
+        ("99999", "0..4095"),
+    ],
 )
 def test_parse_rejects_malformed(text: str, fragment: str) -> None:
     with pytest.raises(PlacementError, match=fragment):

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import torch
 
-from neuron_runtime.protocol import InferRequest, ProtocolError, decode_request, encode_response
+from neuron_runtime.protocol import InferRequest, ProtocolError, RequestedOutput, decode_request, encode_response
 
 DTYPES = {"x": "float32", "ids": "int64"}
 
@@ -31,8 +31,10 @@ def test_json_tensors_nested_or_flat() -> None:
         DTYPES,
     )
     assert req.id == "r1"
-    assert req.inputs["x"].dtype == torch.float32 and req.inputs["x"].tolist() == [[1, 2], [3, 4]]
-    assert req.inputs["ids"].dtype == torch.int64 and req.inputs["ids"].tolist() == [[7], [8]]
+    assert req.inputs["x"].dtype == torch.float32
+    assert req.inputs["x"].tolist() == [[1, 2], [3, 4]]
+    assert req.inputs["ids"].dtype == torch.int64
+    assert req.inputs["ids"].tolist() == [[7], [8]]
 
 
 def test_binary_tensors_follow_the_json_header() -> None:
@@ -107,7 +109,8 @@ def test_encode_json_and_binary_outputs() -> None:
     payload, header_length = encode_response("m", request(), ["output0"], [out])
     assert header_length is None
     assert orjson.loads(payload) == {
-        "model_name": "m", "id": "q",
+        "model_name": "m",
+        "id": "q",
         "outputs": [{"name": "output0", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 1.5]}],
     }
     payload, header_length = encode_response("m", request(binary_output=True), ["output0"], [out])
@@ -115,7 +118,6 @@ def test_encode_json_and_binary_outputs() -> None:
     doc = orjson.loads(payload[:header_length])
     assert doc["outputs"][0]["parameters"] == {"binary_data_size": 8}
     assert np.frombuffer(payload[header_length:], dtype=np.float32).tolist() == [0.5, 1.5]
+    wanted = [RequestedOutput("nope", False)]
     with pytest.raises(ProtocolError, match="unknown output 'nope'"):
-        from neuron_runtime.protocol import RequestedOutput
-
-        encode_response("m", request(outputs=[RequestedOutput("nope", False)]), ["output0"], [out])
+        encode_response("m", request(outputs=wanted), ["output0"], [out])

@@ -46,7 +46,11 @@ def make(recorder: Recorder, clock: FakeClock, **kwargs: object) -> Batcher[str,
     in_flight = int(kwargs.pop("max_in_flight", 2))  # type: ignore[call-overload]
     dispatched: list[DispatchInfo] = []
     batcher: Batcher[str, str] = Batcher(
-        recorder, Batching(**kwargs), max_in_flight=in_flight, clock=clock, on_dispatch=dispatched.append  # type: ignore[arg-type]
+        recorder,
+        Batching(**kwargs),
+        max_in_flight=in_flight,
+        clock=clock,
+        on_dispatch=dispatched.append,  # type: ignore[arg-type]
     )
     batcher.start()
     batcher.dispatched = dispatched  # type: ignore[attr-defined]
@@ -111,7 +115,8 @@ async def test_preferred_size_dispatches_without_waiting() -> None:
     b = make(rec, clock, max_batch_size=8, max_delay_ms=5, preferred_batch_sizes=[2])
     futures = [b.submit("k", x, 1) for x in "ab"]
     await asyncio.gather(*futures)
-    assert rec.batches == [["a", "b"]] and clock.now == 100.0
+    assert rec.batches == [["a", "b"]]
+    assert clock.now == 100.0
 
 
 async def test_batches_keep_growing_while_every_worker_is_busy() -> None:
@@ -161,7 +166,8 @@ async def test_failing_batch_fails_only_its_own_requests() -> None:
     doomed = [b.submit("k", "ok1", 1), b.submit("k", "bad", 1)]
     fine = [b.submit("k", "ok2", 1), b.submit("k", "ok3", 1)]
     results = await asyncio.gather(*doomed, *fine, return_exceptions=True)
-    assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError)
+    assert isinstance(results[0], RuntimeError)
+    assert isinstance(results[1], RuntimeError)
     assert results[2:] == ["out-ok2", "out-ok3"]
 
 

@@ -26,12 +26,12 @@ from neuron_runtime.workers import Worker
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll `predicate` until true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def until(predicate: Callable[[], Awaitable[bool]], limit_s: float, what: str) -> None:
+    """Poll `predicate` until true; fail naming `what` after `limit_s` seconds."""
+    deadline = time.monotonic() + limit_s
     while not await predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
         await asyncio.sleep(0.01)
 
 
@@ -52,28 +52,37 @@ def test_health_and_metadata_are_json(mlp_server: ServerThread) -> None:
         assert client.get("/v2/health/ready").json() == {"ready": True}
         assert client.get("/v2/models/mlp/ready").json() == {"name": "mlp", "ready": True}
         server = client.get("/v2").json()
-        assert server["name"] == "neuron-runtime" and "binary_tensor_data" in server["extensions"]
+        assert server["name"] == "neuron-runtime"
+        assert "binary_tensor_data" in server["extensions"]
         meta = client.get("/v2/models/mlp").json()
         assert meta["platform"] == "pytorch_torchscript"
         assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 8]}]
         assert meta["outputs"] == [{"name": "output0", "datatype": "FP32", "shape": [-1, 3]}]
         assert client.get("/v2/models/mlp/versions/1").status_code == 200
         missing = client.get("/v2/models/other")
-        assert missing.status_code == 404 and "unknown model 'other'" in missing.json()["error"]
+        assert missing.status_code == 404
+        assert "unknown model 'other'" in missing.json()["error"]
         assert client.get("/v2/models/mlp/versions/7/ready").status_code == 404
         assert client.get("/nope").json() == {"error": "404: Not Found"}
         metrics = client.get("/metrics").text
-        for name in ["neuron_runtime_request_duration_seconds", "neuron_runtime_queue_wait_seconds",
-                     "neuron_runtime_batch_size_rows", "neuron_runtime_batch_padding_ratio",
-                     "neuron_runtime_worker_busy_seconds_total", "neuron_runtime_queue_depth_rows",
-                     "neuron_runtime_rejections_total"]:
+        for name in [
+            "neuron_runtime_request_duration_seconds",
+            "neuron_runtime_queue_wait_seconds",
+            "neuron_runtime_batch_size_rows",
+            "neuron_runtime_batch_padding_ratio",
+            "neuron_runtime_worker_busy_seconds_total",
+            "neuron_runtime_queue_depth_rows",
+            "neuron_runtime_rejections_total",
+        ]:
             assert name in metrics
 
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_tritonclient_infer(mlp_server: ServerThread, binary: bool) -> None:
     client = triton.InferenceServerClient(url=mlp_server.url.removeprefix("http://"))
-    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp")
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("mlp")
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     inp = triton.InferInput("x", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
@@ -125,8 +134,10 @@ def test_bucketed_model_over_tritonclient(bert_artifact: CompileResult) -> None:
         for length in (3, 8, 11, 16):
             ids = np.arange(1, length + 1, dtype=np.int64).reshape(1, length) % 50
             mask = np.ones_like(ids)
-            inputs = [triton.InferInput("input_ids", [1, length], "INT64"),
-                      triton.InferInput("attention_mask", [1, length], "INT64")]
+            inputs = [
+                triton.InferInput("input_ids", [1, length], "INT64"),
+                triton.InferInput("attention_mask", [1, length], "INT64"),
+            ]
             inputs[0].set_data_from_numpy(ids)
             inputs[1].set_data_from_numpy(mask)
             got = client.infer("bert", inputs).as_numpy("output0")
@@ -138,12 +149,27 @@ def test_bucketed_model_over_tritonclient(bert_artifact: CompileResult) -> None:
 
 GOOD = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}]}
 BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int, str]] = [
-    ("wrong shape", {}, b'{"inputs":[{"name":"x","shape":[1,7],"datatype":"FP32","data":[1,2,3,4,5,6,7]}]}',
-     400, "axis 1 must be 8"),
-    ("wrong dtype", {}, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"INT32","data":[1,2,3,4,5,6,7,8]}]}',
-     400, "does not match the model's 'FP32'"),
-    ("wrong name", {}, b'{"inputs":[{"name":"y","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}',
-     400, "unknown input 'y'"),
+    (
+        "wrong shape",
+        {},
+        b'{"inputs":[{"name":"x","shape":[1,7],"datatype":"FP32","data":[1,2,3,4,5,6,7]}]}',
+        400,
+        "axis 1 must be 8",
+    ),
+    (
+        "wrong dtype",
+        {},
+        b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"INT32","data":[1,2,3,4,5,6,7,8]}]}',
+        400,
+        "does not match the model's 'FP32'",
+    ),
+    (
+        "wrong name",
+        {},
+        b'{"inputs":[{"name":"y","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}',
+        400,
+        "unknown input 'y'",
+    ),
     ("missing inputs", {}, b'{"id":"x"}', 400, "'inputs' must be a non-empty list"),
     ("missing data", {}, b'{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32"}]}', 400, "neither 'data'"),
     ("garbage bytes", {}, bytes(range(256)), 400, "not valid JSON"),
@@ -153,13 +179,15 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("label", "headers", "raw", "status", "fragment"), BAD_REQUESTS,
-                         ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("label", "headers", "raw", "status", "fragment"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
 async def test_malformed_requests_get_4xx_and_others_are_unaffected(
     mlp_artifact: CompileResult, label: str, headers: dict[str, str], raw: bytes, status: int, fragment: str
 ) -> None:
-    with running_server(mlp_artifact, model_name="mlp", max_request_bytes=64 * 1024,
-                        batching={"max_batch_size": 4, "max_delay_ms": 1}) as s:
+    with running_server(
+        mlp_artifact, model_name="mlp", max_request_bytes=64 * 1024, batching={"max_batch_size": 4, "max_delay_ms": 1}
+    ) as s:
         async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
             bad = client.post("/v2/models/mlp/infer", content=raw, headers=headers)
             goods = [client.post("/v2/models/mlp/infer", json=GOOD) for _ in range(4)]
@@ -195,8 +223,9 @@ async def test_overload_gets_429_and_no_accepted_request_is_lost(
 ) -> None:
     gate = gate_workers(monkeypatch)
     n = 40
-    with running_server(mlp_artifact, model_name="mlp", warmup_runs=0,
-                        batching={"max_batch_size": 4, "max_delay_ms": 1, "max_queue": 8}) as s:
+    with running_server(
+        mlp_artifact, model_name="mlp", warmup_runs=0, batching={"max_batch_size": 4, "max_delay_ms": 1, "max_queue": 8}
+    ) as s:
         limits = httpx.Limits(max_connections=n + 4)
         async with httpx.AsyncClient(base_url=s.url, timeout=30, limits=limits) as client:
             tasks = [asyncio.ensure_future(client.post("/v2/models/mlp/infer", json=GOOD)) for _ in range(n)]
@@ -241,13 +270,19 @@ async def test_failing_batch_fails_only_its_own_requests(tmp_path: Path) -> None
     torch.jit.save(scripted, str(path))
     import hashlib
 
-    request = CompileRequest.model_validate({
-        "source": {"kind": "torchscript", "uri": path.as_uri(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()},
-        "inputs": [{"name": "x", "shape": [2, 2], "dtype": "float32"}], "batch_size": 2, "target": "cpu",
-    })
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    request = CompileRequest.model_validate(
+        {
+            "source": {"kind": "torchscript", "uri": path.as_uri(), "sha256": digest},
+            "inputs": [{"name": "x", "shape": [2, 2], "dtype": "float32"}],
+            "batch_size": 2,
+            "target": "cpu",
+        }
+    )
     artifact = compile_artifact(request, tmp_path / "artifacts")
     with running_server(artifact, model_name="picky", batching={"max_batch_size": 2, "max_delay_ms": 60_000}) as s:
         async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+
             def body(value: float) -> dict[str, Any]:
                 return {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [value, value]}]}
 

@@ -208,7 +208,8 @@ class Batcher(Generic[T, R]):
         return batch
 
     async def _run(self) -> None:
-        assert self._wake is not None and self._idle is not None
+        assert self._wake is not None
+        assert self._idle is not None
         while True:
             self._wake.clear()
             now = self._clock()

@@ -1,0 +1,359 @@
+"""`compile`: artifacts, cache hits, determinism, sha256 checks on sources and artifacts, HTTP sources, the
+termination message and exit codes, and the Neuron path (missing package; a fake torch_neuronx for the args)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from runtime_cases import MLP_ARGS, mlp_request
+
+from neuron_runtime import zoo
+from neuron_runtime.artifact import ArtifactError, Manifest, verify
+from neuron_runtime.compile import CompileResult, compile_artifact
+from neuron_runtime.config import MANIFEST_NAME
+from neuron_runtime.sources import SourceError
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+
+TIMING_FIELDS = {"created_at", "compile_seconds"}
+
+
+def manifest_without_timing(m: Manifest) -> dict[str, Any]:
+    return {k: v for k, v in m.model_dump(mode="json").items() if k not in TIMING_FIELDS}
+
+
+def test_artifact_layout_and_manifest(mlp_artifact: CompileResult) -> None:
+    m = mlp_artifact.manifest
+    assert mlp_artifact.directory.name == m.cache_key == mlp_request(dynamic_batch=True).cache_key()
+    assert sorted(p.name for p in mlp_artifact.directory.iterdir()) == [MANIFEST_NAME, "model-b4.pt"]
+    assert m.files == {"model-b4.pt": hashlib.sha256((mlp_artifact.directory / "model-b4.pt").read_bytes()).hexdigest()}
+    assert (m.batch_size, m.target, m.neuron_core_version, m.dynamic_batch) == (4, "cpu", None, True)
+    assert m.max_abs_error == 0.0
+    assert m.torch_version == torch.__version__
+    assert mlp_artifact.digest == hashlib.sha256((mlp_artifact.directory / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def test_bucketed_artifact_has_one_graph_per_bucket(bert_artifact: CompileResult) -> None:
+    names = sorted(g.file for g in bert_artifact.manifest.graphs)
+    assert names == ["model-b2-s16.pt", "model-b2-s8.pt"]
+    assert bert_artifact.manifest.bucket_axis == 1
+
+
+def test_cache_hit_returns_the_verified_artifact(artifact_root: Path, mlp_artifact: CompileResult) -> None:
+    hit = compile_artifact(mlp_request(dynamic_batch=True), artifact_root)
+    assert hit.cached
+    assert hit.digest == mlp_artifact.digest
+
+
+def test_corrupt_cached_artifact_is_rebuilt(tmp_path: Path) -> None:
+    first = compile_artifact(mlp_request(), tmp_path)
+    (first.directory / "model-b4.pt").write_bytes(b"tampered")
+    second = compile_artifact(mlp_request(), tmp_path)
+    assert not second.cached
+    verify(second.directory)
+
+
+def test_verify_refuses_tampering_and_wrong_digests(tmp_path: Path) -> None:
+    result = compile_artifact(mlp_request(), tmp_path)
+    verify(result.directory, result.digest)
+    with pytest.raises(ArtifactError, match="artifact digest mismatch"):
+        verify(result.directory, "0" * 64)
+    graph = result.directory / "model-b4.pt"
+    graph.write_bytes(graph.read_bytes() + b"x")
+    with pytest.raises(ArtifactError, match=r"sha256 mismatch for .*model-b4.pt"):
+        verify(result.directory)
+    with pytest.raises(ArtifactError, match="cannot read"):
+        verify(tmp_path / "nowhere")
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A loopback HTTP server over a temporary directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_torchscript_over_http_with_sha256(tmp_path: Path, http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    model = torch.jit.trace(zoo.tiny_mlp(**MLP_ARGS), torch.randn(4, 8))
+    torch.jit.save(model, str(root / "m.pt"))
+    digest = hashlib.sha256((root / "m.pt").read_bytes()).hexdigest()
+    ok = mlp_request(source={"kind": "torchscript", "uri": f"{base}/m.pt", "sha256": digest})
+    assert compile_artifact(ok, tmp_path / "a").manifest.max_abs_error == 0.0
+    bad = mlp_request(source={"kind": "torchscript", "uri": f"{base}/m.pt", "sha256": "f" * 64})
+    with pytest.raises(SourceError, match=f"has sha256 {digest}, expected f+"):
+        compile_artifact(bad, tmp_path / "b")
+    with pytest.raises(SourceError, match="cannot download"):
+        compile_artifact(mlp_request(source={"kind": "torchscript", "uri": f"{base}/missing.pt"}), tmp_path / "c")
+
+
+def test_factory_with_weights_file(tmp_path: Path) -> None:
+    other = zoo.tiny_mlp(**{**MLP_ARGS, "seed": 42})
+    weights = tmp_path / "w.pt"
+    torch.save(other.state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    source = {
+        "kind": "python",
+        "factory": "neuron_runtime.zoo:tiny_mlp",
+        "args": MLP_ARGS,
+        "weights_uri": weights.as_uri(),
+        "weights_sha256": digest,
+    }
+    result = compile_artifact(mlp_request(source=source), tmp_path / "a")
+    graph = torch.jit.load(str(result.directory / "model-b4.pt"))
+    x = torch.randn(4, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(graph(x), other(x))
+    with pytest.raises(SourceError, match="expected"):
+        compile_artifact(mlp_request(source={**source, "weights_sha256": "0" * 64}), tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ({"kind": "python", "factory": "no_such_module:f"}, "cannot import factory"),
+        ({"kind": "python", "factory": "neuron_runtime.zoo:tiny_mlp", "args": {"bogus": 1}}, "factory .* failed"),
+        ({"kind": "torchscript", "uri": "s3://bucket/m.pt"}, "is not supported"),
+        ({"kind": "torchscript", "uri": "/nonexistent/m.pt"}, "does not exist"),
+    ],
+)
+def test_source_errors(tmp_path: Path, source: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(SourceError, match=fragment):
+        compile_artifact(mlp_request(source=source), tmp_path)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "neuron_runtime.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_cli_compile_is_deterministic_then_cache_hit(tmp_path: Path) -> None:
+    """Two compile Jobs (fresh processes) of one request write the same manifest apart from timing fields."""
+    request = mlp_request().model_dump_json()
+    log = tmp_path / "termination-log"
+    other = run_cli(
+        "compile",
+        "--request-json",
+        request,
+        "--output-root",
+        str(tmp_path / "other"),
+        "--termination-log",
+        str(tmp_path / "other-log"),
+    )
+    first = run_cli("compile", "--request-json", request, "--output-root", str(tmp_path), "--termination-log", str(log))
+    assert first.returncode == 0, first.stderr
+    assert other.returncode == 0, other.stderr
+    message = json.loads(log.read_text())
+    assert message["status"] == "Succeeded"
+    assert message["cached"] is False
+    manifests = [verify(Path(json.loads(p.read_text())["uri"]))[0] for p in (log, tmp_path / "other-log")]
+    assert manifest_without_timing(manifests[0]) == manifest_without_timing(manifests[1])
+    assert set(message) == {
+        "status",
+        "cacheKey",
+        "uri",
+        "sha256",
+        "sizeBytes",
+        "compileSeconds",
+        "neuronCoreVersion",
+        "compilerVersion",
+        "torchVersion",
+        "cached",
+        "maxAbsError",
+    }
+    # second run: the env var carries the request, and a hit must not even import torch
+    code = (
+        "import os, sys\n"
+        "from neuron_runtime.cli import main\n"
+        "rc = main(['compile', '--output-root', os.environ['ROOT'], '--quiet'])\n"
+        "assert 'torch' not in sys.modules, 'a cache hit imported torch'\n"
+        "sys.exit(rc)\n"
+    )
+    hit = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "ROOT": str(tmp_path),
+            "NEURON_RUNTIME_COMPILE_REQUEST": request,
+            "NEURON_RUNTIME_TERMINATION_LOG": str(log),
+        },
+    )
+    assert hit.returncode == 0, hit.stderr
+    again = json.loads(log.read_text())
+    assert again["cached"] is True
+    assert again["sha256"] == message["sha256"]
+    assert again["uri"] == message["uri"]
+
+
+@pytest.mark.slow
+def test_cli_inf2_without_torch_neuronx_fails_clearly(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    result = run_cli(
+        "compile",
+        "--request-json",
+        mlp_request(target="inf2").model_dump_json(),
+        "--output-root",
+        str(tmp_path),
+        "--termination-log",
+        str(log),
+    )
+    assert result.returncode == 5
+    message = json.loads(log.read_text())
+    assert message["status"] == "Failed"
+    assert message["reason"] == "NeuronMissing"
+    assert message["message"].startswith(
+        "target inf2 needs torch-neuronx, which is not installed in this image; use the Neuron runtime image "
+        "or target cpu"
+    )
+    assert not any(p.name == mlp_request(target="inf2").cache_key() for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "reason"),
+    [
+        (["--request-json", "{not json"], 2, "BadRequest"),
+        (["--request-json", '{"source": {"kind": "python", "factory": "x:y"}}'], 2, "BadRequest"),
+        ([], 2, "BadRequest"),
+    ],
+)
+def test_cli_bad_requests_exit_2(tmp_path: Path, args: list[str], code: int, reason: str) -> None:
+    from neuron_runtime.cli import main
+
+    log = tmp_path / "log"
+    assert main(["compile", *args, "--output-root", str(tmp_path), "--termination-log", str(log), "--quiet"]) == code
+    message = json.loads(log.read_text())
+    assert message["reason"] == reason
+    assert len(log.read_bytes()) < 4096
+
+
+def test_cli_source_failure_exits_3(tmp_path: Path) -> None:
+    from neuron_runtime.cli import main
+
+    log = tmp_path / "log"
+    request = mlp_request(source={"kind": "torchscript", "uri": "/nonexistent.pt"}).model_dump_json()
+    assert (
+        main(
+            [
+                "compile",
+                "--request-json",
+                request,
+                "--output-root",
+                str(tmp_path),
+                "--termination-log",
+                str(log),
+                "--quiet",
+            ]
+        )
+        == 3
+    )
+    assert json.loads(log.read_text())["reason"] == "SourceFailed"
+
+
+def test_cli_trace_failure_exits_4(tmp_path: Path) -> None:
+    from neuron_runtime.cli import main
+
+    log = tmp_path / "log"
+    # the MLP takes 8 features; declaring 9 makes the eager call (and so tracing) fail
+    request = mlp_request(inputs=[{"name": "x", "shape": [4, 9], "dtype": "float32"}]).model_dump_json()
+    assert (
+        main(
+            [
+                "compile",
+                "--request-json",
+                request,
+                "--output-root",
+                str(tmp_path),
+                "--termination-log",
+                str(log),
+                "--quiet",
+            ]
+        )
+        == 4
+    )
+    message = json.loads(log.read_text())
+    assert message["reason"] == "TraceFailed"
+    assert "tracing batch 4 failed" in message["message"]
+
+
+def test_neuron_path_with_a_fake_torch_neuronx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Neuron device here: the CPU-backend path must pass --target, explicit auto-cast, cpu_backend=True and
+    set NEURON_PLATFORM_TARGET_OVERRIDE, and dynamicBatch must call dynamic_batch()."""
+    calls: dict[str, Any] = {}
+    fake = types.ModuleType("torch_neuronx")
+
+    def trace(model: Any, inputs: Any, compiler_args: Any = None, cpu_backend: bool = False) -> Any:
+        calls.update(
+            args=compiler_args, cpu_backend=cpu_backend, override=os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE")
+        )
+        return torch.jit.trace(model, inputs)
+
+    def dynamic_batch(traced: Any) -> Any:
+        calls["dynamic_batch"] = True
+        return traced
+
+    fake.trace = trace  # type: ignore[attr-defined]
+    fake.dynamic_batch = dynamic_batch  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch_neuronx", fake)
+    monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE", raising=False)
+    monkeypatch.setattr("neuron_runtime.neuron.device_present", lambda: False)
+    request = mlp_request(
+        target="trn1",
+        dynamic_batch=True,
+        compiler={"auto_cast": "matmult", "opt_level": 3, "args": ["--model-type", "transformer"]},
+    )
+    result = compile_artifact(request, tmp_path)
+    assert calls == {
+        "args": [
+            "--target",
+            "trn1",
+            "--auto-cast",
+            "matmult",
+            "--auto-cast-type",
+            "bf16",
+            "--optlevel=3",
+            "--model-type",
+            "transformer",
+        ],
+        "cpu_backend": True,
+        "override": "trn1",
+        "dynamic_batch": True,
+    }
+    assert result.manifest.neuron_core_version == "v2"
+    assert result.manifest.target == "trn1"
