@@ -247,7 +247,11 @@ class ServeSettings(BaseSettings):
         0.0, ge=0.0, description="after SIGTERM: keep serving this long while endpoints drop the pod"
     )
     drain_timeout_s: float = Field(60.0, ge=0.0, description="after SIGTERM: longest wait for in-flight requests")
-    pin_cpu_threads: bool = Field(True, description="cpu target: pin each worker thread to its cores")
+    pin_cpu_threads: bool = Field(True, description="cpu target: pin each worker to its cores")
+    worker_backend: Literal["auto", "thread", "process"] = Field(
+        "auto",
+        description="auto: worker processes on cpu with pinned placement (no GIL sharing), threads otherwise",
+    )
 
     @field_validator("expected_sha256")
     @classmethod

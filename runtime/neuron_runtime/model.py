@@ -11,7 +11,6 @@ The HTTP layer (`server`) depends only on this module's public surface.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -22,9 +21,10 @@ from neuron_runtime import artifact, placement
 from neuron_runtime.batching import collate
 from neuron_runtime.batching.queue import Batcher, DispatchInfo
 from neuron_runtime.config import Batching, ServeSettings
+from neuron_runtime.jobs import BatchJob, GraphJob, tensors_from_wire, tensors_to_wire
 from neuron_runtime.metrics import Metrics
 from neuron_runtime.tensors import torch_dtype
-from neuron_runtime.workers import Graphs, WorkerPool
+from neuron_runtime.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,12 @@ class ServedModel:
         manifest, digest = artifact.verify(settings.artifact_dir, settings.expected_sha256)
         cores = placement.visible_cores(manifest.target)
         slots = placement.plan(settings.placement, cores)
-        pool = WorkerPool.load(settings.artifact_dir, manifest, slots, settings.pin_cpu_threads)
+        backend = settings.worker_backend
+        if backend == "auto":
+            backend = "process" if manifest.target == "cpu" and settings.placement.mode == "pinned" else "thread"
+        if backend == "process" and settings.placement.mode == "multicore":
+            raise ConfigurationError("placement.mode=multicore shares one model copy: it needs worker_backend=thread")
+        pool = WorkerPool.load(settings.artifact_dir, manifest, slots, settings.pin_cpu_threads, backend)
         if manifest.target == "cpu" and settings.pin_cpu_threads and hasattr(os, "sched_setaffinity"):
             host = pool.host_cores(set(os.sched_getaffinity(0)))
             if host:
@@ -106,7 +111,7 @@ class ServedModel:
         for bucket in self.manifest.graphs:
             example = self._example(bucket.bucket)
             for _ in range(runs):
-                await self.pool.run_on_each(functools.partial(_run_graph, bucket=bucket.bucket, tensors=example))
+                await self.pool.run_on_each(GraphJob(bucket.bucket, tensors_to_wire(example)))
 
     def _example(self, bucket: int | None) -> list[torch.Tensor]:
         tensors = []
@@ -158,37 +163,12 @@ class ServedModel:
         rows = [p.rows for p in batch]
         axes = self.output_axes
         if sum(rows) <= size:
-            return await self.pool.run(functools.partial(_run_whole, bucket=bucket, batch=batch, size=size, axes=axes))
+            wires = await self.pool.run(BatchJob.of(batch, size, axes))
+            return [tensors_from_wire(w) for w in wires]
         # Larger than one traced batch (dynamicBatch): chunks run in parallel on the least-loaded workers.
         joined = collate.concat([p.tensors for p in batch])
         chunks = collate.chunk(joined, size)
-        outputs = await asyncio.gather(
-            *(self.pool.run(functools.partial(_run_graph, bucket=bucket, tensors=c)) for c, _real in chunks)
-        )
+        outputs = await asyncio.gather(*(self.pool.run(GraphJob(bucket, tensors_to_wire(c))) for c, _real in chunks))
+        outputs = [tensors_from_wire(o) for o in outputs]
         merged = collate.unchunk(outputs, [real for _c, real in chunks])
         return [collate.crop(out, axes, p.length) for out, p in zip(collate.split(merged, rows), batch, strict=True)]
-
-
-def _run_graph(graphs: Graphs, bucket: int | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    from neuron_runtime.tensors import flatten_outputs
-
-    return flatten_outputs(graphs[bucket](*tensors))
-
-
-def _run_whole(
-    graphs: Graphs,
-    bucket: int | None,
-    batch: Sequence[collate.Prepared],
-    size: int,
-    axes: Sequence[int | None],
-) -> list[Outputs]:
-    """One traced call for a whole batch (runs on the worker thread)."""
-    joined = collate.concat([p.tensors for p in batch])
-    padded = [collate.pad_rows(t, size) for t in joined]
-    outputs = _run_graph(graphs, bucket, padded)
-    total = sum(p.rows for p in batch)
-    outputs = [o[:total] for o in outputs]
-    return [
-        collate.crop(out, axes, p.length)
-        for out, p in zip(collate.split(outputs, [p.rows for p in batch]), batch, strict=True)
-    ]

@@ -1,40 +1,55 @@
-"""Executors that run traced graphs: one thread per worker slot, dispatch to the least-loaded one.
+"""Executors that run traced graphs, one per worker slot; jobs go to the least-loaded one.
 
-Threads, not processes: torch releases the GIL inside graph execution (CPU kernels and Neuron `nrt_execute`
-alike), so one Python process keeps every core busy without copying tensors between processes, and one artifact
-load can be shared (`multicore`). Each thread is set up once: on `cpu` it pins itself to its slot's CPUs
-(`sched_setaffinity` on a thread id affects that thread only) and sets its own intra-op thread count
-(`torch.set_num_threads` is per calling thread with OpenMP); on Neuron the graph was placed on the slot's
-NeuronCores at load time (`neuron.placement_context`) and the thread needs no intra-op threads.
+Two backends, chosen by `ServeSettings.worker_backend`:
+
+- `process` (default on `cpu`): one forked process per slot, pinned to the slot's CPUs, fed numpy jobs over a
+  pipe. Measured reason: a TorchScript call does not run free of the GIL (the interpreter takes it back around
+  ops), so a worker *thread* next to a busy event loop slows down badly: the tiny MLP's 0.6 ms batch-8 graph took
+  12 ms with the default 5 ms switch interval and 1.5 ms at 0.2 ms while another thread ran Python. A process
+  has its own GIL; the cost is pickling numpy arrays (a few us) and a pipe round trip per batch.
+- `thread` (Neuron targets, `multicore`): threads in the server process. Needed where the placement APIs load one
+  model copy for several cores (`multicore_context`) and where a NeuronCore must stay owned by this process.
+  Each thread pins itself (`sched_setaffinity` on a thread id affects that thread) and sets its own intra-op
+  thread count (`torch.set_num_threads` is per calling thread with OpenMP).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
 from neuron_runtime import neuron
 from neuron_runtime.artifact import Manifest
 from neuron_runtime.config import Target
+from neuron_runtime.jobs import Graphs
 from neuron_runtime.placement import WorkerSlot
 from neuron_runtime.tensors import load_script
 
 log = logging.getLogger(__name__)
 
-Graphs = dict[int | None, torch.jit.ScriptModule]
-"""Loaded graphs of one model copy, by bucket size (None without buckets)."""
-
 X = TypeVar("X")
+Job = Callable[[Graphs], Any]
+Backend = Literal["thread", "process"]
+PROCESS_START_TIMEOUT_S = 300.0
+
+
+class WorkerError(RuntimeError):
+    """A worker could not start, or died while running a job."""
 
 
 def load_graphs(directory: Path, manifest: Manifest, slot: WorkerSlot) -> Graphs:
@@ -47,29 +62,7 @@ def load_graphs(directory: Path, manifest: Manifest, slot: WorkerSlot) -> Graphs
     return graphs
 
 
-@dataclass
-class Worker:
-    slot: WorkerSlot
-    graphs: Graphs
-    executor: ThreadPoolExecutor
-    in_flight: int = 0
-    busy_seconds: float = 0.0
-    executions: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def run(self, job: Callable[[Graphs], X]) -> tuple[X, float]:
-        """Run `job` on this worker's thread (called there); returns its result and the busy time."""
-        started = time.perf_counter()
-        with torch.inference_mode():
-            result = job(self.graphs)
-        busy = time.perf_counter() - started
-        with self._lock:
-            self.busy_seconds += busy
-            self.executions += 1
-        return result, busy
-
-
-def _thread_setup(slot: WorkerSlot, target: Target, pin: bool) -> None:
+def _setup_current_thread(slot: WorkerSlot, target: str, pin: bool) -> None:
     threading.current_thread().name = f"worker-{slot.index}"
     if target == "cpu":
         if pin and hasattr(os, "sched_setaffinity"):
@@ -79,10 +72,165 @@ def _thread_setup(slot: WorkerSlot, target: Target, pin: bool) -> None:
         torch.set_num_threads(1)
 
 
-class WorkerPool:
-    """The model copies of one artifact and their threads; `run` goes to the worker with the fewest jobs."""
+def _timed(job: Job, graphs: Graphs) -> tuple[Any, float]:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        result = job(graphs)
+    return result, time.perf_counter() - started
 
-    def __init__(self, workers: Sequence[Worker], on_busy: Callable[[int, float], None] | None = None) -> None:
+
+class AnyWorker(Protocol):
+    slot: WorkerSlot
+    in_flight: int
+
+    async def submit(self, job: Job) -> tuple[Any, float]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Worker:
+    """A thread worker: one single-thread executor around a (possibly shared) model copy."""
+
+    slot: WorkerSlot
+    graphs: Graphs
+    executor: ThreadPoolExecutor
+    in_flight: int = 0
+    busy_seconds: float = 0.0
+    executions: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, job: Job) -> tuple[Any, float]:
+        """Run `job` on this worker's thread (called there); returns its result and the busy time."""
+        result, busy = _timed(job, self.graphs)
+        with self._lock:
+            self.busy_seconds += busy
+            self.executions += 1
+        return result, busy
+
+    async def submit(self, job: Job) -> tuple[Any, float]:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, job)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_main(
+    conn: multiprocessing.connection.Connection, directory: Path, manifest: Manifest, slot: WorkerSlot, pin: bool
+) -> None:
+    """Body of a worker process: set up, load, then answer (id, job) messages until an empty one."""
+    try:
+        _setup_current_thread(slot, manifest.target, pin)
+        if manifest.target != "cpu":
+            # A NeuronCore belongs to one process: this one sees exactly its slot's cores.
+            os.environ["NEURON_RT_VISIBLE_CORES"] = ",".join(map(str, slot.cores))
+            slot = WorkerSlot(slot.index, 0, slot.nc_count, slot.cores, shared_model=False)
+        graphs = load_graphs(directory, manifest, slot)
+    except BaseException as exc:
+        conn.send_bytes(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+        return
+    conn.send_bytes(pickle.dumps(("ready", None)))
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return
+        if not data:
+            return
+        job_id, job = pickle.loads(data)
+        try:
+            result, busy = _timed(job, graphs)
+            reply = pickle.dumps((job_id, True, result, busy), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            reply = pickle.dumps((job_id, False, f"{type(exc).__name__}: {exc}", 0.0))
+        conn.send_bytes(reply)
+
+
+class ProcessWorker:
+    """A worker process: jobs go down a pipe; a reader thread resolves the futures as results come back."""
+
+    _ids = itertools.count()
+
+    def __init__(self, slot: WorkerSlot, directory: Path, manifest: Manifest, pin: bool) -> None:
+        self.slot = slot
+        self.in_flight = 0
+        context = multiprocessing.get_context("fork")  # forked before any graph runs: no OpenMP state to inherit
+        self._conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_process_main, args=(child, directory, manifest, slot, pin), name=f"worker-{slot.index}", daemon=True
+        )
+        self.process.start()
+        child.close()
+        if not self._conn.poll(PROCESS_START_TIMEOUT_S):
+            self.process.kill()
+            raise WorkerError(f"worker {slot.index} did not load the model in {PROCESS_START_TIMEOUT_S:.0f} s")
+        status, detail = pickle.loads(self._conn.recv_bytes())
+        if status != "ready":
+            self.process.join()
+            raise WorkerError(f"worker {slot.index} failed to load the model: {detail}")
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[tuple[Any, float]]]] = {}
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name=f"worker-{slot.index}-reader", daemon=True)
+        self._reader.start()
+
+    async def submit(self, job: Job) -> tuple[Any, float]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, float]] = loop.create_future()
+        job_id = next(self._ids)
+        with self._lock:
+            self._pending[job_id] = (loop, future)
+        payload = pickle.dumps((job_id, job), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self._conn.send_bytes(payload)
+        except OSError as exc:
+            with self._lock:
+                self._pending.pop(job_id, None)
+            raise WorkerError(f"worker {self.slot.index} is gone: {exc}") from exc
+        return await future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            job_id, ok, payload, busy = pickle.loads(data)
+            with self._lock:
+                loop, future = self._pending.pop(job_id)
+            if ok:
+                loop.call_soon_threadsafe(_resolve, future, (payload, busy), None)
+            else:
+                loop.call_soon_threadsafe(_resolve, future, None, RuntimeError(payload))
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for loop, future in pending.values():
+            error = WorkerError(f"worker {self.slot.index} exited (code {self.process.exitcode})")
+            loop.call_soon_threadsafe(_resolve, future, None, error)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send_bytes(b"")
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self._conn.close()
+        self._reader.join(timeout=30)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class WorkerPool:
+    """The model copies of one artifact; `run` goes to the worker with the fewest jobs in flight."""
+
+    def __init__(self, workers: Sequence[AnyWorker], on_busy: Callable[[int, float], None] | None = None) -> None:
         if not workers:
             raise ValueError("a worker pool needs at least one worker")
         self.workers = list(workers)
@@ -90,40 +238,54 @@ class WorkerPool:
         self._next = 0
 
     @classmethod
-    def load(cls, directory: Path, manifest: Manifest, slots: Sequence[WorkerSlot], pin_cpu: bool) -> WorkerPool:
-        target: Target = manifest.target  # type: ignore[assignment]
-        workers: list[Worker] = []
+    def load(
+        cls, directory: Path, manifest: Manifest, slots: Sequence[WorkerSlot], pin_cpu: bool, backend: Backend
+    ) -> WorkerPool:
+        workers: list[AnyWorker] = []
         shared: Graphs | None = None
-        for slot in slots:
-            if slot.shared_model:
-                shared = shared if shared is not None else load_graphs(directory, manifest, slot)
-                graphs = shared
-            else:
-                graphs = load_graphs(directory, manifest, slot)
-            executor = ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix=f"worker-{slot.index}",
-                initializer=_thread_setup,
-                initargs=(slot, target, pin_cpu),
-            )
-            workers.append(Worker(slot=slot, graphs=graphs, executor=executor))
-            log.info(
-                "worker %d: cores %s (start_nc=%d, nc_count=%d)", slot.index, slot.cores, slot.start_nc, slot.nc_count
-            )
+        try:
+            for slot in slots:
+                if backend == "process":
+                    workers.append(ProcessWorker(slot, directory, manifest, pin_cpu))
+                else:
+                    if slot.shared_model:
+                        shared = shared if shared is not None else load_graphs(directory, manifest, slot)
+                        graphs = shared
+                    else:
+                        graphs = load_graphs(directory, manifest, slot)
+                    executor = ThreadPoolExecutor(
+                        max_workers=1,
+                        thread_name_prefix=f"worker-{slot.index}",
+                        initializer=_setup_current_thread,
+                        initargs=(slot, manifest.target, pin_cpu),
+                    )
+                    workers.append(Worker(slot=slot, graphs=graphs, executor=executor))
+                log.info(
+                    "%s worker %d: cores %s (start_nc=%d, nc_count=%d)",
+                    backend,
+                    slot.index,
+                    slot.cores,
+                    slot.start_nc,
+                    slot.nc_count,
+                )
+        except BaseException:
+            for worker in workers:
+                worker.close()
+            raise
         return cls(workers)
 
     def host_cores(self, allowed: set[int]) -> set[int]:
         """CPUs no worker is pinned to: where the event loop (HTTP, JSON, batching) should run on `cpu`.
 
         This mirrors a Neuron host, where graphs run on NeuronCores and the host CPUs do the serving work; on a
-        plain CPU it keeps the event loop from stealing cycles from (and fighting for the GIL with) a worker
-        on the same core. Empty when the workers use every allowed CPU.
+        plain CPU it keeps the event loop from stealing cycles from a worker on the same core. Empty when the
+        workers use every allowed CPU.
         """
         used = {core for worker in self.workers for core in worker.slot.cores}
         return allowed - used
 
-    def least_loaded(self) -> Worker:
-        """The worker with the fewest queued jobs; ties rotate so idle workers share the load evenly."""
+    def least_loaded(self) -> AnyWorker:
+        """The worker with the fewest jobs in flight; ties rotate so idle workers share the load evenly."""
         n = len(self.workers)
         best = self.workers[self._next % n]
         for offset in range(n):
@@ -133,12 +295,11 @@ class WorkerPool:
         self._next = (best.slot.index + 1) % n
         return best
 
-    async def run(self, job: Callable[[Graphs], X]) -> X:
+    async def run(self, job: Job) -> Any:
         worker = self.least_loaded()
         worker.in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            result, busy = await loop.run_in_executor(worker.executor, worker.run, job)
+            result, busy = await worker.submit(job)
         finally:
             worker.in_flight -= 1
         if self._on_busy is not None:
@@ -148,12 +309,11 @@ class WorkerPool:
     def set_busy_observer(self, on_busy: Callable[[int, float], None]) -> None:
         self._on_busy = on_busy
 
-    async def run_on_each(self, job: Callable[[Graphs], X]) -> list[X]:
+    async def run_on_each(self, job: Job) -> list[Any]:
         """Run `job` once on every worker (warm-up), all concurrently."""
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(loop.run_in_executor(w.executor, w.run, job) for w in self.workers))
+        results = await asyncio.gather(*(w.submit(job) for w in self.workers))
         return [r for r, _busy in results]
 
     def shutdown(self) -> None:
         for worker in self.workers:
-            worker.executor.shutdown(wait=True, cancel_futures=True)
+            worker.close()

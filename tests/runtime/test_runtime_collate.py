@@ -14,8 +14,8 @@ from neuron_runtime import zoo
 from neuron_runtime.artifact import verify
 from neuron_runtime.batching import collate
 from neuron_runtime.compile import CompileResult
-from neuron_runtime.model import _run_whole, signature_of
-from neuron_runtime.workers import Graphs
+from neuron_runtime.jobs import BatchJob, Graphs, tensors_from_wire
+from neuron_runtime.model import signature_of
 
 
 def _load(result: CompileResult) -> Graphs:
@@ -103,6 +103,10 @@ def test_prepare_pads_to_the_bucket(bert_artifact: CompileResult) -> None:
     assert prepared.tensors[1].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0]]
 
 
+def run_whole(graphs: Graphs, batch: list[collate.Prepared], size: int) -> list[list[torch.Tensor]]:
+    return [tensors_from_wire(w) for w in BatchJob.of(batch, size, [None])(graphs)]
+
+
 def test_batched_padded_mlp_equals_eager_per_request(mlp_artifact: CompileResult) -> None:
     graphs = _load(mlp_artifact)
     sig = signature_of(mlp_artifact.manifest)
@@ -111,11 +115,11 @@ def test_batched_padded_mlp_equals_eager_per_request(mlp_artifact: CompileResult
     requests = [torch.randn(n, 8, generator=generator) for n in (1, 2, 1)]  # 4 rows = one traced batch
     prepared = [collate.prepare(sig, {"x": x}) for x in requests]
     with torch.inference_mode():
-        outputs = _run_whole(graphs, None, prepared, sig.batch_size, [None])
+        outputs = run_whole(graphs, prepared, sig.batch_size)
         for got, x in zip(outputs, requests, strict=True):
             torch.testing.assert_close(got[0], eager(x), rtol=1e-5, atol=1e-5)
         # a short batch (padded with repeated rows) gives the same answers
-        short = _run_whole(graphs, None, prepared[:1], sig.batch_size, [None])
+        short = run_whole(graphs, prepared[:1], sig.batch_size)
         torch.testing.assert_close(short[0][0], eager(requests[0]), rtol=1e-5, atol=1e-5)
 
 
@@ -131,8 +135,8 @@ def test_bucketed_bert_equals_eager_on_unpadded_sequences(bert_artifact: Compile
             groups: dict[int | None, list[collate.Prepared]] = {}
             for p in prepared:
                 groups.setdefault(p.bucket, []).append(p)
-            for bucket, group in groups.items():
-                outputs = _run_whole(graphs, bucket, group, sig.batch_size, [None])
+            for group in groups.values():
+                outputs = run_whole(graphs, group, sig.batch_size)
                 for got, p in zip(outputs, group, strict=True):
                     n = p.length
                     assert n is not None

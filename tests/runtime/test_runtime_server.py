@@ -35,9 +35,12 @@ async def until(predicate: Callable[[], Awaitable[bool]], limit_s: float, what: 
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def mlp_server(mlp_artifact: CompileResult) -> Iterator[ServerThread]:
-    with running_server(mlp_artifact, model_name="mlp", batching={"max_batch_size": 4, "max_delay_ms": 2}) as s:
+@pytest.fixture(scope="module", params=["process", "thread"])
+def mlp_server(mlp_artifact: CompileResult, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    """The MLP served by each worker backend."""
+    with running_server(
+        mlp_artifact, model_name="mlp", worker_backend=request.param, batching={"max_batch_size": 4, "max_delay_ms": 2}
+    ) as s:
         yield s
 
 
@@ -224,7 +227,11 @@ async def test_overload_gets_429_and_no_accepted_request_is_lost(
     gate = gate_workers(monkeypatch)
     n = 40
     with running_server(
-        mlp_artifact, model_name="mlp", warmup_runs=0, batching={"max_batch_size": 4, "max_delay_ms": 1, "max_queue": 8}
+        mlp_artifact,
+        model_name="mlp",
+        warmup_runs=0,
+        worker_backend="thread",  # the gate holds worker threads
+        batching={"max_batch_size": 4, "max_delay_ms": 1, "max_queue": 8},
     ) as s:
         limits = httpx.Limits(max_connections=n + 4)
         async with httpx.AsyncClient(base_url=s.url, timeout=30, limits=limits) as client:
@@ -247,7 +254,9 @@ async def test_overload_gets_429_and_no_accepted_request_is_lost(
 
 async def test_deadline_gives_504(mlp_artifact: CompileResult, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = gate_workers(monkeypatch)
-    with running_server(mlp_artifact, model_name="mlp", warmup_runs=0, batching={"max_delay_ms": 1}) as s:
+    with running_server(
+        mlp_artifact, model_name="mlp", warmup_runs=0, worker_backend="thread", batching={"max_delay_ms": 1}
+    ) as s:
         async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
             body = {**GOOD, "parameters": {"timeout": 50_000}}
             response = await client.post("/v2/models/mlp/infer", json=body)
