@@ -142,7 +142,14 @@ def compile_scenario(s: Scenario) -> Path:
     return result.directory
 
 
-NOISE = "import json, os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\nd = [0.1234] * 1024\nend = time.time() + float(sys.argv[2])\nwhile time.time() < end:\n    json.loads(json.dumps(d))\n"
+NOISE = """
+import json, os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+d = [0.1234] * 1024
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    json.loads(json.dumps(d))
+"""
 
 
 @contextlib.contextmanager

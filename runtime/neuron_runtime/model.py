@@ -81,6 +81,7 @@ class ServedModel:
             self._execute,
             batching,
             max_in_flight=len(pool.workers) + 1,
+            partial_in_flight=len(pool.workers),
             on_dispatch=self._observe_dispatch,
         )
 

@@ -44,13 +44,15 @@ class Recorder:
 
 def make(recorder: Recorder, clock: FakeClock, **kwargs: object) -> Batcher[str, str]:
     in_flight = int(kwargs.pop("max_in_flight", 2))  # type: ignore[call-overload]
+    partial = int(kwargs.pop("partial_in_flight", in_flight))  # type: ignore[call-overload]
     dispatched: list[DispatchInfo] = []
     batcher: Batcher[str, str] = Batcher(
         recorder,
-        Batching(**kwargs),
+        Batching(**kwargs),  # type: ignore[arg-type]
         max_in_flight=in_flight,
+        partial_in_flight=partial,
         clock=clock,
-        on_dispatch=dispatched.append,  # type: ignore[arg-type]
+        on_dispatch=dispatched.append,
     )
     batcher.start()
     batcher.dispatched = dispatched  # type: ignore[attr-defined]
@@ -191,3 +193,20 @@ async def test_close_flushes_the_queue_and_refuses_new_work() -> None:
     assert await pending == "out-a"
     with pytest.raises(ShuttingDown):
         b.submit("k", "late", 1)
+
+
+async def test_partial_batch_waits_for_an_idle_worker_but_a_full_one_pipelines() -> None:
+    clock, rec = FakeClock(), Recorder(gated=True)
+    b = make(rec, clock, max_batch_size=2, max_delay_ms=5, max_in_flight=2, partial_in_flight=1)
+    first = [b.submit("k", x, 1) for x in "ab"]  # full: dispatched at once, held by the gate
+    await rec.started.wait()
+    lone = b.submit("k", "c", 1)
+    clock.advance(0.010)  # expired, but the only worker is busy: a partial batch must keep waiting
+    b.poke()
+    await b.wait_idle()
+    assert rec.batches == [["a", "b"]]
+    second = b.submit("k", "d", 1)  # now full: it may queue behind the running batch
+    await b.wait_idle()
+    assert rec.batches == [["a", "b"], ["c", "d"]]
+    rec.gate.set()
+    assert await asyncio.gather(*first, lone, second) == ["out-a", "out-b", "out-c", "out-d"]

@@ -4,8 +4,10 @@ Only concurrency lives here (tensor shaping is in `batching.collate`). The rule,
 requests with the same key (same bucket / non-batch shape) queue together; a key's batch is dispatched when its
 queued rows reach `max_batch_size` (or exactly a preferred size) or its **oldest** request has waited
 `max_delay_ms`. A batch takes requests in arrival order while they fit in `max_batch_size` rows. At most
-`max_in_flight` batches execute at once (about one per worker, plus one ready to go), so under load a batch keeps
-growing while the workers are busy instead of being sent off half-empty.
+`max_in_flight` full batches execute or wait at once (one per worker plus one ready to go), but a *partial* batch
+whose delay expired is only sent while fewer than `partial_in_flight` (= workers) batches are in flight: while every
+worker is busy it keeps growing instead of being sent off half-empty to wait behind the others (measured on the
+heavy MLP at 4 clients: 66 req/s before this rule).
 
 Admission is bounded in rows (`max_queue`): beyond it `submit` raises `QueueFull` (HTTP 429). A request whose
 future is cancelled (its client timed out) leaves the queue at once. A failing batch fails only its own futures.
@@ -84,6 +86,7 @@ class Batcher(Generic[T, R]):
         config: Batching,
         *,
         max_in_flight: int = 2,
+        partial_in_flight: int | None = None,
         clock: Clock = time.monotonic,
         on_dispatch: Callable[[DispatchInfo], None] | None = None,
     ) -> None:
@@ -94,6 +97,9 @@ class Batcher(Generic[T, R]):
         self._max_delay = config.max_delay_ms / 1000.0
         self._preferred = frozenset(config.preferred_batch_sizes)
         self._max_in_flight = max_in_flight
+        self._partial_in_flight = max(1, max_in_flight - 1) if partial_in_flight is None else partial_in_flight
+        if not 1 <= self._partial_in_flight <= max_in_flight:
+            raise ValueError(f"partial_in_flight must be in 1..{max_in_flight}, got {partial_in_flight}")
         self._clock = clock
         self._on_dispatch = on_dispatch
         self._queues: dict[Hashable, _KeyQueue[T, R]] = {}
@@ -167,18 +173,14 @@ class Batcher(Generic[T, R]):
             self._queues[pending.key].rows -= pending.rows
             self._queued_rows -= pending.rows
 
-    def _ready(self, queue: _KeyQueue[T, R], head: Pending[T, R], now: float) -> bool:
-        return (
-            self._closing
-            or queue.rows >= self._config.max_batch_size
-            or queue.rows in self._preferred
-            or now - head.enqueued >= self._max_delay - _EPSILON
-        )
+    def _full(self, queue: _KeyQueue[T, R]) -> bool:
+        """The batch cannot usefully grow: max size, a preferred size, or draining."""
+        return self._closing or queue.rows >= self._config.max_batch_size or queue.rows in self._preferred
 
     def _next(self, now: float) -> tuple[Hashable | None, float | None]:
-        """The key to dispatch now (oldest ready head first), or how long until one becomes ready."""
-        best_key: Hashable | None = None
-        best_age = -1.0
+        """The key to dispatch now (oldest ready head first, among those a free slot allows), and how long until a
+        waiting batch's delay expires."""
+        candidates: list[tuple[float, Hashable, bool]] = []
         wait: float | None = None
         for key, queue in list(self._queues.items()):
             head = queue.head()
@@ -186,13 +188,19 @@ class Batcher(Generic[T, R]):
                 del self._queues[key]
                 continue
             age = now - head.enqueued
-            if self._ready(queue, head, now):
-                if age > best_age:
-                    best_key, best_age = key, age
+            full = self._full(queue)
+            if full or age >= self._max_delay - _EPSILON:
+                candidates.append((age, key, full))
             else:
                 remaining = self._max_delay - age
                 wait = remaining if wait is None else min(wait, remaining)
-        return best_key, wait
+        in_flight = len(self._in_flight)
+        for _age, key, full in sorted(candidates, key=lambda c: -c[0]):
+            # A full batch may queue behind running ones (pipelining); a partial one only goes to an idle
+            # executor, otherwise it keeps growing.
+            if in_flight < (self._max_in_flight if full else self._partial_in_flight):
+                return key, wait
+        return None, wait
 
     def _take(self, key: Hashable) -> list[Pending[T, R]]:
         queue = self._queues[key]
@@ -214,13 +222,14 @@ class Batcher(Generic[T, R]):
             self._wake.clear()
             now = self._clock()
             key, wait = self._next(now)
-            if key is not None and len(self._in_flight) < self._max_in_flight:
+            if key is not None:
                 self._dispatch(self._take(key), now)
                 continue
             if self._closing and not self._queues:
                 return
             self._idle.set()
-            timeout = None if key is not None or wait is None else max(wait, 0.0)
+            # Blocked batches wake up when a running batch finishes (`_batch_done` pokes).
+            timeout = None if wait is None else max(wait, 0.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
