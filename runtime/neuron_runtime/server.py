@@ -5,7 +5,8 @@ Endpoints: `/v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{m}[/versio
 every error is `{"error": "..."}` with a 4xx status for anything the client did wrong (never 500), 429 +
 `Retry-After` when the queue is full, 504 after the request's deadline, 503 while warming up or draining.
 
-Lifecycle: listen (live, not ready) → verify + load the artifact → warm every bucket on every worker → ready.
+Lifecycle: verify + load the artifact → listen (live, not ready) → warm every bucket on every worker → ready.
+Loading happens before the socket opens, so give the pod a startupProbe sized to the model's load time.
 SIGTERM/SIGINT → not ready → (optional `shutdown_delay_s` while endpoints drop the pod) → refuse new requests →
 drain in-flight ones → exit 0.
 """
