@@ -17,11 +17,11 @@ setup: ## Install everything: Debian packages, .venv (torch included), control-p
 
 .PHONY: demo
 demo: setup ## Local cluster + operator (Helm chart) + real compile + real serving + one inference request
-	@$(PY) -m e2e.demo up
+	@$(PY) e2e/demo.py up
 
 .PHONY: demo-down
 demo-down: ## Tear the demo down
-	@$(PY) -m e2e.demo down
+	@$(PY) e2e/demo.py down
 
 ##@ Development
 .PHONY: test

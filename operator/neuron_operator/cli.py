@@ -105,6 +105,9 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
     @kopf.on.startup()
     def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True  # leader election is ours (a Lease), not kopf's peering
+        # No cluster-wide scanning of namespaces and CRDs: resources are resolved once at start-up (the
+        # chart installs the CRDs first), so the operator needs no read access to namespaces or CRDs.
+        settings.scanning.disabled = True
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60

@@ -67,14 +67,10 @@ class Context:
 
 
 def _fmt_errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"spec.{'.'.join(str(p) for p in e['loc'] if p != 'spec')}: {e['msg']}" for e in exc.errors()[:5]
-    )
+    return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'] if p != 'spec')}: {e['msg']}" for e in exc.errors()[:5])
 
 
-async def _write_status(
-    ctx: Context, body: dict[str, Any], patch: dict[str, Any], events: list[Event]
-) -> None:
+async def _write_status(ctx: Context, body: dict[str, Any], patch: dict[str, Any], events: list[Event]) -> None:
     meta = body["metadata"]
     if status_changed(body, patch):
         await ctx.kube.patch_status(body["kind"], meta["name"], meta["namespace"], patch)
@@ -85,9 +81,7 @@ async def _write_status(
 # ------------------------------------------------------------------------------------------ NeuronModel
 
 
-def _artifact_status(
-    model: NeuronModel, result: dict[str, Any], uri: str, finished: datetime | None
-) -> dict[str, Any]:
+def _artifact_status(model: NeuronModel, result: dict[str, Any], uri: str, finished: datetime | None) -> dict[str, Any]:
     spec = model.spec
     art: dict[str, Any] = {
         "uri": uri,
@@ -98,9 +92,7 @@ def _artifact_status(
         "torchVersion": result.get("torchVersion"),
         "inputs": [t.model_dump(mode="json", by_alias=True) for t in spec.inputs],
         "batchSize": spec.batch_size,
-        "buckets": spec.buckets.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if spec.buckets
-        else None,
+        "buckets": spec.buckets.model_dump(mode="json", by_alias=True, exclude_none=True) if spec.buckets else None,
         "sizeBytes": result.get("sizeBytes"),
         "compiledAt": finished.strftime("%Y-%m-%dT%H:%M:%SZ") if finished else None,
         "compileSeconds": round(float(result["compileSeconds"]), 3)
@@ -138,17 +130,11 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
     uri = f"pvc://{location.claim}/{location.subdir + '/' if location.subdir else ''}{key}"
     status = body.get("status") or {}
     # 1. Already done (the common no-op pass).
-    if (
-        status.get("cacheKey") == key
-        and status.get("artifact")
-        and is_true(previous_conditions(body), "ArtifactReady")
-    ):
+    if status.get("cacheKey") == key and status.get("artifact") and is_true(previous_conditions(body), "ArtifactReady"):
         prev_reason = next(
             (c["reason"] for c in status.get("conditions", []) if c["type"] == "ArtifactReady"), "Compiled"
         )
-        return ModelObservation(
-            fit=fit, cache_key=key, artifact=status["artifact"], artifact_reason=prev_reason
-        )
+        return ModelObservation(fit=fit, cache_key=key, artifact=status["artifact"], artifact_reason=prev_reason)
     # 2. Another Ready model in this namespace has the same inputs and storage.
     for other in ctx.artifacts(namespace, key):
         if other.get("uri") == uri:
@@ -182,9 +168,7 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
         "exitCode": outcome.exit_code,
         "time": (outcome.finished_at or ctx.clock()).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    return ModelObservation(
-        fit=fit, cache_key=key, failure={k: v for k, v in failure.items() if v is not None}
-    )
+    return ModelObservation(fit=fit, cache_key=key, failure={k: v for k, v in failure.items() if v is not None})
 
 
 # ------------------------------------------------------------------------------------- NeuronDeployment
@@ -228,6 +212,14 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         if existing is not None:
             why += "; the previous artifact keeps serving until the new one is ready"
         return DeploymentObservation(blocked=("ModelNotReady", why, False), **base)
+    max_batch = dep.spec.batching.max_batch_size
+    if max_batch > art.get("batchSize", max_batch) and not model.spec.dynamic_batch:
+        message = (
+            f"spec.batching.maxBatchSize {max_batch} exceeds the batch size {art['batchSize']} NeuronModel "
+            f"{model_name} was traced with, and the model has no dynamicBatch: lower maxBatchSize or set "
+            "dynamicBatch: true on the model"
+        )
+        return DeploymentObservation(blocked=("InvalidSpec", message, True), **base)
     version = NeuronCoreVersion(art["neuronCoreVersion"]) if art.get("neuronCoreVersion") else None
     cores = dep.spec.placement.cores_per_replica
     plan = plan_placement(version, cores, dep.spec.instance_types, dep.spec.scheduler_name, ctx.settings)
@@ -245,8 +237,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     desired = build_deployment(body, served, plan, ctx.settings)
     rolling = (
         existing is not None
-        and (existing["metadata"].get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY)
-        != served.cache_key
+        and (existing["metadata"].get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY) != served.cache_key
     )
     applied = await ctx.kube.apply(desired, existing)
     for manifest in (build_service(body), build_pdb(body)):

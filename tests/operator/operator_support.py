@@ -77,10 +77,14 @@ class Operator:
         return self.metrics().get(f'neuron_operator_reconcile_passes_total{{kind="{kind}"}}', 0.0)
 
 
-def start_operator(cluster: LocalCluster, log: Path, settings: OperatorSettings, identity: str) -> Operator:
+def start_operator(
+    cluster: LocalCluster, log: Path, settings: OperatorSettings, identity: str, kubeconfig: Path | None = None
+) -> Operator:
+    """Run ``neuron-operator run`` (as cluster-admin unless ``kubeconfig`` names another identity)."""
     metrics_port = free_port()
     env = {
         **cluster.env(),
+        **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {}),
         **settings_env(settings),
         "NEURON_OPERATOR_METRICS_PORT": str(metrics_port),
         "NEURON_OPERATOR_HEALTH_PORT": str(free_port()),
@@ -105,3 +109,43 @@ def start_operator(cluster: LocalCluster, log: Path, settings: OperatorSettings,
 class Store:
     namespace: str
     path: Path  # the artifact PersistentVolume's directory on this machine
+
+
+def create_store(cluster: LocalCluster, namespace: str, path: Path) -> Store:
+    """Bind the artifact PVC of ``namespace`` to a hostPath PersistentVolume at ``path`` (which must exist)."""
+    pv_name = f"artifacts-{namespace}"
+    objs = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "10Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "claimRef": {"namespace": namespace, "name": ARTIFACT_PVC},
+                "hostPath": {"path": str(path), "type": "Directory"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": ARTIFACT_PVC, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv_name,
+                "resources": {"requests": {"storage": "10Gi"}},
+            },
+        },
+    ]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    until(
+        lambda: (
+            cluster.kubectl("get", "pvc", ARTIFACT_PVC, "-n", namespace, "-o", "jsonpath={.status.phase}").stdout
+            == "Bound"
+        ),
+        what="the artifact PVC to bind",
+    )
+    return Store(namespace, path)
