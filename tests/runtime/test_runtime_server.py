@@ -5,6 +5,7 @@ deadlines (504) and a failing batch (only its own requests fail)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -301,3 +302,43 @@ async def test_failing_batch_fails_only_its_own_requests(tmp_path: Path) -> None
     assert [r.status_code for r in doomed] == [500, 500]
     assert "poisoned row" in doomed[0].json()["error"]
     assert [r.json()["outputs"][0]["data"] for r in fine] == [[6.0, 6.0], [8.0, 8.0]]
+
+
+@pytest.mark.parametrize(
+    "placement",
+    [{"workers": 2}, {"mode": "multicore"}],
+    ids=["two-pinned-processes", "multicore-threads"],
+)
+def test_placements_spread_batches_over_every_worker(
+    mlp_artifact: CompileResult, monkeypatch: pytest.MonkeyPatch, placement: dict[str, Any]
+) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", f"{cpus[0]},{cpus[1]}")
+    with running_server(mlp_artifact, model_name="mlp", placement=placement, batching={"max_delay_ms": 1}) as s:
+        client = httpx.Client(base_url=s.url, timeout=30)
+        x = np.random.default_rng(3).standard_normal((1, 8)).astype(np.float32)
+        for _ in range(4):
+            body = {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+            response = client.post("/v2/models/mlp/infer", json=body)
+            np.testing.assert_allclose(response.json()["outputs"][0]["data"], eager_mlp(x).ravel(), rtol=1e-5)
+        busy = [
+            float(line.split()[1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("neuron_runtime_worker_busy_seconds_total{")
+        ]
+        client.close()
+    assert len(busy) == 2
+    assert all(b > 0 for b in busy)
+
+
+def test_infeasible_placement_is_refused(mlp_artifact: CompileResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuron_runtime.placement import PlacementError
+
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", str(min(os.sched_getaffinity(0))))
+    with (
+        pytest.raises(PlacementError, match=r"2 workers x 1 cores = 2 cores, but only 1 are visible"),
+        running_server(mlp_artifact, placement={"workers": 2}),
+    ):
+        pass
