@@ -28,8 +28,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from localcluster.cluster import ClusterConfig, LocalCluster  # noqa: E402
-from localcluster.wait import until  # noqa: E402
+from localcluster.cluster import ClusterConfig, LocalCluster
+from localcluster.wait import until
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cluster"
@@ -210,7 +210,8 @@ def up() -> int:
     say("kubectl get nm,nd -o wide")
     print(cluster.kubectl("get", "nm,nd", "-n", NAMESPACE, "-o", "wide").stdout)
     say(
-        f"demo finished in {time.monotonic() - t0:.0f}s; export KUBECONFIG={cluster.kubeconfig}; `make demo-down` to stop"
+        f"demo finished in {time.monotonic() - t0:.0f}s; export KUBECONFIG={cluster.kubeconfig}; "
+        "`make demo-down` to stop"
     )
     return 0
 

@@ -318,12 +318,8 @@ def write(root: Path, rendered: dict[str, str]) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m neuron_operator.crdgen", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 with a diff if files are stale"
-    )
+    parser = argparse.ArgumentParser(prog="python -m neuron_operator.crdgen", description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 with a diff if files are stale")
     parser.add_argument("--root", type=Path, default=None, help="repository root (default: this checkout)")
     args = parser.parse_args(argv)
     root: Path = args.root or _repo_root()

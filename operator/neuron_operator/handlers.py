@@ -62,21 +62,15 @@ async def make_runtime(settings: OperatorSettings) -> Runtime:
 
 
 @kopf.index(GROUP, VERSION, "neuronmodels")
-def artifacts_by_key(
-    namespace: str, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]] | None:
+def artifacts_by_key(namespace: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
     """(namespace, cacheKey) -> the artifact of every NeuronModel whose artifact is ready."""
     key, artifact = status.get("cacheKey"), status.get("artifact")
-    ready = any(
-        c.get("type") == "ArtifactReady" and c.get("status") == "True" for c in status.get("conditions", [])
-    )
+    ready = any(c.get("type") == "ArtifactReady" and c.get("status") == "True" for c in status.get("conditions", []))
     return {(namespace, key): dict(artifact)} if key and artifact and ready else None
 
 
 @kopf.index(GROUP, VERSION, "neuronmodels")
-def models_by_cache_key(
-    namespace: str, name: str, status: kopf.Status, **_: Any
-) -> dict[tuple[str, str], str] | None:
+def models_by_cache_key(namespace: str, name: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], str] | None:
     key = status.get("cacheKey")
     return {(namespace, key[: names.KEY_PREFIX_LEN]): name} if key else None
 

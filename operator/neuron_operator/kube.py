@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from lightkube import ApiError, AsyncClient
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
@@ -23,17 +23,13 @@ FIELD_MANAGER: Final = "neuron-operator"
 # Every kind the operator reads or writes, as dict-based generic resources.
 _KINDS: Final[dict[str, Any]] = {
     "NeuronModel": create_namespaced_resource("neuron.dev", "v1alpha1", "NeuronModel", "neuronmodels"),
-    "NeuronDeployment": create_namespaced_resource(
-        "neuron.dev", "v1alpha1", "NeuronDeployment", "neurondeployments"
-    ),
+    "NeuronDeployment": create_namespaced_resource("neuron.dev", "v1alpha1", "NeuronDeployment", "neurondeployments"),
     "Job": create_namespaced_resource("batch", "v1", "Job", "jobs"),
     "Deployment": create_namespaced_resource("apps", "v1", "Deployment", "deployments"),
     "Service": create_namespaced_resource("", "v1", "Service", "services"),
     "Pod": create_namespaced_resource("", "v1", "Pod", "pods"),
     "Event": create_namespaced_resource("", "v1", "Event", "events"),
-    "PodDisruptionBudget": create_namespaced_resource(
-        "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"
-    ),
+    "PodDisruptionBudget": create_namespaced_resource("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     "Lease": create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases"),
     "Node": create_global_resource("", "v1", "Node", "nodes"),
 }
@@ -113,7 +109,7 @@ class Kube:
         meta = manifest["metadata"]
         self._count("create", manifest["kind"])
         try:
-            obj = await self.client.create(
+            obj = await cast(Any, self.client).create(
                 resource(manifest["kind"])(manifest), namespace=meta.get("namespace")
             )
         except ApiError as exc:
@@ -125,9 +121,7 @@ class Kube:
             return existing, False
         return dict(obj), True
 
-    async def patch_status(
-        self, kind: str, name: str, namespace: str, status: dict[str, Any]
-    ) -> dict[str, Any]:
+    async def patch_status(self, kind: str, name: str, namespace: str, status: dict[str, Any]) -> dict[str, Any]:
         """JSON-merge-patch ``status`` (keys set to None are removed) on the status subresource."""
         self._count("patch-status", kind)
         result = await self.client.patch(
@@ -140,9 +134,7 @@ class Kube:
         )
         return dict(result)
 
-    async def merge_patch(
-        self, kind: str, name: str, namespace: str | None, patch: dict[str, Any]
-    ) -> dict[str, Any]:
+    async def merge_patch(self, kind: str, name: str, namespace: str | None, patch: dict[str, Any]) -> dict[str, Any]:
         self._count("patch", kind)
         result = await self.client.patch(
             resource(kind),
@@ -166,9 +158,7 @@ class Kube:
         )
         return dict(result)
 
-    async def event(
-        self, involved: Mapping[str, Any], type_: str, reason: str, message: str, now: datetime
-    ) -> None:
+    async def event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str, now: datetime) -> None:
         """Record a core/v1 Event about ``involved`` (shown by ``kubectl describe`` and ``get events``)."""
         meta = involved["metadata"]
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -194,4 +184,4 @@ class Kube:
             "reportingInstance": FIELD_MANAGER,
         }
         self._count("create", "Event")
-        await self.client.create(resource("Event")(manifest), namespace=meta["namespace"])
+        await cast(Any, self.client).create(resource("Event")(manifest), namespace=meta["namespace"])

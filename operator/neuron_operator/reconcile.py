@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,17 +191,14 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     except ValidationError as exc:
         return DeploymentObservation(blocked=("InvalidSpec", _fmt_errors(exc), True), selector=selector)
     existing = await ctx.kube.get("Deployment", name, namespace)
-    base = {
-        "selector": selector,
-        "deployment": existing,
-        "desired_replicas": 0 if dep.spec.suspend else dep.spec.replicas,
-    }
+    base = DeploymentObservation(
+        selector=selector, deployment=existing, desired_replicas=0 if dep.spec.suspend else dep.spec.replicas
+    )
     model_name = dep.spec.model_ref.name
     model_body = await ctx.kube.get("NeuronModel", model_name, namespace)
     if model_body is None:
         return DeploymentObservation(
-            blocked=("ModelNotFound", f"NeuronModel {model_name} does not exist in {namespace}", False),
-            **base,
+            blocked=("ModelNotFound", f"NeuronModel {model_name} does not exist in {namespace}", False)
         )
     model = NeuronModel.model_validate(model_body)
     mstatus = model_body.get("status") or {}
@@ -211,7 +208,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         why = f"NeuronModel {model_name} has no ready artifact for its current spec"
         if existing is not None:
             why += "; the previous artifact keeps serving until the new one is ready"
-        return DeploymentObservation(blocked=("ModelNotReady", why, False), **base)
+        return DeploymentObservation(blocked=("ModelNotReady", why, False))
     max_batch = dep.spec.batching.max_batch_size
     if max_batch > art.get("batchSize", max_batch) and not model.spec.dynamic_batch:
         message = (
@@ -219,12 +216,12 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
             f"{model_name} was traced with, and the model has no dynamicBatch: lower maxBatchSize or set "
             "dynamicBatch: true on the model"
         )
-        return DeploymentObservation(blocked=("InvalidSpec", message, True), **base)
+        return replace(base, blocked=("InvalidSpec", message, True))
     version = NeuronCoreVersion(art["neuronCoreVersion"]) if art.get("neuronCoreVersion") else None
     cores = dep.spec.placement.cores_per_replica
     plan = plan_placement(version, cores, dep.spec.instance_types, dep.spec.scheduler_name, ctx.settings)
     if isinstance(plan, Infeasible):
-        return DeploymentObservation(blocked=(plan.reason, plan.message, True), cores=cores, **base)
+        return replace(base, blocked=(plan.reason, plan.message, True), cores=cores)
     location = artifact_location(model, ctx.settings)
     served = ServedArtifact(
         model_name=model_name,
@@ -247,7 +244,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         model={"name": model_name, "sha256": served.sha256, "cacheKey": served.cache_key},
         cores=plan.cores,
         deployment=applied,
-        desired_replicas=base["desired_replicas"],
+        desired_replicas=base.desired_replicas,
         suspended=dep.spec.suspend,
         endpoint=endpoint(body, model_name),
         selector=selector,

@@ -21,9 +21,7 @@ class OperatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NEURON_OPERATOR_", extra="ignore", frozen=True)
 
-    namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces to watch; empty = the whole cluster."
-    )
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = the whole cluster.")
     runtime_image: str = Field(
         default=f"{DEFAULT_IMAGE_REPOSITORY}/neuron-runtime:{__version__}",
         description="Image for compile Jobs and serving pods of `cpu` models (torch, no Neuron SDK).",

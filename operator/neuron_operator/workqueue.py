@@ -28,7 +28,7 @@ class Backoff:
     failures: int = 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.base * (2**self.failures))
+        delay = float(min(self.cap, self.base * (2**self.failures)))
         self.failures += 1
         return delay
 
@@ -102,9 +102,7 @@ class WorkQueue:
                 worker.passes += 1
                 self.total_passes[kind] += 1
                 delay = worker.backoff.next()
-                log.warning(
-                    "reconcile %s/%s/%s failed (retry in %.1fs): %s", kind, namespace, name, delay, exc
-                )
+                log.warning("reconcile %s/%s/%s failed (retry in %.1fs): %s", kind, namespace, name, delay, exc)
                 if self.on_error is not None:
                     self.on_error(key, exc)
                 # Triggers during the backoff are coalesced into the retry, never a hot loop.

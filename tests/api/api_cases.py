@@ -261,9 +261,7 @@ def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
         shape = [batch, *draw(st.lists(st.integers(1, 64), min_size=rank - 1, max_size=rank - 1))]
         if not valid_only and draw(st.booleans()) and draw(st.booleans()):
             shape[0] = draw(st.integers(1, 8))
-        inputs.append(
-            {"name": name, "shape": shape, "dtype": draw(st.sampled_from(["float32", "int64", "bool"]))}
-        )
+        inputs.append({"name": name, "shape": shape, "dtype": draw(st.sampled_from(["float32", "int64", "bool"]))})
     spec: Manifest = {
         "inputs": inputs,
         "batchSize": batch,
@@ -277,11 +275,7 @@ def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
         spec["source"] = {}
     if rank > 1 and draw(st.booleans()):
         axis = draw(st.integers(1, rank - 1)) if valid_only else draw(st.integers(1, rank))
-        named = (
-            draw(st.sampled_from([None, *names]))
-            if valid_only
-            else draw(st.sampled_from([None, *names, "y"]))
-        )
+        named = draw(st.sampled_from([None, *names])) if valid_only else draw(st.sampled_from([None, *names, "y"]))
         targets = [i for i in inputs if named is None or i["name"] == named]
         if valid_only:
             largest = targets[0]["shape"][axis]
@@ -342,9 +336,7 @@ def deployment_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
     if draw(st.booleans()):
         delay = draw(st.integers(0, 50))
         spec["batching"]["maxDelayMs"] = delay
-        spec["batching"]["timeoutMs"] = draw(
-            st.integers(delay + 1, 100) if valid_only else st.integers(1, 100)
-        )
+        spec["batching"]["timeoutMs"] = draw(st.integers(delay + 1, 100) if valid_only else st.integers(1, 100))
     if draw(st.booleans()):
         queue = draw(st.integers(max(1, max_batch), 128) if valid_only else st.integers(1, 128))
         spec["batching"]["maxQueue"] = queue
@@ -356,9 +348,7 @@ def deployment_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
         spec["rollout"] = {"maxSurge": surge, "maxUnavailable": unavailable}
     if draw(st.booleans()):
         spec["instanceTypes"] = draw(
-            st.lists(
-                st.sampled_from(["inf2.xlarge", "inf2.48xlarge", "trn1.32xlarge"]), max_size=3, unique=True
-            )
+            st.lists(st.sampled_from(["inf2.xlarge", "inf2.48xlarge", "trn1.32xlarge"]), max_size=3, unique=True)
         )
     return spec
 

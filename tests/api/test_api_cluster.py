@@ -188,12 +188,8 @@ def test_defaults_appear_after_create(crds: Cluster, ns: str) -> None:
     assert dep["server"] == {"port": 8080}
     assert dep["rollout"] == {"maxSurge": 0, "maxUnavailable": 1}
     # The apiserver and pydantic fill in the same defaults.
-    assert NeuronModel.model_validate({**minimal_model, "spec": model}) == NeuronModel.model_validate(
-        minimal_model
-    )
-    assert NeuronDeployment.model_validate({**minimal_dep, "spec": dep}) == NeuronDeployment.model_validate(
-        minimal_dep
-    )
+    assert NeuronModel.model_validate({**minimal_model, "spec": model}) == NeuronModel.model_validate(minimal_model)
+    assert NeuronDeployment.model_validate({**minimal_dep, "spec": dep}) == NeuronDeployment.model_validate(minimal_dep)
 
 
 def test_explain_prints_descriptions(crds: Cluster) -> None:
@@ -264,9 +260,7 @@ def full_model(name: str) -> NeuronModel:
                     requests=ResourceList(cpu="1500m", memory="8Gi"), limits=ResourceList(memory=17179869184)
                 ),
                 node_selector={"node.kubernetes.io/instance-type": "c6i.4xlarge"},
-                tolerations=[
-                    Toleration(key="dedicated", operator="Equal", value="compile", effect="NoSchedule")
-                ],
+                tolerations=[Toleration(key="dedicated", operator="Equal", value="compile", effect="NoSchedule")],
                 timeout_seconds=1200,
             ),
             storage=StorageSpec(pvc=PvcStorage(claim_name="neuron-artifacts", path="models/bert")),
@@ -274,9 +268,7 @@ def full_model(name: str) -> NeuronModel:
         status=NeuronModelStatus(
             observed_generation=1,
             conditions=[
-                Condition(
-                    type="Ready", status=ConditionStatus.TRUE, reason="Compiled", last_transition_time=NOW
-                ),
+                Condition(type="Ready", status=ConditionStatus.TRUE, reason="Compiled", last_transition_time=NOW),
                 Condition(
                     type="ArchitectureFit",
                     status=ConditionStatus.TRUE,
@@ -323,9 +315,7 @@ def full_deployment(name: str) -> NeuronDeployment:
                 preferred_batch_sizes=[8, 16, 32],
             ),
             server=ServerSpec(port=9000),
-            resources=ResourceRequirements(
-                requests=ResourceList(cpu=2, memory="4Gi", ephemeral_storage="10Gi")
-            ),
+            resources=ResourceRequirements(requests=ResourceList(cpu=2, memory="4Gi", ephemeral_storage="10Gi")),
             rollout=Rollout(max_surge="25%", max_unavailable=0),
             image="registry.example.com/neuron-runtime:0.1.0",
             scheduler_name="my-scheduler",

@@ -146,9 +146,7 @@ def test_status_round_trip() -> None:
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     status = NeuronModelStatus(
         observed_generation=3,
-        conditions=[
-            Condition(type="Ready", status=ConditionStatus.TRUE, reason="Compiled", last_transition_time=now)
-        ],
+        conditions=[Condition(type="Ready", status=ConditionStatus.TRUE, reason="Compiled", last_transition_time=now)],
         phase=ModelPhase.READY,
         cache_key="k" * 64,
         artifact=ArtifactStatus(

@@ -49,9 +49,7 @@ def test_checked_in_crds_match_the_generator(directory: Path) -> None:
     assert on_disk == set(RENDERED)
 
 
-def test_check_mode_reports_a_diff_and_write_mode_fixes_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_mode_reports_a_diff_and_write_mode_fixes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
     assert "+kind: CustomResourceDefinition" in capsys.readouterr().out
     assert crdgen.main(["--root", str(tmp_path)]) == 0
@@ -99,11 +97,7 @@ def test_schema_is_structural_and_documented(name: str, schema: dict[str, Any]) 
             assert "maxItems" in node, f"{name}: {path}: array without maxItems"
         if node.get("type") == "object" and "additionalProperties" in node:
             assert "maxProperties" in node, f"{name}: {path}: map without maxProperties"
-        if (
-            node.get("type") == "string"
-            and not {"enum", "format"} & node.keys()
-            and path not in ("apiVersion", "kind")
-        ):
+        if node.get("type") == "string" and not {"enum", "format"} & node.keys() and path not in ("apiVersion", "kind"):
             assert "maxLength" in node or "pattern" in node, f"{name}: {path}: unbounded string"
 
 
@@ -144,9 +138,9 @@ def test_crd_metadata() -> None:
 
 
 def test_defaults_and_enums_are_carried() -> None:
-    spec = DOCS["neuron.dev_neuronmodels.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
-        "properties"
-    ]["spec"]
+    spec = DOCS["neuron.dev_neuronmodels.yaml"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
     compiler = spec["properties"]["compiler"]
     assert compiler["default"] == {
         "autoCast": "none",

@@ -57,7 +57,7 @@ def test_versions_are_the_pinned_ones(cluster: LocalCluster) -> None:
     ctx = ssl.create_default_context(cafile=str(cluster.state / "pki" / "ca.crt"))
     with urllib.request.urlopen(f"{cluster.server}/version", context=ctx, timeout=5) as r:
         assert json.loads(r.read())["gitVersion"] == K8S_VERSION
-    assert f"etcd Version: 3.6" in os.popen(f"{cluster.tools.etcd} --version").read()
+    assert "etcd Version: 3.6" in os.popen(f"{cluster.tools.etcd} --version").read()
 
 
 def test_structural_crd_prunes_unknown_fields(cluster: LocalCluster, namespace: str) -> None:
@@ -77,9 +77,7 @@ def test_structural_crd_prunes_unknown_fields(cluster: LocalCluster, namespace: 
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "properties": {
-                                "spec": {"type": "object", "properties": {"size": {"type": "integer"}}}
-                            },
+                            "properties": {"spec": {"type": "object", "properties": {"size": {"type": "integer"}}}},
                         }
                     },
                 }
@@ -136,9 +134,7 @@ def test_fleet_is_listed_with_neuroncore_allocatable(cluster: LocalCluster) -> N
 
 def test_neuroncore_pod_binds_to_a_node_with_enough_cores(cluster: LocalCluster, namespace: str) -> None:
     apply(cluster, namespace, pod("two-cores", 2))
-    node_name = until(
-        lambda: get(cluster, "-n", namespace, "pod", "two-cores")["spec"].get("nodeName"), what="binding"
-    )
+    node_name = until(lambda: get(cluster, "-n", namespace, "pod", "two-cores")["spec"].get("nodeName"), what="binding")
     node = get(cluster, "node", node_name)
     assert int(node["status"]["allocatable"][NEURONCORE_RESOURCE]) >= 2
     until(
@@ -164,16 +160,12 @@ def _neuron_pods(cluster: LocalCluster) -> list[dict[str, Any]]:
     return [
         p
         for p in pods
-        if any(
-            NEURONCORE_RESOURCE in c.get("resources", {}).get("limits", {}) for c in p["spec"]["containers"]
-        )
+        if any(NEURONCORE_RESOURCE in c.get("resources", {}).get("limits", {}) for c in p["spec"]["containers"])
         and p["status"].get("phase") not in ("Succeeded", "Failed")
     ]
 
 
-def test_pods_exactly_fill_the_fleet_and_one_more_stays_pending(
-    cluster: LocalCluster, namespace: str
-) -> None:
+def test_pods_exactly_fill_the_fleet_and_one_more_stays_pending(cluster: LocalCluster, namespace: str) -> None:
     # Other tests' namespaces are deleted asynchronously: start from an empty fleet.
     until(lambda: not _neuron_pods(cluster), timeout=120, what="no NeuronCore pods left from other tests")
     total = total_neuron_cores(DEFAULT_FLEET)
@@ -186,10 +178,7 @@ def test_pods_exactly_fill_the_fleet_and_one_more_stays_pending(
         if cores:
             name = manifest["metadata"]["name"]
             pods.append(pod(f"fill-{name}", cores, nodeSelector={"kubernetes.io/hostname": name}))
-    assert (
-        sum(int(p["spec"]["containers"][0]["resources"]["limits"][NEURONCORE_RESOURCE]) for p in pods)
-        == total
-    )
+    assert sum(int(p["spec"]["containers"][0]["resources"]["limits"][NEURONCORE_RESOURCE]) for p in pods) == total
     apply(cluster, namespace, *pods)
     until(
         lambda: all(p["spec"].get("nodeName") for p in get(cluster, "-n", namespace, "pods")["items"]),
@@ -199,9 +188,7 @@ def test_pods_exactly_fill_the_fleet_and_one_more_stays_pending(
     apply(cluster, namespace, pod("one-too-many", 1))
 
     def insufficient() -> bool:
-        events = get(
-            cluster, "-n", namespace, "events", "--field-selector", "involvedObject.name=one-too-many"
-        )
+        events = get(cluster, "-n", namespace, "events", "--field-selector", "involvedObject.name=one-too-many")
         return any(
             e["reason"] == "FailedScheduling" and f"Insufficient {NEURONCORE_RESOURCE}" in e["message"]
             for e in events["items"]
@@ -231,9 +218,7 @@ def test_deployment_reaches_three_ready_replicas(cluster: LocalCluster, namespac
     }
     apply(cluster, namespace, deployment)
     until(
-        lambda: (
-            get(cluster, "-n", namespace, "deployment", "web").get("status", {}).get("readyReplicas") == 3
-        ),
+        lambda: get(cluster, "-n", namespace, "deployment", "web").get("status", {}).get("readyReplicas") == 3,
         timeout=60,
         what="3 ready replicas",
     )
@@ -273,18 +258,15 @@ def test_teardown_leaves_no_process_behind(tmp_path: Path) -> None:
     }
     try:
         small.kubectl("create", "-f", "-", input=json.dumps(sleeper))
-        pod_pid = int(
-            until(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the pod to start")
-        )
+        pod_pid = int(until(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the pod to start"))
         recorded = {name: s["pid"] for name, s in small.status().items()}
         assert all(s for s in recorded.values()), recorded
         ports = list(small.config.ports.values())
     finally:
         small.down()
     for name, pid in [*recorded.items(), ("pod", pod_pid)]:
-        assert (
-            not Path(f"/proc/{pid}").exists()
-            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
-        ), name
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3], (
+            name
+        )
     assert all(port_is_free(p) for p in ports)
     assert not (tmp_path / "state").exists()

@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     clean.add_argument("--state-dir", type=Path, required=True)
     clean.add_argument("--pod-cidr", default="10.241.0.0/24")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

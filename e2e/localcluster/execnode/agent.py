@@ -189,9 +189,7 @@ class Agent:
         self.net = HostNetwork(cfg.pod_cidr)
         self.host_ip = self.net.gateway
         ipam_file, cores_file = self.state_dir / "ipam.json", self.state_dir / "cores.json"
-        self.ipam = (
-            Ipam.from_json(cfg.pod_cidr, ipam_file.read_text()) if ipam_file.exists() else Ipam(cfg.pod_cidr)
-        )
+        self.ipam = Ipam.from_json(cfg.pod_cidr, ipam_file.read_text()) if ipam_file.exists() else Ipam(cfg.pod_cidr)
         self.cores = (
             CoreAllocator.from_json(cores_file.read_text(), cfg.cores)
             if cores_file.exists()
@@ -473,9 +471,7 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(
             *(
-                w.shutdown(
-                    min(self.cfg.stop_grace, float(w.pod["spec"].get("terminationGracePeriodSeconds", 30)))
-                )
+                w.shutdown(min(self.cfg.stop_grace, float(w.pod["spec"].get("terminationGracePeriodSeconds", 30))))
                 for w in list(self.workers.values())
             ),
             return_exceptions=True,

@@ -41,8 +41,7 @@ def requested_cores(container: Mapping[str, Any], cores_per_device: int = 2) -> 
     d = int(str(limits.get(NEURON_DEVICE, 0)))
     if n and d:
         raise ValueError(
-            f"containers[{container.get('name')}].resources: "
-            f"request either {NEURONCORE} or {NEURON_DEVICE}, not both"
+            f"containers[{container.get('name')}].resources: request either {NEURONCORE} or {NEURON_DEVICE}, not both"
         )
     if d:
         return d * cores_per_device, cores_per_device
@@ -75,9 +74,7 @@ class CoreAllocator:
             if self._is_free(start, count):
                 self._alloc[key] = (start, count)
                 return start, count
-        raise AllocationError(
-            f"no {count} contiguous free NeuronCores (of {self.total}; in use: {self.in_use()})"
-        )
+        raise AllocationError(f"no {count} contiguous free NeuronCores (of {self.total}; in use: {self.in_use()})")
 
     def release(self, key: str) -> None:
         self._alloc.pop(key, None)

@@ -273,7 +273,6 @@ def command_line(container: Obj, env: Mapping[str, str]) -> list[str]:
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
     if not container.get("command"):
         raise EnvError(
-            f"containers[{container.get('name')}].command: "
-            "required on the local exec node (images are not run)"
+            f"containers[{container.get('name')}].command: required on the local exec node (images are not run)"
         )
     return [expand(a, env) for a in argv]

@@ -219,9 +219,7 @@ class CidrLock:
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise CidrInUse(
-                f"pod-cidr {self.cidr} is in use by another exec node ({holder or 'unknown'})"
-            ) from None
+            raise CidrInUse(f"pod-cidr {self.cidr} is in use by another exec node ({holder or 'unknown'})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid={os.getpid()} state-dir={self.state_dir}\n".encode(), 0)
         self._fd = fd

@@ -120,9 +120,7 @@ class PodWorker:
             grace = pod["metadata"].get("deletionGracePeriodSeconds")
             if grace is None:
                 grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-            self.tasks.append(
-                asyncio.create_task(self._guard(self._delete(float(grace))), name=f"delete {self.name}")
-            )
+            self.tasks.append(asyncio.create_task(self._guard(self._delete(float(grace))), name=f"delete {self.name}"))
 
     async def killed(self) -> None:
         """The object is gone (force-deleted): stop at once, no grace."""
@@ -270,9 +268,7 @@ class PodWorker:
                 a.cores.allocate(f"{self.uid}/{c.name}", count, align)
         a.persist()
         if self.vols is None:
-            self.vols = await volumes.prepare(
-                self.pod, self.dir, a.state_dir / "pvc", a.fetcher, a.node_allocatable
-            )
+            self.vols = await volumes.prepare(self.pod, self.dir, a.state_dir / "pvc", a.fetcher, a.node_allocatable)
             if self.vols.tokens:
                 self.tasks.append(asyncio.create_task(self._guard(self._refresh_tokens())))
 
@@ -404,8 +400,7 @@ class PodWorker:
             delay = 0.0 if restarts == 0 else backoff
             if delay:
                 message = (
-                    f"back-off {delay:.0f}s restarting failed container={c.name} "
-                    f"pod={self.name}_{self.ns}({self.uid})"
+                    f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.name}_{self.ns}({self.uid})"
                 )
                 c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
                 self._changed()
@@ -441,11 +436,7 @@ class PodWorker:
                 message = f.read(MAX_MESSAGE).decode("utf-8", "replace")
         except OSError:
             message = ""
-        if (
-            not message
-            and exit_code != 0
-            and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-        ):
+        if not message and exit_code != 0 and c.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             try:
                 tail = (self.dir / f"{c.name}.log").read_bytes()[-2048:]
                 message = b"\n".join(tail.splitlines()[-80:]).decode("utf-8", "replace")
@@ -523,9 +514,7 @@ class PodWorker:
                         self._changed()
                         return
                     elif kind in ("startup", "liveness") and state.result is False:
-                        log.info(
-                            "pod %s/%s: %s probe of %s failed: %s", self.ns, self.name, kind, c.name, msg
-                        )
+                        log.info("pod %s/%s: %s probe of %s failed: %s", self.ns, self.name, kind, c.name, msg)
                         c.kill_reason = f"{kind} probe failed: {msg}"
                         grace = probe.get(
                             "terminationGracePeriodSeconds",
@@ -535,9 +524,7 @@ class PodWorker:
                         return
                 await asyncio.sleep(period)
 
-        loops = [
-            loop(k, spec[f"{k}Probe"]) for k in ("startup", "readiness", "liveness") if spec.get(f"{k}Probe")
-        ]
+        loops = [loop(k, spec[f"{k}Probe"]) for k in ("startup", "readiness", "liveness") if spec.get(f"{k}Probe")]
         if loops:
             await asyncio.gather(*loops)
 
@@ -595,9 +582,7 @@ class PodWorker:
         if self._released:
             return
         self._released = True
-        if (
-            self.stopping.is_set()
-        ):  # let a sandbox step in flight finish, so nothing is created after teardown
+        if self.stopping.is_set():  # let a sandbox step in flight finish, so nothing is created after teardown
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._setup_done.wait(), 30)
         for c in [*self.inits, *self.apps]:  # a container launched while we were stopping

@@ -49,9 +49,7 @@ async def http_get(
                 "Connection": "close",
             }
             hdrs.update({h["name"]: h["value"] for h in (headers or [])})
-            req = (
-                f"GET {path or '/'} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
-            )
+            req = f"GET {path or '/'} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items()) + "\r\n"
             writer.write(req.encode())
             await writer.drain()
             line = (await reader.readline()).decode("latin-1").split()

@@ -73,9 +73,7 @@ def render_configmap(cm: Obj | None, src: Obj, default_mode: int, where: str) ->
     return _items(configmap_data(cm), src.get("items"), default_mode, where)
 
 
-def render_secret(
-    secret: Obj | None, src: Obj, default_mode: int, where: str, name_key: str = "secretName"
-) -> Files:
+def render_secret(secret: Obj | None, src: Obj, default_mode: int, where: str, name_key: str = "secretName") -> Files:
     if secret is None:
         if src.get("optional"):
             return {}
@@ -83,9 +81,7 @@ def render_secret(
     return _items(secret_data(secret), src.get("items"), default_mode, where)
 
 
-def render_downward(
-    pod: Obj, src: Obj, default_mode: int, node_allocatable: Mapping[str, str], where: str
-) -> Files:
+def render_downward(pod: Obj, src: Obj, default_mode: int, node_allocatable: Mapping[str, str], where: str) -> Files:
     out: Files = {}
     containers = {c["name"]: c for c in pod.get("spec", {}).get("containers") or []}
     for it in src.get("items") or []:
@@ -94,9 +90,7 @@ def render_downward(
                 value = field_ref(pod, it["fieldRef"]["fieldPath"], allow_maps=True)
             elif "resourceFieldRef" in it:
                 ref = it["resourceFieldRef"]
-                value = resource_field_ref(
-                    containers.get(ref.get("containerName", ""), {}), ref, node_allocatable
-                )
+                value = resource_field_ref(containers.get(ref.get("containerName", ""), {}), ref, node_allocatable)
             else:
                 raise VolumeError(f"{where}: item {it.get('path')!r} needs fieldRef or resourceFieldRef")
         except EnvError as exc:
@@ -143,9 +137,7 @@ def volume_kind(vol: Obj) -> str:
     if len(kinds) != 1:
         raise VolumeError(f"volumes[{vol.get('name')}]: exactly one volume source expected, got {kinds}")
     if kinds[0] not in SUPPORTED:
-        raise VolumeError(
-            f"volumes[{vol['name']}]: {kinds[0]} volumes are not supported on the local exec node"
-        )
+        raise VolumeError(f"volumes[{vol['name']}]: {kinds[0]} volumes are not supported on the local exec node")
     return kinds[0]
 
 
@@ -176,20 +168,14 @@ async def prepare(
             elif not path.exists() and htype:
                 raise VolumeError(f"{where}: {path} does not exist (type {htype})")
             elif not path.exists():
-                path.mkdir(
-                    parents=True, exist_ok=True
-                )  # kubelet: an unset type creates nothing, runc creates a dir
+                path.mkdir(parents=True, exist_ok=True)  # kubelet: an unset type creates nothing, runc creates a dir
             target = path
         elif kind == "persistentVolumeClaim":
             claim = src.get("claimName", "")
             pvc = await fetch.pvc(ns, claim)
             if pvc is None:
                 raise VolumeError(f"{where}: persistentvolumeclaim {claim!r} not found")
-            pv = (
-                await fetch.pv(pvc["spec"]["volumeName"])
-                if (pvc.get("spec") or {}).get("volumeName")
-                else None
-            )
+            pv = await fetch.pv(pvc["spec"]["volumeName"]) if (pvc.get("spec") or {}).get("volumeName") else None
             pv_spec = (pv or {}).get("spec") or {}
             local = pv_spec.get("hostPath") or pv_spec.get("local")
             # A hostPath/local PV lives on this host; any other kind gets one directory per claim.
@@ -209,9 +195,7 @@ async def prepare(
                 pwhere = f"{where}.sources[{i}]"
                 if "serviceAccountToken" in ps:
                     t = ps["serviceAccountToken"]
-                    tf = TokenFile(
-                        target / t["path"], t.get("audience"), int(t.get("expirationSeconds", 3600)), mode
-                    )
+                    tf = TokenFile(target / t["path"], t.get("audience"), int(t.get("expirationSeconds", 3600)), mode)
                     await refresh_token(tf, pod, sa, fetch)
                     out.tokens.append(tf)
                 elif "configMap" in ps:

@@ -50,8 +50,7 @@ Float = Annotated[float, Field(allow_inf_nan=False)]
 
 #: A Kubernetes quantity: an integer or a string such as ``500m``, ``2Gi``, ``1.5``.
 Quantity = Annotated[
-    Annotated[int, Strict(), Field(ge=0)]
-    | Annotated[str, Strict(), Field(pattern=QUANTITY_PATTERN, max_length=64)],
+    Annotated[int, Strict(), Field(ge=0)] | Annotated[str, Strict(), Field(pattern=QUANTITY_PATTERN, max_length=64)],
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -323,17 +322,13 @@ class Toleration(CamelModel):
     key: Str | None = Field(
         default=None,
         max_length=316,
-        description=(
-            "Taint key to tolerate, e.g. aws.amazon.com/neuron; empty with operator Exists matches all."
-        ),
+        description=("Taint key to tolerate, e.g. aws.amazon.com/neuron; empty with operator Exists matches all."),
     )
     operator: TolerationOperator | None = Field(
         default=None, description="Exists or Equal (the Kubernetes default when omitted is Equal)."
     )
     value: Str | None = Field(default=None, max_length=63, description="Taint value to match with Equal.")
-    effect: TaintEffect | None = Field(
-        default=None, description="Taint effect to match; empty matches all effects."
-    )
+    effect: TaintEffect | None = Field(default=None, description="Taint effect to match; empty matches all effects.")
     toleration_seconds: Int | None = Field(
         default=None,
         ge=0,
@@ -345,17 +340,13 @@ class Toleration(CamelModel):
         if self.operator == TolerationOperator.EXISTS and self.value:
             raise ValueError("tolerations[].value must be empty when operator is Exists")
         if self.key is None and self.operator != TolerationOperator.EXISTS:
-            raise ValueError(
-                "tolerations[].key may be empty only when operator is Exists (tolerate every taint)"
-            )
+            raise ValueError("tolerations[].key may be empty only when operator is Exists (tolerate every taint)")
         if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
             raise ValueError("tolerations[].tolerationSeconds requires effect NoExecute")
         return self
 
 
-TOLERATIONS_FIELD_DOC: Final = (
-    "Tolerations added to the pod (the aws.amazon.com/neuron taint is tolerated already)."
-)
+TOLERATIONS_FIELD_DOC: Final = "Tolerations added to the pod (the aws.amazon.com/neuron taint is tolerated already)."
 
 
 class ResourceList(CamelModel):

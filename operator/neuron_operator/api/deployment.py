@@ -201,9 +201,7 @@ class Batching(CamelModel):
             if len(set(sizes)) != len(sizes):
                 raise ValueError("spec.batching.preferredBatchSizes: duplicate value")
             if any(b > self.max_batch_size for b in sizes):
-                raise ValueError(
-                    "spec.batching.preferredBatchSizes must all be <= spec.batching.maxBatchSize"
-                )
+                raise ValueError("spec.batching.preferredBatchSizes must all be <= spec.batching.maxBatchSize")
             if sizes != sorted(sizes):
                 raise ValueError("spec.batching.preferredBatchSizes must be in ascending order")
         if self.max_queue < self.max_batch_size:
@@ -226,9 +224,7 @@ def _is_zero(value: int | str) -> bool:
 
 
 _ZERO_SURGE = "(type(self.maxSurge) == int ? self.maxSurge == 0 : self.maxSurge == '0%')"
-_ZERO_UNAVAILABLE = (
-    "(type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%')"
-)
+_ZERO_UNAVAILABLE = "(type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%')"
 
 
 class Rollout(CamelModel):
@@ -265,8 +261,7 @@ class PodOverrides(CamelModel):
         json_schema_extra=validations(
             cel(
                 f"!has(self.labels) || !self.labels.exists(k, k.startsWith('{RESERVED_LABEL_PREFIX}'))",
-                f"spec.pod.labels must not use the {RESERVED_LABEL_PREFIX} prefix (reserved for the "
-                "operator)",
+                f"spec.pod.labels must not use the {RESERVED_LABEL_PREFIX} prefix (reserved for the operator)",
                 fieldPath=".labels",
             )
         )
@@ -276,13 +271,9 @@ class PodOverrides(CamelModel):
     annotations: StringMap | None = Field(default=None, description="Extra pod annotations.")
     node_selector: StringMap | None = Field(
         default=None,
-        description=(
-            "Extra node labels to match, on top of the instance-type affinity from spec.instanceTypes."
-        ),
+        description=("Extra node labels to match, on top of the instance-type affinity from spec.instanceTypes."),
     )
-    tolerations: list[Toleration] | None = Field(
-        default=None, max_length=32, description=TOLERATIONS_FIELD_DOC
-    )
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32, description=TOLERATIONS_FIELD_DOC)
     affinity: Affinity | None = Field(
         default=None,
         description="Extra affinity rules; node affinity is ANDed with the instance-type affinity.",
@@ -303,9 +294,7 @@ class PodOverrides(CamelModel):
 class NeuronDeploymentSpec(CamelModel):
     """Desired state of a NeuronDeployment."""
 
-    model_ref: ModelReference = Field(
-        description="The NeuronModel (same namespace) whose artifact is served."
-    )
+    model_ref: ModelReference = Field(description="The NeuronModel (same namespace) whose artifact is served.")
     replicas: Int = Field(
         default=1,
         ge=0,
@@ -367,9 +356,7 @@ class NeuronDeploymentSpec(CamelModel):
     )
     pod: PodOverrides | None = Field(
         default=None,
-        description=(
-            "Labels, annotations, node selector, tolerations, affinity and service account of the pods."
-        ),
+        description=("Labels, annotations, node selector, tolerations, affinity and service account of the pods."),
     )
 
     @model_validator(mode="after")
@@ -384,12 +371,8 @@ class ServedModel(CamelModel):
     """The artifact the replicas currently serve."""
 
     name: Str = Field(max_length=63, description="Name of the NeuronModel.")
-    sha256: Str | None = Field(
-        default=None, pattern=SHA256_PATTERN, description="SHA-256 of the served artifact."
-    )
-    cache_key: Str | None = Field(
-        default=None, max_length=256, description="Cache key of the served artifact."
-    )
+    sha256: Str | None = Field(default=None, pattern=SHA256_PATTERN, description="SHA-256 of the served artifact.")
+    cache_key: Str | None = Field(default=None, max_length=256, description="Cache key of the served artifact.")
 
 
 DEPLOYMENT_CONDITIONS_DOC: Final = (
@@ -412,18 +395,14 @@ DEPLOYMENT_CONDITIONS_DOC: Final = (
 class NeuronDeploymentStatus(CamelModel):
     """Observed state of a NeuronDeployment, written by the operator only."""
 
-    observed_generation: Int | None = Field(
-        default=None, ge=0, description="metadata.generation the status describes."
-    )
+    observed_generation: Int | None = Field(default=None, ge=0, description="metadata.generation the status describes.")
     conditions: list[Condition] | None = Field(
         default=None, max_length=16, description=DEPLOYMENT_CONDITIONS_DOC, json_schema_extra=CONDITIONS_EXTRA
     )
     replicas: Int | None = Field(default=None, ge=0, description="Pods that exist (scale subresource).")
     ready_replicas: Int | None = Field(default=None, ge=0, description="Pods passing their readiness probe.")
     updated_replicas: Int | None = Field(default=None, ge=0, description="Pods running the current spec.")
-    available_replicas: Int | None = Field(
-        default=None, ge=0, description="Pods ready for at least minReadySeconds."
-    )
+    available_replicas: Int | None = Field(default=None, ge=0, description="Pods ready for at least minReadySeconds.")
     ready_summary: Str | None = Field(
         default=None,
         max_length=32,
@@ -467,12 +446,8 @@ class NeuronDeployment(CamelModel):
     )
     kind: Literal["NeuronDeployment"] = Field(default="NeuronDeployment", description="NeuronDeployment")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
-    spec: NeuronDeploymentSpec = Field(
-        description="Desired state: which model, how many replicas, how served."
-    )
-    status: NeuronDeploymentStatus | None = Field(
-        default=None, description="Observed state, written by the operator."
-    )
+    spec: NeuronDeploymentSpec = Field(description="Desired state: which model, how many replicas, how served.")
+    status: NeuronDeploymentStatus | None = Field(default=None, description="Observed state, written by the operator.")
 
     @model_validator(mode="after")
     def _name(self) -> NeuronDeployment:

@@ -141,16 +141,14 @@ class TorchScriptSource(CamelModel):
         max_length=2048,
         pattern=URI_PATTERN,
         description=(
-            "Where the TorchScript file is: s3://, gs://, https://, hf://, oci://, file:// or "
-            "pvc://<claim>/<path>."
+            "Where the TorchScript file is: s3://, gs://, https://, hf://, oci://, file:// or pvc://<claim>/<path>."
         ),
     )
     sha256: Str | None = Field(
         default=None,
         pattern=SHA256_PATTERN,
         description=(
-            "Expected SHA-256 of the file (64 hex characters); the compile fails with ChecksumMismatch "
-            "otherwise."
+            "Expected SHA-256 of the file (64 hex characters); the compile fails with ChecksumMismatch otherwise."
         ),
     )
 
@@ -188,9 +186,7 @@ class PythonSource(CamelModel):
         default=None,
         max_length=2048,
         pattern=URI_PATTERN,
-        description=(
-            "Optional state_dict to load into the built module (same URI schemes as torchscript.uri)."
-        ),
+        description=("Optional state_dict to load into the built module (same URI schemes as torchscript.uri)."),
     )
     weights_sha256: Str | None = Field(
         default=None,
@@ -218,9 +214,7 @@ class ModelSource(CamelModel):
     )
 
     torchscript: TorchScriptSource | None = Field(default=None, description="A saved TorchScript module.")
-    python: PythonSource | None = Field(
-        default=None, description="A Python factory function and its arguments."
-    )
+    python: PythonSource | None = Field(default=None, description="A Python factory function and its arguments.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
@@ -353,9 +347,7 @@ class CompilerSpec(CamelModel):
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU and memory of the compile container (compilation needs no NeuronCore)."
     )
-    node_selector: StringMap | None = Field(
-        default=None, description="Node labels the compile Job's pod must match."
-    )
+    node_selector: StringMap | None = Field(default=None, description="Node labels the compile Job's pod must match.")
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description=f"Compile Job: {TOLERATIONS_FIELD_DOC}"
     )
@@ -384,9 +376,7 @@ class CompilerSpec(CamelModel):
 class PvcStorage(CamelModel):
     """A PersistentVolumeClaim in the NeuronModel's namespace."""
 
-    claim_name: Str = Field(
-        max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the PersistentVolumeClaim."
-    )
+    claim_name: Str = Field(max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the PersistentVolumeClaim.")
     path: Str | None = Field(
         default=None,
         max_length=1024,
@@ -440,14 +430,12 @@ class NeuronModelSpec(CamelModel):
                 fieldPath=".inputs",
             ),
             cel(
-                "!has(self.buckets) || !has(self.buckets.input) || "
-                "self.inputs.exists(i, i.name == self.buckets.input)",
+                "!has(self.buckets) || !has(self.buckets.input) || self.inputs.exists(i, i.name == self.buckets.input)",
                 "spec.buckets.input must name one of spec.inputs",
                 fieldPath=".buckets.input",
             ),
             cel(
-                f"!has(self.buckets) || self.inputs.all(i, {_BUCKETED} || self.buckets.axis < "
-                "i.shape.size())",
+                f"!has(self.buckets) || self.inputs.all(i, {_BUCKETED} || self.buckets.axis < i.shape.size())",
                 "spec.buckets.axis must be a dimension of every bucketed input (less than its rank)",
                 fieldPath=".buckets.axis",
             ),
@@ -461,9 +449,7 @@ class NeuronModelSpec(CamelModel):
         )
     )
 
-    source: ModelSource = Field(
-        description="Where the model comes from: exactly one of torchscript or python."
-    )
+    source: ModelSource = Field(description="Where the model comes from: exactly one of torchscript or python.")
     inputs: list[TensorSpec] = Field(
         min_length=1,
         max_length=MAX_INPUTS,
@@ -528,13 +514,9 @@ class NeuronModelSpec(CamelModel):
             raise ValueError("spec.buckets.input must name one of spec.inputs")
         bucketed = [i for i in self.inputs if b.input is None or i.name == b.input]
         if any(b.axis >= len(i.shape) for i in bucketed):
-            raise ValueError(
-                "spec.buckets.axis must be a dimension of every bucketed input (less than its rank)"
-            )
+            raise ValueError("spec.buckets.axis must be a dimension of every bucketed input (less than its rank)")
         if any(i.shape[b.axis] != b.sizes[-1] for i in bucketed):
-            raise ValueError(
-                "spec.buckets.sizes: the largest size must equal shape[axis] of every bucketed input"
-            )
+            raise ValueError("spec.buckets.sizes: the largest size must equal shape[axis] of every bucketed input")
         return self
 
 
@@ -572,9 +554,7 @@ class ArtifactStatus(CamelModel):
     buckets: Buckets | None = Field(default=None, description="Compiled bucket sizes, if any.")
     size_bytes: Int | None = Field(default=None, ge=0, description="Size of the artifact in bytes.")
     compiled_at: datetime | None = Field(default=None, description="When compilation finished.")
-    compile_seconds: Float | None = Field(
-        default=None, ge=0, description="Wall-clock compile time in seconds."
-    )
+    compile_seconds: Float | None = Field(default=None, ge=0, description="Wall-clock compile time in seconds.")
 
 
 MODEL_CONDITIONS_DOC: Final = (
@@ -593,9 +573,7 @@ MODEL_CONDITIONS_DOC: Final = (
 class NeuronModelStatus(CamelModel):
     """Observed state of a NeuronModel, written by the operator only."""
 
-    observed_generation: Int | None = Field(
-        default=None, ge=0, description="metadata.generation the status describes."
-    )
+    observed_generation: Int | None = Field(default=None, ge=0, description="metadata.generation the status describes.")
     conditions: list[Condition] | None = Field(
         default=None, max_length=16, description=MODEL_CONDITIONS_DOC, json_schema_extra=CONDITIONS_EXTRA
     )
@@ -611,9 +589,7 @@ class NeuronModelStatus(CamelModel):
             "compiler settings and runtime versions. Equal keys share one artifact."
         ),
     )
-    artifact: ArtifactStatus | None = Field(
-        default=None, description="The compiled artifact, once available."
-    )
+    artifact: ArtifactStatus | None = Field(default=None, description="The compiled artifact, once available.")
     last_failure: Failure | None = Field(default=None, description="The most recent compile failure.")
 
 
@@ -639,9 +615,7 @@ class NeuronModel(CamelModel):
     kind: Literal["NeuronModel"] = Field(default="NeuronModel", description="NeuronModel")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: NeuronModelSpec = Field(description="Desired state: the model and how to compile it.")
-    status: NeuronModelStatus | None = Field(
-        default=None, description="Observed state, written by the operator."
-    )
+    status: NeuronModelStatus | None = Field(default=None, description="Observed state, written by the operator.")
 
     @model_validator(mode="after")
     def _name(self) -> NeuronModel:

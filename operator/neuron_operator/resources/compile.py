@@ -113,7 +113,7 @@ def compile_request(model: NeuronModel, settings: OperatorSettings) -> CompileRe
             args=list(spec.compiler.args),
             auto_cast=spec.compiler.auto_cast.value,
             auto_cast_type=spec.compiler.auto_cast_type.value,
-            opt_level=spec.compiler.opt_level,  # type: ignore[arg-type]  # the API bounds it to 1..3
+            opt_level=spec.compiler.opt_level,
         ),
         runtime_image=compile_image(model, settings),
     )
@@ -156,12 +156,8 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
         {"name": "scratch", "mountPath": SCRATCH_MOUNT},
     ]
     for i, claim in enumerate(_source_claim_names(model)):
-        volumes.append(
-            {"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        )
-        mounts.append(
-            {"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True}
-        )
+        volumes.append({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True})
     node_selector = dict(compiler.node_selector or settings.compile_node_selector)
     tolerations = (
         [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compiler.tolerations]
@@ -305,9 +301,7 @@ def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> CompileOutco
                 exit_code=last.get("exitCode") if last else None,
                 finished_at=_time(complete.get("lastTransitionTime")),
             )
-        return CompileOutcome(
-            "Succeeded", result=parsed, finished_at=_time(complete.get("lastTransitionTime"))
-        )
+        return CompileOutcome("Succeeded", result=parsed, finished_at=_time(complete.get("lastTransitionTime")))
     failed = _condition(job, "Failed")
     if failed is not None:
         job_reason = failed.get("reason") or "Failed"

@@ -53,7 +53,7 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
     batching = spec.batching
     serve = ServeSettings(
         model_name=artifact.model_name,
-        artifact_dir=artifact.directory,  # type: ignore[arg-type]  # pydantic parses the str
+        artifact_dir=artifact.directory,
         expected_sha256=artifact.sha256,
         port=spec.server.port,
         placement=RuntimePlacement(
@@ -69,7 +69,7 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
             preferred_batch_sizes=list(batching.preferred_batch_sizes or []),
         ),
     )
-    env = [{"name": k, "value": v} for k, v in sorted(serve.to_env().items())]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(serve.to_env().items())]
     env += [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -104,9 +104,7 @@ def _affinity(dep: NeuronDeployment, plan: PlacementPlan) -> dict[str, Any] | No
     if plan.instance_types:
         term = {"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": list(plan.instance_types)}
         node = affinity.setdefault("nodeAffinity", {})
-        required = node.setdefault(
-            "requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []}
-        )
+        required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {"nodeSelectorTerms": []})
         terms = required.setdefault("nodeSelectorTerms", [])
         # Every term is ORed: add the instance-type requirement to each (or make it the only term).
         if terms:
@@ -246,9 +244,7 @@ def build_service(body: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),
-            "ports": [
-                {"name": PORT_NAME, "port": dep.spec.server.port, "targetPort": PORT_NAME, "protocol": "TCP"}
-            ],
+            "ports": [{"name": PORT_NAME, "port": dep.spec.server.port, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
 

@@ -83,9 +83,7 @@ class ModelObservation:
     failure: dict[str, Any] | None = None  # status.lastFailure of this attempt
 
 
-def model_status(
-    body: dict[str, Any], obs: ModelObservation, clock: Clock
-) -> tuple[dict[str, Any], list[Event]]:
+def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> tuple[dict[str, Any], list[Event]]:
     prev = body.get("status") or {}
     gen = body["metadata"].get("generation")
     b = StatusBuilder(previous_conditions(body), gen, clock)

@@ -12,7 +12,9 @@ import torch
 calls: list[tuple[str, dict[str, Any]]] = []
 
 
-def trace(func: Any, example_inputs: Any, *_: Any, compiler_args: Any = None, cpu_backend: bool = False, **kw: Any) -> Any:
+def trace(
+    func: Any, example_inputs: Any, *_: Any, compiler_args: Any = None, cpu_backend: bool = False, **kw: Any
+) -> Any:
     calls.append(("trace", {"compiler_args": compiler_args, "cpu_backend": cpu_backend, **kw}))
     return torch.jit.trace(func, example_inputs)
 
