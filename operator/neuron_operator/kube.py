@@ -10,8 +10,10 @@ and the metrics endpoint exports.
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final, cast
 
 from lightkube import ApiError, AsyncClient
@@ -39,12 +41,31 @@ def resource(kind: str) -> Any:
     return _KINDS[kind]
 
 
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_SUFFIX = {
+    "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9, "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}  # fmt: skip
+
+
+def quantity_value(value: Any) -> Decimal | None:
+    """The value of a Kubernetes quantity (``2``, ``"500m"``, ``"1Gi"``), or None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    m = _QUANTITY.match(str(value))
+    return Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""] if m else None
+
+
 def is_subset(desired: Any, observed: Any) -> bool:
     """Whether ``observed`` already carries every value of ``desired``.
 
     Maps may have extra keys in ``observed`` (server defaults, other managers' fields); lists must have
     the same length and match item by item (so a removed or reordered item counts as drift); scalars
-    must be equal.
+    must be equal — quantities by value, since the apiserver stores them in canonical form (``2`` comes
+    back as ``"2"``, ``"0.5"`` as ``"500m"``, ``"1024Mi"`` as ``"1Gi"``).
     """
     if isinstance(desired, Mapping):
         return isinstance(observed, Mapping) and all(
@@ -56,7 +77,10 @@ def is_subset(desired: Any, observed: Any) -> bool:
             and len(desired) == len(observed)
             and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
         )
-    return bool(desired == observed)
+    if desired == observed:
+        return True
+    value = quantity_value(desired)
+    return value is not None and value == quantity_value(observed)
 
 
 class Kube:
