@@ -461,6 +461,5 @@ class NeuronDeployment(CamelModel):
 
 
 def parse_deployment(obj: dict[str, Any]) -> NeuronDeployment:
-    """Parse a NeuronDeployment manifest (as the apiserver returns it); ``ValidationError`` names the "
-    "field."""
+    """Parse a NeuronDeployment manifest (as the apiserver returns it); ``ValidationError`` names the field."""
     return NeuronDeployment.model_validate(obj)

@@ -594,8 +594,7 @@ class NeuronModelStatus(CamelModel):
 
 
 class NeuronModel(CamelModel):
-    """A PyTorch model compiled ahead of time for a NeuronCore generation; the artifact is cached by "
-    "content."""
+    """A PyTorch model compiled ahead of time for a NeuronCore generation; the artifact is cached by content."""
 
     KIND: ClassVar[str] = KIND
     PLURAL: ClassVar[str] = PLURAL
