@@ -33,11 +33,13 @@ test-fast: ## Only the tests that need no cluster
 	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: ## ruff, mypy --strict, import-linter (layer rules), CRDs up to date
+lint: ## ruff, mypy --strict, import-linter (layer rules), hadolint, CRDs up to date
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	.venv/bin/lint-imports
+	.venv/bin/hadolint Dockerfile
+	$(PY) -m neuron_operator.crdgen --check
 
 .PHONY: fmt
 fmt: ## Format and auto-fix
@@ -49,8 +51,9 @@ crds: ## Regenerate crds/ and the chart's CRD copy from the pydantic models
 	$(PY) -m neuron_operator.crdgen
 
 .PHONY: bench
-bench: ## Runtime benchmarks: throughput/latency and the ratio to the in-process limit
+bench: ## Runtime benchmarks (ratio to the in-process limit) and operator latency/write counts
 	$(PY) -m benchmarks
+	$(PY) -m benchmarks.operator
 
 ##@ Local control plane
 .PHONY: cluster-up

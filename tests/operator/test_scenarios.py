@@ -105,6 +105,7 @@ def neuron_model(name: str, target: str) -> dict[str, Any]:
             },
             "inputs": [{"name": "x", "shape": [1, 16], "dtype": "float32"}],
             "batchSize": 1,
+            "dynamicBatch": True,  # serve batches larger than the traced one (the default maxBatchSize is 8)
             "target": target,
             "modelFamily": "other",
         },
@@ -382,3 +383,18 @@ def test_architecture_fit_and_missing_model(
     nd = wait_condition(cluster, namespace, "nd", "orphan", "Ready", status="False")
     assert condition(nd, "Ready")["reason"] == "ModelNotFound"
     assert cluster.kubectl("get", "-n", namespace, "deployment", "orphan", check=False).returncode != 0
+
+
+def test_batching_beyond_a_static_artifact_is_refused(
+    cluster: LocalCluster, operator: Operator, store: Store, namespace: str
+) -> None:
+    model = cpu_model("static")
+    model["spec"]["dynamicBatch"] = False  # traced at batch 2 and nothing else
+    apply(cluster, namespace, model)
+    wait_condition(cluster, namespace, "nm", "static", "Ready")
+    nd = exec_deployment("static", "static")  # maxBatchSize 4 > 2
+    apply(cluster, namespace, nd)
+    stalled = wait_condition(cluster, namespace, "nd", "static", "Stalled")
+    assert condition(stalled, "Stalled")["reason"] == "InvalidSpec"
+    assert "spec.batching.maxBatchSize" in condition(stalled, "Stalled")["message"]
+    assert cluster.kubectl("get", "-n", namespace, "deployment", "static", check=False).returncode != 0

@@ -1,0 +1,176 @@
+"""`python -m benchmarks.operator`: how fast the operator reacts, and how much it writes.
+
+Starts a local control plane (its own state directory, ports and pod network), the operator as a subprocess,
+one compiled cpu NeuronModel, then applies N NeuronDeployments (placed on the simulated inf2-free CPU fleet,
+so no process runs) and measures for each the time from `kubectl apply` returning to the runtime Deployment
+existing, and from there to `Ready=True` on the NeuronDeployment. It then idles through resync passes and
+reports the API writes per reconcile pass (expected: 0 once converged). Prints a table; bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "e2e"))
+
+from localcluster.cluster import ClusterConfig, LocalCluster, free_port  # noqa: E402
+from localcluster.execnode.network import cidr_available  # noqa: E402
+from localcluster.wait import until  # noqa: E402
+
+EXEC = {"neuron.dev/local-exec": "true"}
+EXEC_TOL = [{"key": "neuron.dev/local-exec", "operator": "Exists"}]
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        out = {}
+        for line in r.read().decode().splitlines():
+            if line.startswith("neuron_operator_") and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+
+def writes(port: int) -> float:
+    return sum(v for k, v in metrics(port).items() if "api_writes_total" in k and 'kind="Lease"' not in k)
+
+
+def passes(port: int) -> float:
+    return sum(v for k, v in metrics(port).items() if "reconcile_passes_total" in k)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deployments", type=int, default=10)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="neuron-opbench-", dir="/var/tmp"))
+    cidr = next(c for c in (f"10.243.{i}.0/24" for i in range(256)) if cidr_available(c))
+    cluster = LocalCluster(ClusterConfig(state_dir=tmp / "state", exec_pod_cidr=cidr)).up()
+    op = None
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        for crd in ("neuronmodels.neuron.dev", "neurondeployments.neuron.dev"):
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
+        art = tmp / "artifacts"
+        art.mkdir()
+        storage = [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": "bench-artifacts"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "claimRef": {"namespace": "default", "name": "neuron-artifacts"},
+                    "hostPath": {"path": str(art)},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "neuron-artifacts", "namespace": "default"},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": "bench-artifacts",
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        ]
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": storage}))
+        mport = free_port()
+        env = {
+            **cluster.env(),
+            "NEURON_OPERATOR_COMPILE_NODE_SELECTOR": json.dumps(EXEC),
+            "NEURON_OPERATOR_COMPILE_TOLERATIONS": json.dumps(EXEC_TOL),
+            "NEURON_OPERATOR_COMPILE_CPU": "500m",
+            "NEURON_OPERATOR_COMPILE_MEMORY": "2Gi",
+            "NEURON_OPERATOR_RESYNC_SECONDS": "2",
+            "NEURON_OPERATOR_METRICS_PORT": str(mport),
+            "NEURON_OPERATOR_HEALTH_PORT": str(free_port()),
+        }
+        log = (tmp / "operator.log").open("wb")
+        op = subprocess.Popen([sys.executable, "-m", "neuron_operator.cli", "run"], env=env, stdout=log, stderr=log)
+        until(lambda: metrics(mport) is not None, timeout=60, what="operator metrics")
+        model = {
+            "apiVersion": "neuron.dev/v1alpha1",
+            "kind": "NeuronModel",
+            "metadata": {"name": "mlp", "namespace": "default"},
+            "spec": {
+                "source": {"python": {"factory": "neuron_runtime.zoo:tiny_mlp"}},
+                "inputs": [{"name": "x", "shape": [4, 256], "dtype": "float32"}],
+                "batchSize": 4,
+                "dynamicBatch": True,
+                "target": "cpu",
+            },
+        }
+        t0 = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(model))
+
+        def ready(kind: str, name: str) -> bool:
+            obj = json.loads(cluster.kubectl("get", kind, name, "-o", "json").stdout)
+            return any(
+                c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", [])
+            )
+
+        until(lambda: ready("nm", "mlp"), timeout=300, interval=0.05, what="the model")
+        compile_s = time.monotonic() - t0
+        to_deployment, to_ready = [], []
+        for i in range(args.deployments):
+            nd = {
+                "apiVersion": "neuron.dev/v1alpha1",
+                "kind": "NeuronDeployment",
+                "metadata": {"name": f"nd-{i}", "namespace": "default"},
+                "spec": {
+                    "modelRef": {"name": "mlp"},
+                    "replicas": 2,
+                    "pod": {"nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"}},
+                },
+            }
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(nd))
+            start = time.monotonic()
+            until(
+                lambda i=i: cluster.kubectl("get", "deployment", f"nd-{i}", check=False).returncode == 0,
+                timeout=60,
+                interval=0.01,
+                what="the Deployment",
+            )
+            to_deployment.append(time.monotonic() - start)
+            until(lambda i=i: ready("nd", f"nd-{i}"), timeout=60, interval=0.02, what="Ready")
+            to_ready.append(time.monotonic() - start)
+        w0, p0 = writes(mport), passes(mport)
+        until(lambda: passes(mport) >= p0 + 3 * (args.deployments + 1), timeout=60, what="three resyncs of everything")
+        idle_writes, idle_passes = writes(mport) - w0, passes(mport) - p0
+        ms = lambda xs: f"p50 {statistics.median(xs) * 1000:7.1f} ms  max {max(xs) * 1000:7.1f} ms"  # noqa: E731
+        print(f"compile (cpu tiny MLP, Job on the exec node) apply -> NeuronModel Ready: {compile_s:.1f} s")
+        print(f"apply NeuronDeployment -> Deployment exists   ({args.deployments} runs): {ms(to_deployment)}")
+        print(f"apply NeuronDeployment -> Ready (kwok pods)    ({args.deployments} runs): {ms(to_ready)}")
+        print(
+            f"idle resync: {idle_passes:.0f} reconcile passes, {idle_writes:.0f} API writes "
+            f"({idle_writes / max(idle_passes, 1):.2f} writes/pass)"
+        )
+        totals = {k.split("{")[1].rstrip("}"): v for k, v in metrics(mport).items() if "api_writes_total" in k}
+        print("all writes so far by verb/kind:", json.dumps(totals, sort_keys=True))
+        return 0
+    finally:
+        if op is not None:
+            op.terminate()
+            op.wait(timeout=20)
+        cluster.down()
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
