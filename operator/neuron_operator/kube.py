@@ -10,6 +10,7 @@ and the metrics endpoint exports.
 from __future__ import annotations
 
 import collections
+import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -21,6 +22,7 @@ from lightkube.generic_resource import create_global_resource, create_namespaced
 from lightkube.types import PatchType
 
 FIELD_MANAGER: Final = "neuron-operator"
+log = logging.getLogger(__name__)
 
 # Every kind the operator reads or writes, as dict-based generic resources.
 _KINDS: Final[dict[str, Any]] = {
@@ -83,6 +85,29 @@ def is_subset(desired: Any, observed: Any) -> bool:
     return value is not None and value == quantity_value(observed)
 
 
+def first_difference(desired: Any, observed: Any, path: str = "") -> str | None:
+    """Where ``observed`` departs from ``desired`` (for logs), or None when ``is_subset`` holds."""
+    if isinstance(desired, Mapping):
+        if not isinstance(observed, Mapping):
+            return f"{path or '.'}: not a map"
+        for k, v in desired.items():
+            if k not in observed:
+                return f"{path}.{k}: missing"
+            found = first_difference(v, observed[k], f"{path}.{k}")
+            if found:
+                return found
+        return None
+    if isinstance(desired, list):
+        if not isinstance(observed, list) or len(desired) != len(observed):
+            return f"{path}: list differs in length"
+        for i, (d, o) in enumerate(zip(desired, observed, strict=True)):
+            found = first_difference(d, o, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if is_subset(desired, observed) else f"{path}: {observed!r} != {desired!r}"
+
+
 class Kube:
     """Async Kubernetes access for the operator; counts writes."""
 
@@ -118,6 +143,14 @@ class Kube:
         if observed is not None and is_subset(manifest, observed):
             return observed
         meta = manifest["metadata"]
+        if observed is not None:
+            log.info(
+                "drift in %s %s/%s at %s: applying",
+                manifest["kind"],
+                meta.get("namespace"),
+                meta["name"],
+                first_difference(manifest, observed),
+            )
         self._count("apply", manifest["kind"])
         result = await self.client.apply(
             resource(manifest["kind"])(manifest),

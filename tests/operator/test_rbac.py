@@ -175,6 +175,9 @@ def run_scenario(
             if o["kind"] in ("ClusterRole", "ClusterRoleBinding"):
                 cluster.kubectl("delete", o["kind"].lower(), o["metadata"]["name"], "--wait=false", check=False)
         cluster.kubectl("delete", "pv", f"artifacts-{namespace}", "--wait=false", check=False)
+        # The custom resources first, while their operator is gone: nothing then reconciles them in a
+        # terminating namespace.
+        cluster.kubectl("delete", "-n", namespace, "nd,nm", "--all", "--wait=false", check=False)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

@@ -189,7 +189,20 @@ def test_compile_serve_rollout_revert_drift_and_noop(
     assert answer["outputs"][0]["shape"] == [1, 10]
     assert "ReplicasReady" in events(cluster, namespace, "cnn")
 
-    # A pass with nothing to change writes nothing: wait for two resync passes of each kind.
+    # A pass with nothing to change writes nothing: wait for two resync passes of each kind. The operator
+    # watches every namespace, so first let other tests' namespaces finish terminating (their objects'
+    # reconciles would write, or try to).
+    until(
+        lambda: (
+            not [
+                n
+                for n in json.loads(cluster.kubectl("get", "namespaces", "-o", "json").stdout)["items"]
+                if n["status"].get("phase") == "Terminating"
+            ]
+        ),
+        timeout=120,
+        what="no namespace left terminating",
+    )
     before_writes = operator.writes()
     passes = {k: operator.passes(k) for k in ("NeuronModel", "NeuronDeployment")}
     until(
