@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "e2e"))
 
 from localcluster.cluster import ClusterConfig, LocalCluster, free_port  # noqa: E402
 from localcluster.execnode.network import cidr_available  # noqa: E402
+from localcluster.storage import hostpath_claim  # noqa: E402
 from localcluster.wait import until  # noqa: E402
 
 EXEC = {"neuron.dev/local-exec": "true"}
@@ -63,31 +64,7 @@ def main() -> int:
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
         art = tmp / "artifacts"
         art.mkdir()
-        storage = [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": "bench-artifacts"},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "claimRef": {"namespace": "default", "name": "neuron-artifacts"},
-                    "hostPath": {"path": str(art)},
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "neuron-artifacts", "namespace": "default"},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": "bench-artifacts",
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        ]
+        storage = hostpath_claim("default", "neuron-artifacts", art)
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": storage}))
         mport = free_port()
         env = {

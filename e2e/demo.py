@@ -29,6 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localcluster.cluster import ClusterConfig, LocalCluster
+from localcluster.storage import hostpath_claim
 from localcluster.wait import until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,31 +114,8 @@ def install_chart(cluster: LocalCluster) -> None:
 
 def create_storage(cluster: LocalCluster) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{NAMESPACE}-artifacts"},
-        "spec": {
-            "capacity": {"storage": "10Gi"},
-            "accessModes": ["ReadWriteMany"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
-            "claimRef": {"namespace": NAMESPACE, "name": "neuron-artifacts"},
-            "hostPath": {"path": str(ARTIFACTS), "type": "Directory"},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "neuron-artifacts", "namespace": NAMESPACE},
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "storageClassName": "",
-            "volumeName": pv["metadata"]["name"],
-            "resources": {"requests": {"storage": "10Gi"}},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+    objs = hostpath_claim(NAMESPACE, "neuron-artifacts", ARTIFACTS)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
 
 
 def apply_examples(cluster: LocalCluster) -> tuple[str, str]:

@@ -361,30 +361,23 @@ def _stale(root: Path, rendered: dict[str, str]) -> list[str]:
             old = path.read_text() if path.is_file() else ""
             new = rendered.get(name, "")
             if old != new:
-                diffs.append(
-                    "".join(
-                        difflib.unified_diff(
-                            old.splitlines(keepends=True),
-                            new.splitlines(keepends=True),
-                            fromfile=f"{directory / name} (on disk)",
-                            tofile=f"{directory / name} (generated)",
-                        )
-                    )
-                )
+                diffs.append(_diff(old, new, directory / name))
     old_ref = (root / REFERENCE_PATH).read_text() if (root / REFERENCE_PATH).is_file() else ""
     new_ref = reference()
     if old_ref != new_ref:
-        diffs.append(
-            "".join(
-                difflib.unified_diff(
-                    old_ref.splitlines(keepends=True),
-                    new_ref.splitlines(keepends=True),
-                    fromfile=f"{REFERENCE_PATH} (on disk)",
-                    tofile=f"{REFERENCE_PATH} (generated)",
-                )
-            )
-        )
+        diffs.append(_diff(old_ref, new_ref, REFERENCE_PATH))
     return diffs
+
+
+def _diff(old: str, new: str, path: Path) -> str:
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=f"{path} (on disk)",
+            tofile=f"{path} (generated)",
+        )
+    )
 
 
 def write(root: Path, rendered: dict[str, str]) -> list[Path]:

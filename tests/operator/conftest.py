@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from operator_support import REPO, Operator, Store, create_store, operator_settings, start_operator
+from operator_support import ARTIFACT_PVC, REPO, Operator, Store, create_store, operator_settings, start_operator
 
 from localcluster.cluster import LocalCluster
 
@@ -50,5 +50,5 @@ def store(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[Sto
     path = tmp_path / "artifacts"
     path.mkdir()
     yield create_store(cluster, namespace, path)
-    cluster.kubectl("delete", "pv", f"artifacts-{namespace}", "--wait=false", check=False)
+    cluster.kubectl("delete", "pv", f"{ARTIFACT_PVC}-{namespace}", "--wait=false", check=False)
     shutil.rmtree(path, ignore_errors=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.cluster import LocalCluster, free_port
+from localcluster.storage import hostpath_claim
 from localcluster.wait import until
 from neuron_operator.settings import OperatorSettings
 
@@ -113,33 +114,7 @@ class Store:
 
 def create_store(cluster: LocalCluster, namespace: str, path: Path) -> Store:
     """Bind the artifact PVC of ``namespace`` to a hostPath PersistentVolume at ``path`` (which must exist)."""
-    pv_name = f"artifacts-{namespace}"
-    objs = [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "claimRef": {"namespace": namespace, "name": ARTIFACT_PVC},
-                "hostPath": {"path": str(path), "type": "Directory"},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": ARTIFACT_PVC, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": "10Gi"}},
-            },
-        },
-    ]
+    objs = hostpath_claim(namespace, ARTIFACT_PVC, path)
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
     until(
         lambda: (

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from operator_support import (
+    ARTIFACT_PVC,
     EXEC_NODE_SELECTOR,
     EXEC_NODE_TOLERATIONS,
     REPO,
@@ -174,7 +175,7 @@ def run_scenario(
         for o in objs:
             if o["kind"] in ("ClusterRole", "ClusterRoleBinding"):
                 cluster.kubectl("delete", o["kind"].lower(), o["metadata"]["name"], "--wait=false", check=False)
-        cluster.kubectl("delete", "pv", f"artifacts-{namespace}", "--wait=false", check=False)
+        cluster.kubectl("delete", "pv", f"{ARTIFACT_PVC}-{namespace}", "--wait=false", check=False)
         # The custom resources first, while their operator is gone: nothing then reconciles them in a
         # terminating namespace.
         cluster.kubectl("delete", "-n", namespace, "nd,nm", "--all", "--wait=false", check=False)
