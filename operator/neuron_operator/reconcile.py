@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from neuron_operator.api import NeuronDeployment, NeuronModel
 from neuron_operator.catalogue import NeuronCoreVersion
-from neuron_operator.conditions import is_true
+from neuron_operator.conditions import is_true, utc_now
 from neuron_operator.kube import Kube
 from neuron_operator.resources import names
 from neuron_operator.resources.compile import (
@@ -48,10 +48,6 @@ from neuron_operator.resources.status import (
 from neuron_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 #: (namespace, cache key) -> artifacts recorded by Ready NeuronModels with that key.
