@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "e2e"))
 
-from localcluster.cluster import ClusterConfig, LocalCluster, free_port  # noqa: E402
-from localcluster.execnode.network import cidr_available  # noqa: E402
+from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr, free_port  # noqa: E402
 from localcluster.storage import hostpath_claim  # noqa: E402
 from localcluster.wait import until  # noqa: E402
 
@@ -55,8 +54,7 @@ def main() -> int:
     parser.add_argument("--deployments", type=int, default=10)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neuron-opbench-", dir="/var/tmp"))
-    cidr = next(c for c in (f"10.243.{i}.0/24" for i in range(256)) if cidr_available(c))
-    cluster = LocalCluster(ClusterConfig(state_dir=tmp / "state", exec_pod_cidr=cidr)).up()
+    cluster = LocalCluster(ClusterConfig(state_dir=tmp / "state", exec_pod_cidr=free_pod_cidr("10.243"))).up()
     op = None
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))

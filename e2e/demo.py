@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from localcluster.cluster import ClusterConfig, LocalCluster
+from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr
 from localcluster.storage import hostpath_claim
 from localcluster.wait import until
 
@@ -67,6 +67,7 @@ def ensure_cluster() -> LocalCluster:
             return cluster
         cluster.down()
     say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok, exec node)")
+    cluster.config.exec_pod_cidr = free_pod_cidr()
     return cluster.up()
 
 

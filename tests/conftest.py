@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from lightkube import Client
 
-from localcluster.cluster import ClusterConfig, ExistingCluster, LocalCluster
-from localcluster.execnode.network import cidr_available
+from localcluster.cluster import ClusterConfig, ExistingCluster, LocalCluster, free_pod_cidr
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +30,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
         ClusterConfig(
             state_dir=tmp_path_factory.mktemp("cluster") / "state",
             # A CIDR no other exec node on this host holds (parallel sessions must not collide).
-            exec_pod_cidr=next(c for c in (f"10.242.{i}.0/24" for i in range(256)) if cidr_available(c)),
+            exec_pod_cidr=free_pod_cidr("10.242"),
             # Opt-out for machines where network namespaces are unavailable (not root); CI runs with it.
             exec_node=os.environ.get("NEURON_TEST_EXEC_NODE", "1") != "0",
         )

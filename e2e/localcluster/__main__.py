@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from localcluster.cluster import ClusterConfig, LocalCluster
+from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr
 from localcluster.tools import ensure_tools
 
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(".cluster"), help="default: .cluster")
     parser.add_argument("--no-exec-node", action="store_true", help="skip the local exec node")
     parser.add_argument("--exec-node-cores", type=int, default=4)
-    parser.add_argument("--exec-pod-cidr", default="10.241.0.0/24")
+    parser.add_argument("--exec-pod-cidr", default=None, help="default: the first free 10.241.N.0/24")
     args = parser.parse_args(argv)
 
     if args.command == "build":
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             exec_node=not args.no_exec_node,
             exec_node_cores=args.exec_node_cores,
-            exec_pod_cidr=args.exec_pod_cidr,
+            exec_pod_cidr=args.exec_pod_cidr or free_pod_cidr(),
         )
     )
     if args.command == "up":

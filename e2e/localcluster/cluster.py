@@ -29,6 +29,7 @@ from typing import Any
 
 from lightkube import Client, KubeConfig
 
+from localcluster.execnode.network import cidr_available
 from localcluster.fleet import DEFAULT_FLEET, NodeGroup, fleet_manifests
 from localcluster.pki import PKI, CertPair
 from localcluster.tools import Tools, ensure_tools
@@ -52,6 +53,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_pod_cidr(prefix: str = "10.241") -> str:
+    """The first ``<prefix>.N.0/24`` no exec node on this host holds (clusters side by side never collide)."""
+    return next(c for c in (f"{prefix}.{i}.0/24" for i in range(256)) if cidr_available(c))
 
 
 def port_is_free(port: int) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.cluster import ClusterConfig, LocalCluster, port_is_free
+from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr, port_is_free
 from localcluster.fleet import DEFAULT_FLEET, NodeGroup, fleet_manifests, total_neuron_cores
 from localcluster.wait import until
 from neuron_operator.catalogue import NEURONCORE_RESOURCE, instance_type
@@ -230,7 +230,7 @@ def test_teardown_leaves_no_process_behind(tmp_path: Path) -> None:
         ClusterConfig(
             state_dir=tmp_path / "state",
             fleet=(NodeGroup("inf2.xlarge", 1),),
-            exec_pod_cidr="10.244.0.0/24",
+            exec_pod_cidr=free_pod_cidr("10.244"),
         )
     ).up()
     pidfile = tmp_path / "pod.pid"
