@@ -483,7 +483,7 @@ def test_every_env_var_is_a_settings_field(default_objects: list[dict[str, Any]]
     assert sorted(set(ours) - fields) == [], "chart env vars that OperatorSettings ignores"
     assert sorted(fields - set(ours)) == [], "settings the chart cannot set"
     assert len(ours) == len(set(ours))
-    assert sorted(set(names) - set(ours)) == ["POD_NAME", "POD_NAMESPACE"]
+    assert sorted(set(names) - set(ours)) == ["POD_NAME", "POD_NAMESPACE", "TMPDIR"]
 
 
 def test_chart_defaults_are_the_operator_defaults(helm: Path, monkeypatch: pytest.MonkeyPatch) -> None:

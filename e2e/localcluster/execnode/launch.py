@@ -56,10 +56,8 @@ def ensure_target(target, is_dir, record):
         os.mkdir(target)
     else:
         open(target, "a").close()
-    if record:
-        with open(record, "a") as f:
-            for p in [target, *missing]:
-                f.write(p + "\n")
+    if record is not None:
+        os.write(record, "".join(p + "\n" for p in [target, *missing]).encode())
 
 
 def main(spec_path):
@@ -79,12 +77,22 @@ def main(spec_path):
                 setns(spec["netns"], CLONE_NEWNET)
             _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
             mount(None, "/", None, MS_REC | MS_PRIVATE)
-            for m in sorted(spec.get("mounts", []), key=lambda m: m["target"].rstrip("/").count("/")):
-                src, dst = m["source"], m["target"]
-                ensure_target(dst, os.path.isdir(src), spec.get("created_paths_file"))
-                mount(src, dst, None, MS_BIND | MS_REC)
+            mounts = sorted(spec.get("mounts", []), key=lambda m: m["target"].rstrip("/").count("/"))
+            # Pin every source (and where errors go) before the first mount: a volume mounted over a parent
+            # directory of the state dir (e.g. /tmp) would otherwise hide the later sources.
+            sources = [(m, os.open(m["source"], os.O_PATH), os.path.isdir(m["source"])) for m in mounts]
+            if err_file:
+                err_dir = os.open(os.path.dirname(err_file), os.O_PATH | os.O_DIRECTORY)
+                err_file = (err_dir, os.path.basename(err_file))
+            record = spec.get("created_paths_file")
+            record_fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if record else None
+            for m, fd, is_dir in sources:
+                dst = m["target"]
+                ensure_target(dst, is_dir, record_fd)
+                mount(f"/proc/self/fd/{fd}", dst, None, MS_BIND | MS_REC)
                 if m.get("readOnly"):
                     mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+                os.close(fd)
         cwd = spec.get("cwd") or "/"
         os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd)
@@ -102,7 +110,11 @@ def main(spec_path):
 
 
 def _fail(err_file, message, code):
-    if err_file:
+    if isinstance(err_file, tuple):  # (directory fd, name): pinned before the mounts
+        fd = os.open(err_file[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=err_file[0])
+        os.write(fd, message.encode())
+        os.close(fd)
+    elif err_file:
         with open(err_file, "w") as f:
             f.write(message)
     sys.stderr.write(message + "\n")
