@@ -124,3 +124,25 @@ def create_store(cluster: LocalCluster, namespace: str, path: Path) -> Store:
         what="the artifact PVC to bind",
     )
     return Store(namespace, path)
+
+
+def mlp_model(name: str, target: str = "cpu") -> dict[str, Any]:
+    """A tiny MLP NeuronModel (compiles in seconds on cpu; Neuron targets need the test doubles)."""
+    return {
+        "apiVersion": "neuron.dev/v1alpha1",
+        "kind": "NeuronModel",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {
+                "python": {
+                    "factory": "neuron_runtime.zoo:tiny_mlp",
+                    "args": {"in_features": 16, "hidden": 32, "out_features": 4},
+                }
+            },
+            "inputs": [{"name": "x", "shape": [1, 16], "dtype": "float32"}],
+            "batchSize": 1,
+            "dynamicBatch": True,  # serve batches larger than the traced one (the default maxBatchSize is 8)
+            "target": target,
+            "modelFamily": "other",
+        },
+    }

@@ -7,29 +7,10 @@ import signal
 import uuid
 from pathlib import Path
 
-from operator_support import Operator, Store, operator_settings, start_operator
+from operator_support import Operator, Store, mlp_model, operator_settings, start_operator
 
 from localcluster.cluster import LocalCluster
 from localcluster.wait import until
-
-
-def _model(name: str) -> dict[str, object]:
-    return {
-        "apiVersion": "neuron.dev/v1alpha1",
-        "kind": "NeuronModel",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {
-                "python": {
-                    "factory": "neuron_runtime.zoo:tiny_mlp",
-                    "args": {"in_features": 8, "hidden": 8, "out_features": 2},
-                }
-            },
-            "inputs": [{"name": "x", "shape": [1, 8], "dtype": "float32"}],
-            "batchSize": 1,
-            "target": "cpu",
-        },
-    }
 
 
 def _ready(cluster: LocalCluster, namespace: str, name: str) -> bool:
@@ -62,7 +43,7 @@ def test_one_active_reconciler_and_failover(
     try:
         leader_id = until(lambda: _holder(cluster, lease), what="a leader")
         leader, follower = (a, b) if leader_id == "candidate-a" else (b, a)
-        cluster.kubectl("apply", "-n", own_ns, "-f", "-", input=json.dumps(_model("first")))
+        cluster.kubectl("apply", "-n", own_ns, "-f", "-", input=json.dumps(mlp_model("first")))
         until(lambda: leader.passes("NeuronModel") >= 1, what="the leader to reconcile")
         assert follower.passes("NeuronModel") == 0
         assert sum(follower.writes().values()) == 0
@@ -71,7 +52,7 @@ def test_one_active_reconciler_and_failover(
         leader.proc.wait(timeout=10)
         follower_id = "candidate-b" if leader_id == "candidate-a" else "candidate-a"
         until(lambda: _holder(cluster, lease) == follower_id, timeout=30, what="the follower to take over")
-        cluster.kubectl("apply", "-n", own_ns, "-f", "-", input=json.dumps(_model("second")))
+        cluster.kubectl("apply", "-n", own_ns, "-f", "-", input=json.dumps(mlp_model("second")))
         until(lambda: follower.passes("NeuronModel") >= 2, timeout=30, what="the new leader to reconcile")
     finally:
         for op in (a, b):

@@ -23,6 +23,7 @@ from operator_support import (
     EXEC_NODE_TOLERATIONS,
     REPO,
     create_store,
+    mlp_model,
     operator_settings,
     start_operator,
 )
@@ -34,26 +35,6 @@ CHART = REPO / "charts" / "neuron-operator"
 RULES = yaml.safe_load((CHART / "rbac" / "rules.yaml").read_text())
 RELEASE = "neuron-operator"
 FORBIDDEN_MARKERS = ("forbidden", " 403")
-
-
-def _model() -> dict[str, Any]:
-    return {
-        "apiVersion": "neuron.dev/v1alpha1",
-        "kind": "NeuronModel",
-        "metadata": {"name": "mlp"},
-        "spec": {
-            "source": {
-                "python": {
-                    "factory": "neuron_runtime.zoo:tiny_mlp",
-                    "args": {"in_features": 8, "hidden": 16, "out_features": 2},
-                }
-            },
-            "inputs": [{"name": "x", "shape": [1, 8], "dtype": "float32"}],
-            "batchSize": 1,
-            "dynamicBatch": True,
-            "target": "cpu",
-        },
-    }
 
 
 def _deployment() -> dict[str, Any]:
@@ -149,7 +130,7 @@ def run_scenario(
     log = tmp / f"{namespace}.log"
     op = start_operator(cluster, log, settings, f"rbac-{namespace}", kubeconfig=kubeconfig)
     try:
-        for obj in (_model(), _deployment()):
+        for obj in (mlp_model("mlp"), _deployment()):
             cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
         try:
             until(

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from operator_support import EXEC_NODE_SELECTOR, EXEC_NODE_TOLERATIONS, Operator, Store
+from operator_support import EXEC_NODE_SELECTOR, EXEC_NODE_TOLERATIONS, Operator, Store, mlp_model
 
 from localcluster.cluster import LocalCluster
 from localcluster.wait import until
@@ -87,27 +87,6 @@ def exec_deployment(name: str, model: str) -> dict[str, Any]:
             "placement": {"workers": 1, "coresPerWorker": 1},
             "batching": {"maxBatchSize": 4, "maxDelayMs": 2},
             "pod": {"nodeSelector": EXEC_NODE_SELECTOR, "tolerations": EXEC_NODE_TOLERATIONS},
-        },
-    }
-
-
-def neuron_model(name: str, target: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "neuron.dev/v1alpha1",
-        "kind": "NeuronModel",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {
-                "python": {
-                    "factory": "neuron_runtime.zoo:tiny_mlp",
-                    "args": {"in_features": 16, "hidden": 32, "out_features": 4},
-                }
-            },
-            "inputs": [{"name": "x", "shape": [1, 16], "dtype": "float32"}],
-            "batchSize": 1,
-            "dynamicBatch": True,  # serve batches larger than the traced one (the default maxBatchSize is 8)
-            "target": target,
-            "modelFamily": "other",
         },
     }
 
@@ -310,7 +289,7 @@ def _nodes_of(cluster: LocalCluster, namespace: str, selector: str) -> set[str]:
 def test_neuron_placement_on_the_simulated_fleet(
     cluster: LocalCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
-    inf2 = neuron_model("mlp-inf2", "inf2")
+    inf2 = mlp_model("mlp-inf2", "inf2")
     key = seed_neuron_artifact(store, operator, inf2)
     apply(cluster, namespace, inf2)
     model = wait_condition(cluster, namespace, "nm", "mlp-inf2", "Ready")
@@ -342,7 +321,7 @@ def test_neuron_placement_on_the_simulated_fleet(
     }
 
     # An inf1 (NeuronCore-v1) artifact never lands on inf2: asking for inf2 only is Stalled with no pods ...
-    inf1 = neuron_model("mlp-inf1", "inf1")
+    inf1 = mlp_model("mlp-inf1", "inf1")
     seed_neuron_artifact(store, operator, inf1)
     apply(cluster, namespace, inf1)
     wait_condition(cluster, namespace, "nm", "mlp-inf1", "Ready")
@@ -384,7 +363,7 @@ def test_neuron_placement_on_the_simulated_fleet(
 def test_architecture_fit_and_missing_model(
     cluster: LocalCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
-    decoder = neuron_model("gpt-inf1", "inf1")
+    decoder = mlp_model("gpt-inf1", "inf1")
     decoder["spec"]["modelFamily"] = "decoder"
     apply(cluster, namespace, decoder)
     model = wait_condition(cluster, namespace, "nm", "gpt-inf1", "Stalled")

@@ -229,18 +229,24 @@ def build_deployment(
     }
 
 
+def _child_metadata(body: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a serving child: same name and namespace as the NeuronDeployment, owned by it."""
+    name = body["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": {**names.common_labels("runtime"), **selector_labels(name)},
+        "ownerReferences": [names.owner_reference(body)],
+    }
+
+
 def build_service(body: dict[str, Any]) -> dict[str, Any]:
     dep = NeuronDeployment.model_validate(body)
     name = dep.metadata.name or ""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": body["metadata"]["namespace"],
-            "labels": {**names.common_labels("runtime"), **selector_labels(name)},
-            "ownerReferences": [names.owner_reference(body)],
-        },
+        "metadata": _child_metadata(body),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),
@@ -251,17 +257,11 @@ def build_service(body: dict[str, Any]) -> dict[str, Any]:
 
 def build_pdb(body: dict[str, Any]) -> dict[str, Any]:
     """At most one replica voluntarily disrupted at a time (node drains, cluster upgrades)."""
-    name = body["metadata"]["name"]
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": name,
-            "namespace": body["metadata"]["namespace"],
-            "labels": {**names.common_labels("runtime"), **selector_labels(name)},
-            "ownerReferences": [names.owner_reference(body)],
-        },
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(name)}},
+        "metadata": _child_metadata(body),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(body["metadata"]["name"])}},
     }
 
 
