@@ -119,10 +119,6 @@ class Kube:
     def _count(self, verb: str, kind: str) -> None:
         self.writes[(verb, kind)] += 1
 
-    @property
-    def total_writes(self) -> int:
-        return sum(self.writes.values())
-
     async def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         try:
             obj = await self.client.get(resource(kind), name, namespace=namespace)
@@ -185,18 +181,6 @@ class Kube:
             resource(kind).Status,
             name,
             {"status": status},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
-            field_manager=self.field_manager,
-        )
-        return dict(result)
-
-    async def merge_patch(self, kind: str, name: str, namespace: str | None, patch: dict[str, Any]) -> dict[str, Any]:
-        self._count("patch", kind)
-        result = await self.client.patch(
-            resource(kind),
-            name,
-            patch,
             namespace=namespace,
             patch_type=PatchType.MERGE,
             field_manager=self.field_manager,
