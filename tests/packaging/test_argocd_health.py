@@ -1,4 +1,4 @@
-"""The Argo CD health checks shipped in the chart (charts/neuron-operator/argocd/*.lua), run on sample
+"""The Argo CD health checks shipped in the chart (charts/neuron-operator/argocd/health.lua), run on sample
 NeuronModel / NeuronDeployment objects with Lua 5.1 (Argo CD's gopher-lua speaks 5.1).
 
 Needs the `lupa` package (PyPI, bundles Lua 5.1); without it these tests skip. The expected mapping is the
@@ -14,10 +14,8 @@ from chartkit import CHART
 
 lua51 = pytest.importorskip("lupa.lua51", reason="lupa (Lua for Python) is not installed")
 
-SCRIPTS = {
-    "NeuronModel": CHART / "argocd" / "neuronmodel-health.lua",
-    "NeuronDeployment": CHART / "argocd" / "neurondeployment-health.lua",
-}
+# One script serves both kinds (they share the condition conventions).
+SCRIPTS = {"NeuronModel": CHART / "argocd" / "health.lua", "NeuronDeployment": CHART / "argocd" / "health.lua"}
 
 
 def cond(type_: str, status: str, reason: str = "Reason", generation: int | None = 3, message: str = "") -> dict:

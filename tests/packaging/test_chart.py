@@ -522,12 +522,8 @@ def test_custom_values_reach_the_operator(
 def test_argocd_configmap_carries_the_lua_files(custom_objects: list[dict[str, Any]]) -> None:
     data = one(custom_objects, "ConfigMap")["data"]
     assert data == {
-        "resource.customizations.health.neuron.dev_NeuronModel": (
-            CHART / "argocd" / "neuronmodel-health.lua"
-        ).read_text(),
-        "resource.customizations.health.neuron.dev_NeuronDeployment": (
-            CHART / "argocd" / "neurondeployment-health.lua"
-        ).read_text(),
+        "resource.customizations.health.neuron.dev_NeuronModel": (CHART / "argocd" / "health.lua").read_text(),
+        "resource.customizations.health.neuron.dev_NeuronDeployment": (CHART / "argocd" / "health.lua").read_text(),
     }
 
 

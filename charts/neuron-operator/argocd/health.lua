@@ -1,14 +1,15 @@
--- Argo CD health check for neuron.dev/NeuronDeployment (argocd-cm key
--- resource.customizations.health.neuron.dev_NeuronDeployment). Lua 5.1, as Argo CD's interpreter runs it.
+-- Argo CD health check for both neuron.dev kinds, NeuronModel and NeuronDeployment (argocd-cm keys
+-- resource.customizations.health.neuron.dev_<Kind>). Lua 5.1, as Argo CD's interpreter runs it. Both kinds
+-- follow the same condition conventions; only a NeuronDeployment can be Suspended (spec.suspend).
 --
 -- Reads status.conditions (kstatus conventions) and trusts them only once the operator has observed the
 -- current spec (observedGeneration >= metadata.generation, on the status and on each condition it uses):
---   Stalled=True                        -> Degraded    (model missing, no capacity, progress deadline exceeded, ...)
---   not observed yet / Reconciling=True -> Progressing (rollout or scaling in progress, model not ready)
---   Ready=True                          -> Healthy     (all replicas serve the current artifact)
+--   Stalled=True                        -> Degraded    (compile failed, model missing, no capacity, deadline, ...)
+--   not observed yet / Reconciling=True -> Progressing (compiling, rollout or scaling in progress, ...)
+--   Ready=True                          -> Healthy     (artifact stored / all replicas serve the current one)
 --   Ready=False, reason Suspended       -> Suspended   (spec.suspend: scaled to zero on purpose)
 --   anything else                       -> Progressing
--- Keep neuronmodel-health.lua in step; tests/packaging runs both on sample objects.
+-- tests/packaging runs it on sample objects of both kinds.
 local hs = { status = "Progressing", message = "Waiting for the operator to report status" }
 
 local generation = nil
@@ -68,7 +69,7 @@ if ready ~= nil and ready.status == "True" then
   return hs
 end
 
-if ready ~= nil and ready.status == "False" and ready.reason == "Suspended" then
+if obj.kind == "NeuronDeployment" and ready ~= nil and ready.status == "False" and ready.reason == "Suspended" then
   hs.status = "Suspended"
   hs.message = describe(ready)
   return hs
