@@ -245,6 +245,15 @@ def test_cli_inf2_without_torch_neuronx_fails_clearly(tmp_path: Path) -> None:
     assert not any(p.name == mlp_request(target="inf2").cache_key() for p in tmp_path.iterdir())
 
 
+def run_compile_cli(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], int]:
+    """`neuron-runtime compile ARGS` in-process -> (exit code, termination message, its size in bytes)."""
+    from neuron_runtime.cli import main
+
+    log = tmp_path / "log"
+    code = main(["compile", *args, "--output-root", str(tmp_path), "--termination-log", str(log), "--quiet"])
+    return code, json.loads(log.read_text()), len(log.read_bytes())
+
+
 @pytest.mark.parametrize(
     ("args", "code", "reason"),
     [
@@ -254,60 +263,24 @@ def test_cli_inf2_without_torch_neuronx_fails_clearly(tmp_path: Path) -> None:
     ],
 )
 def test_cli_bad_requests_exit_2(tmp_path: Path, args: list[str], code: int, reason: str) -> None:
-    from neuron_runtime.cli import main
-
-    log = tmp_path / "log"
-    assert main(["compile", *args, "--output-root", str(tmp_path), "--termination-log", str(log), "--quiet"]) == code
-    message = json.loads(log.read_text())
+    exit_code, message, size = run_compile_cli(tmp_path, *args)
+    assert exit_code == code
     assert message["reason"] == reason
-    assert len(log.read_bytes()) < 4096
+    assert size < 4096
 
 
 def test_cli_source_failure_exits_3(tmp_path: Path) -> None:
-    from neuron_runtime.cli import main
-
-    log = tmp_path / "log"
     request = mlp_request(source={"kind": "torchscript", "uri": "/nonexistent.pt"}).model_dump_json()
-    assert (
-        main(
-            [
-                "compile",
-                "--request-json",
-                request,
-                "--output-root",
-                str(tmp_path),
-                "--termination-log",
-                str(log),
-                "--quiet",
-            ]
-        )
-        == 3
-    )
-    assert json.loads(log.read_text())["reason"] == "SourceFailed"
+    code, message, _ = run_compile_cli(tmp_path, "--request-json", request)
+    assert code == 3
+    assert message["reason"] == "SourceFailed"
 
 
 def test_cli_trace_failure_exits_4(tmp_path: Path) -> None:
-    from neuron_runtime.cli import main
-
-    log = tmp_path / "log"
     # the MLP takes 8 features; declaring 9 makes the eager call (and so tracing) fail
     request = mlp_request(inputs=[{"name": "x", "shape": [4, 9], "dtype": "float32"}]).model_dump_json()
-    assert (
-        main(
-            [
-                "compile",
-                "--request-json",
-                request,
-                "--output-root",
-                str(tmp_path),
-                "--termination-log",
-                str(log),
-                "--quiet",
-            ]
-        )
-        == 4
-    )
-    message = json.loads(log.read_text())
+    code, message, _ = run_compile_cli(tmp_path, "--request-json", request)
+    assert code == 4
     assert message["reason"] == "TraceFailed"
     assert "tracing batch 4 failed" in message["message"]
 
