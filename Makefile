@@ -29,8 +29,8 @@ test: setup lint ## Lint, then every test (unit + real local control plane); wha
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
-test-fast: ## Only the tests that need no cluster
-	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+test-fast: ## Only the tests that need no cluster and no image build
+	$(PY) -m pytest -m "not cluster and not images" $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: ## ruff, mypy --strict, import-linter (layer rules), hadolint, CRDs up to date
@@ -54,6 +54,15 @@ crds: ## Regenerate crds/ and the chart's CRD copy from the pydantic models
 bench: ## Runtime benchmarks (ratio to the in-process limit) and operator latency/write counts
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks.operator
+
+##@ Images
+.PHONY: images
+images: ## Build the operator and cpu runtime images locally (Debian-built base; prints OPERATOR_IMAGE=/RUNTIME_IMAGE=)
+	@bash e2e/kind/build-images.sh
+
+.PHONY: test-images
+test-images: ## Build the images (if their inputs changed), then run them: non-root, read-only, compile + serve
+	$(PY) -m pytest -m images $(PYTEST_ARGS)
 
 ##@ Local control plane
 .PHONY: cluster-up

@@ -1,6 +1,7 @@
 """The Dockerfile without Docker: hadolint, stage layout, what each image installs (checked against
-pyproject's dependencies and extras), non-root user, labels, entrypoints, base-image arguments, and the
-build context that .dockerignore lets through.
+pyproject's dependencies and extras), layers that make source-only rebuilds cheap, builds that work offline from
+a registry (no `# syntax=` frontend pull) and behind a TLS proxy, non-root user, labels, entrypoints, base-image
+arguments, and the build context that .dockerignore lets through. test_images.py builds and runs the images.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def test_every_hadolint_ignore_is_justified() -> None:
 
 
 def test_stages() -> None:
-    assert {"builder", "operator", "runtime", *(f"runtime-{f}" for f in FLAVOURS)} <= set(DF.stages)
+    assert {"builder-base", "locks", "builder", "operator-deps", "runtime-cpu-deps"} <= set(DF.stages)
+    assert {"operator", "runtime", *(f"runtime-{f}" for f in FLAVOURS)} <= set(DF.stages)
     assert DF.global_args["RUNTIME_FLAVOR"] == "cpu"
     assert DF.stages["runtime"].base == "runtime-${RUNTIME_FLAVOR}"
-    assert DF.stages["builder"].base == "${PYTHON_IMAGE}"
+    assert DF.stages["builder-base"].base == "${PYTHON_IMAGE}"
+    for name in ("locks", "builder", "operator-deps", "runtime-cpu-deps"):
+        assert DF.stages[name].base == "builder-base", name
     assert DF.stages["operator"].base == "${PYTHON_IMAGE}"
     assert DF.stages["runtime-cpu"].base == "${PYTHON_IMAGE}"
     assert DF.stages["runtime-neuronx"].base == "${NEURONX_BASE_IMAGE}"
@@ -76,36 +80,105 @@ def _wheel_installs(stage: Stage) -> list[str]:
     return [line for line in _pip_lines(stage) if '"$1' in line]
 
 
+def test_locks_give_direct_requirements_and_lock_constraints() -> None:
+    """requirements-operator.in = pyproject's dependencies; requirements-runtime.in adds the `runtime` extra."""
+    script = " ".join(DF.stages["locks"].args("RUN"))
+    assert 'base, runtime = p["dependencies"], p["optional-dependencies"]["runtime"]' in script
+    assert '"/locks/requirements-operator.in", "w").write("\\n".join(base) + "\\n")' in script
+    assert '"/locks/requirements-runtime.in", "w").write("\\n".join(base + runtime) + "\\n")' in script
+    assert "-o /locks/constraints-operator.txt" in script
+    assert "--extra runtime -o /locks/constraints-runtime.txt" in script
+    assert "--frozen" in script, "constraints come from uv.lock as is"
+    assert "--no-default-groups" in script, "no test/lint groups in the images"
+
+
 def test_operator_image_installs_base_dependencies_only() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
     assert set(extras) == {"runtime"}
     assert any(d.startswith("torch") for d in extras["runtime"])
     assert not any(d.startswith("torch") for d in PYPROJECT["project"]["dependencies"])
-    (install,) = _wheel_installs(DF.stages["operator-venv"])
+    (deps,) = _pip_lines(DF.stages["operator-deps"])
+    assert "-c /locks/constraints-operator.txt -r /locks/requirements-operator.in" in deps
+    assert "--only-binary=:all:" in deps, "final images need no compiler to install"
+    assert "torch" not in " ".join(DF.stages["operator-deps"].args("RUN"))
+    assert "runtime" not in " ".join(DF.stages["operator-deps"].args("COPY"))
+    (install,) = _wheel_installs(DF.stages["operator"])
     assert '"$1"' in install
     assert "[" not in install, "the operator installs the wheel without extras"
-    assert "constraints-operator.txt" in install
-    assert "torch" not in " ".join(DF.stages["operator-venv"].args("RUN"))
-    assert DF.stages["operator"].args("COPY") == ["--from=operator-venv /opt/venv /opt/venv"]
+    assert DF.stages["operator"].args("COPY") == ["--from=operator-deps /opt/venv /opt/venv"]
 
 
-@pytest.mark.parametrize("stage", ["runtime-cpu-venv", "runtime-neuronx", "runtime-inf1"])
-def test_runtime_images_install_the_runtime_extra(stage: str) -> None:
+@pytest.mark.parametrize("stage", ["runtime-neuronx", "runtime-inf1"])
+def test_neuron_runtime_images_install_the_runtime_extra(stage: str) -> None:
     (install,) = _wheel_installs(DF.stages[stage])
     assert '"$1[runtime]"' in install
     assert "--only-binary=:all:" in install, "final images need no compiler to install"
 
 
-def test_cpu_runtime_uses_the_configurable_cpu_index_and_the_lock() -> None:
-    stage = DF.stages["runtime-cpu-venv"]
-    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in stage.args("ARG")
-    (install,) = _wheel_installs(stage)
-    assert '--extra-index-url "${TORCH_INDEX_URL}"' in install
-    assert "constraints-runtime.txt" in install
-    exports = " ".join(DF.stages["builder"].args("RUN"))
-    assert "--extra runtime -o /dist/constraints-runtime.txt" in exports
-    assert "--no-default-groups" in exports, "no test/lint groups in the images"
-    assert DF.stages["runtime-cpu"].args("COPY") == ["--from=runtime-cpu-venv /opt/venv /opt/venv"]
+def test_cpu_runtime_installs_the_runtime_extra_from_the_lock() -> None:
+    (deps,) = _pip_lines(DF.stages["runtime-cpu-deps"])
+    assert "-c /locks/constraints-runtime.txt -r /locks/requirements-runtime.in" in deps
+    assert "--only-binary=:all:" in deps, "final images need no compiler to install"
+    (install,) = _wheel_installs(DF.stages["runtime-cpu"])
+    assert '"$1"' in install
+    assert DF.stages["runtime-cpu"].args("COPY") == ["--from=runtime-cpu-deps /opt/venv /opt/venv"]
+
+
+def test_cpu_runtime_torch_index_is_configurable_and_defaults_to_pypi() -> None:
+    """PyPI by default (reachable everywhere, CUDA torch); the PyTorch CPU index on request (lean image)."""
+    stage = DF.stages["runtime-cpu-deps"]
+    assert 'TORCH_INDEX_URL=""' in stage.args("ARG")
+    (deps,) = _pip_lines(stage)
+    assert '${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"}' in deps
+    assert "--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in DOCKERFILE.read_text()
+
+
+def test_cuda_prune_keeps_what_libtorch_links_and_proves_torch_still_works() -> None:
+    """The prune of PyPI's CUDA torch removes only what a GPU would load lazily; cuDNN's sub-libraries stay
+    (without them `torch.backends.cudnn.version()` aborts the process). test_images.py runs the result."""
+    stage = DF.stages["runtime-cpu-deps"]
+    assert "TORCH_CUDA_PRUNE=1" in stage.args("ARG")
+    (prune,) = [run for run in stage.args("RUN") if "TORCH_CUDA_PRUNE" in run]
+    removed = " ".join(word for word in prune.split() if word.startswith('"${site}"/nvidia/'))
+    linked = ("cublas", "cudnn", "nccl", "cufft", "cusparse", "cudart", "nvrtc", "nvJitLink", "cupti", "nvshmem_host")
+    for kept in linked:
+        assert kept not in removed, kept
+    assert "pip uninstall --yes triton" in prune
+    assert "torch.jit.load" in prune, "the pruned venv is checked at build time"
+    (check,) = [run for run in DF.stages["runtime-cpu"].args("RUN") if "pip check" in run]
+    assert "requires triton, which is not installed" in check, "only the pruned requirement may be missing"
+
+
+def test_dependency_layers_do_not_depend_on_the_source() -> None:
+    """A source change rebuilds the wheel and one small layer per image, never the dependency venv (torch)."""
+    assert DF.stages["locks"].args("COPY") == ["pyproject.toml uv.lock ./"]
+    for name in ("operator-deps", "runtime-cpu-deps"):
+        copies = DF.stages[name].args("COPY")
+        assert copies, name
+        assert all(c.startswith("--from=locks /locks/") for c in copies), (name, copies)
+    for name in ("operator", "runtime-cpu"):
+        runs = DF.stages[name].args("RUN")
+        (install,) = _wheel_installs(DF.stages[name])
+        assert "--no-deps --no-index" in install, "only our wheel, offline"
+        assert any(r.startswith("--mount=type=bind,from=builder,source=/dist,target=/dist") for r in runs)
+        assert any("pip check" in r for r in runs), "the wheel's requirements are met by the dependency layer"
+        assert not any("builder" in c for c in DF.stages[name].args("COPY")), "the wheel is mounted, not copied"
+
+
+def test_builds_need_no_frontend_image_and_trust_an_optional_build_ca() -> None:
+    """No `# syntax=` (BuildKit would pull a frontend image); every download mounts the optional `ca` secret."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, flags=re.MULTILINE | re.IGNORECASE)
+    ca = "--mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt"
+    for name, stage in DF.stages.items():
+        for run in stage.args("RUN"):
+            if ("pip install" in run and "--no-index" not in run) or "uv build" in run:
+                assert ca in run, f"{name}: {run[:120]}"
+    env = " ".join(DF.stages["builder-base"].args("ENV"))
+    assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in env
+    assert "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" in env
+    for name in ("operator", "runtime-cpu", "runtime"):
+        assert "CERT" not in " ".join(DF.stages[name].args("ENV")), "no build CA settings in final images"
 
 
 @pytest.mark.parametrize(
@@ -118,13 +191,13 @@ def test_neuron_flavours_use_the_neuron_index(stage: str, index_arg: str) -> Non
     assert f'--extra-index-url "${{{index_arg}}}"' in run
     module = "torch_neuronx" if stage.endswith("neuronx") else "torch_neuron"
     assert f'import {module}"' in run, "packages are installed only when the base image lacks them"
-    assert s.args("COPY") == ["--from=builder /dist/neuron_operator-*.whl /tmp/wheels/"]
+    assert "--mount=type=bind,from=builder,source=/dist,target=/tmp/wheels" in run, "the wheel is not kept"
+    assert s.args("COPY") == []
 
 
 def test_builder_builds_one_wheel_from_the_repo() -> None:
     builder = DF.stages["builder"]
-    assert any("uv build --wheel" in run for run in builder.args("RUN"))
-    assert any("--frozen" in run for run in builder.args("RUN")), "constraints come from uv.lock as is"
+    assert any("uv build --wheel --out-dir /dist ." in run for run in builder.args("RUN"))
     copies = builder.args("COPY")
     assert copies == ["pyproject.toml uv.lock README.md ./", "operator/ operator/", "runtime/ runtime/"]
 
