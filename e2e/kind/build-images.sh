@@ -25,7 +25,7 @@
 #   NEURON_BUILD_CA      CA bundle given to builder stages as the BuildKit secret `ca` (default: the host's
 #                        /etc/ssl/certs/ca-certificates.crt, so builds work behind a TLS-intercepting proxy;
 #                        it is never baked into an image). Set it empty to pass none.
-#   NEURON_BUILD_CACHE_KEEP  after a build, BuildKit's cache is pruned down to this size (default 20GB)
+#   NEURON_BUILD_CACHE_KEEP  after a build, BuildKit's cache is pruned down to this size (default 6GB: enough for the uv download cache of torch and its nvidia-* wheels)
 set -euo pipefail
 shopt -s inherit_errexit   # a failing command inside $(...) fails the script too
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,7 +35,7 @@ OPERATOR_REPO="${PREFIX}neuron-operator"
 RUNTIME_REPO="${PREFIX}neuron-runtime"
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
 NEURON_BUILD_CA="${NEURON_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}"
-NEURON_BUILD_CACHE_KEEP="${NEURON_BUILD_CACHE_KEEP:-20GB}"
+NEURON_BUILD_CACHE_KEEP="${NEURON_BUILD_CACHE_KEEP:-6GB}"
 log() { printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 engine_env=$(bash "$HERE/docker-engine.sh" start)
