@@ -12,11 +12,11 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: setup
-setup: ## Install everything: Debian packages, .venv (torch included), control-plane binaries from Go modules
+setup: ## Install everything: Debian packages, .venv (torch included), Go-built binaries, kind node image, project images
 	@bash .ci/bootstrap
 
 .PHONY: demo
-demo: setup ## Local cluster + operator (Helm chart) + real compile + real serving + one inference request
+demo: setup ## Local kind cluster + operator (Helm chart, its image) + real compile + real serving + one inference request
 	@$(PY) e2e/demo.py up
 
 .PHONY: demo-down
@@ -25,7 +25,7 @@ demo-down: ## Tear the demo down
 
 ##@ Development
 .PHONY: test
-test: setup lint ## Lint, then every test (unit + real local control plane); what CI runs
+test: setup lint ## Lint, then every test (unit, images, local kind cluster); what CI runs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
@@ -64,9 +64,9 @@ images: ## Build the operator and cpu runtime images locally (Debian-built base;
 test-images: ## Build the images (if their inputs changed), then run them: non-root, read-only, compile + serve
 	$(PY) -m pytest -m images $(PYTEST_ARGS)
 
-##@ Local control plane
+##@ Local kind cluster
 .PHONY: cluster-up
-cluster-up: setup ## Start etcd, apiserver, controller-manager, scheduler, kwok fleet, exec node (.cluster/kubeconfig)
+cluster-up: setup ## Create the kind cluster (+ simulated device plugin, kwok fleet); .cluster/kubeconfig
 	$(PY) -m localcluster up --state-dir .cluster
 
 .PHONY: cluster-down

@@ -1,6 +1,6 @@
 """`python -m benchmarks.operator`: how fast the operator reacts, and how much it writes.
 
-Starts a local control plane (its own state directory, ports and pod network), the operator as a subprocess,
+Creates a local kind cluster (its own name and state directory), runs the operator as a subprocess,
 one compiled cpu NeuronModel, then applies N NeuronDeployments (placed on the simulated inf2-free CPU fleet,
 so no process runs) and measures for each the time from `kubectl apply` returning to the runtime Deployment
 existing, and from there to `Ready=True` on the NeuronDeployment. It then idles through resync passes and
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -23,12 +24,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "e2e"))
 
-from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr, free_port  # noqa: E402
+from localcluster.kind import EXEC_LABEL, KindCluster, KindConfig  # noqa: E402
 from localcluster.storage import hostpath_claim  # noqa: E402
 from localcluster.wait import until  # noqa: E402
 
-EXEC = {"neuron.dev/local-exec": "true"}
-EXEC_TOL = [{"key": "neuron.dev/local-exec", "operator": "Exists"}]
+EXEC = {EXEC_LABEL: "true"}
+EXEC_TOL = [{"key": EXEC_LABEL, "operator": "Exists"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -54,14 +61,15 @@ def main() -> int:
     parser.add_argument("--deployments", type=int, default=10)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neuron-opbench-", dir="/var/tmp"))
-    cluster = LocalCluster(ClusterConfig(state_dir=tmp / "state", exec_pod_cidr=free_pod_cidr("10.243"))).up()
+    cluster = KindCluster(KindConfig(name=f"neuron-bench-{os.getpid()}", state_dir=tmp / "state")).up()
     op = None
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         for crd in ("neuronmodels.neuron.dev", "neurondeployments.neuron.dev"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
-        art = tmp / "artifacts"
+        art = cluster.shared_dir / "artifacts"
         art.mkdir()
+        art.chmod(0o777)  # compile Jobs run as uid 65532
         storage = hostpath_claim("default", "neuron-artifacts", art)
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": storage}))
         mport = free_port()
@@ -69,6 +77,7 @@ def main() -> int:
             **cluster.env(),
             "NEURON_OPERATOR_COMPILE_NODE_SELECTOR": json.dumps(EXEC),
             "NEURON_OPERATOR_COMPILE_TOLERATIONS": json.dumps(EXEC_TOL),
+            "NEURON_OPERATOR_RUNTIME_IMAGE": cluster.images["runtime"],
             "NEURON_OPERATOR_COMPILE_CPU": "500m",
             "NEURON_OPERATOR_COMPILE_MEMORY": "2Gi",
             "NEURON_OPERATOR_RESYNC_SECONDS": "2",
@@ -128,7 +137,7 @@ def main() -> int:
         until(lambda: passes(mport) >= p0 + 3 * (args.deployments + 1), timeout=60, what="three resyncs of everything")
         idle_writes, idle_passes = writes(mport) - w0, passes(mport) - p0
         ms = lambda xs: f"p50 {statistics.median(xs) * 1000:7.1f} ms  max {max(xs) * 1000:7.1f} ms"  # noqa: E731
-        print(f"compile (cpu tiny MLP, Job on the exec node) apply -> NeuronModel Ready: {compile_s:.1f} s")
+        print(f"compile (cpu tiny MLP, Job on the kind node) apply -> NeuronModel Ready: {compile_s:.1f} s")
         print(f"apply NeuronDeployment -> Deployment exists   ({args.deployments} runs): {ms(to_deployment)}")
         print(f"apply NeuronDeployment -> Ready (kwok pods)    ({args.deployments} runs): {ms(to_ready)}")
         print(

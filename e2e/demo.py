@@ -1,26 +1,27 @@
-"""``make demo``: local cluster, the Helm chart, a real compile and real serving, one inference request.
+"""``make demo``: a local kind cluster, the Helm chart, a real compile and real serving, one inference request.
 
-1. starts the local control plane in ``.cluster/`` (or reuses a running one);
-2. ``helm install``s ``charts/neuron-operator`` into ``neuron-demo``: the operator pod runs for real on the
-   local exec node, with the chart's ServiceAccount and RBAC;
-3. creates the artifact PersistentVolumeClaim (bound to a directory under ``.demo/``);
+1. creates the local kind cluster ``neuron-dev`` (state in ``.cluster/``; or reuses a running one): every
+   image is built on this machine (``e2e/kind/``), the operator and runtime images from the ``Dockerfile``;
+2. ``helm install``s ``charts/neuron-operator`` into ``neuron-demo`` with those images: the operator runs as a
+   real container (uid 65532, read-only root filesystem) with the chart's ServiceAccount and RBAC;
+3. creates the artifact PersistentVolumeClaim (a hostPath volume in the cluster's shared directory);
 4. applies the cpu examples from ``examples/`` (a CNN built in code and its NeuronDeployment), pinning
-   their pods to the exec node (kwok nodes cannot run processes) — nothing else is changed;
-5. shows progress until both are Ready, sends an Open Inference Protocol v2 request through the
-   Service (via the apiserver's service proxy) and prints the answer, then ``kubectl get nm,nd -o wide``.
+   their pods to the kind node that runs pods (kwok's simulated nodes cannot run containers) — nothing
+   else is changed;
+5. shows progress until both are Ready, shows the compile Job's ``kubectl logs`` and the serving pod's image
+   and uid, sends an Open Inference Protocol v2 request through the Service (via the apiserver's service
+   proxy) and prints the answer, then ``kubectl get nm,nd -o wide``.
 
-``python e2e/demo.py down`` removes the cluster and the demo's artifacts.
+``python e2e/demo.py down`` deletes the cluster and the demo's artifacts.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr
+from localcluster.__main__ import DEFAULT_NAME, cluster_for
+from localcluster.kind import EXEC_LABEL, KindCluster
 from localcluster.storage import hostpath_claim
 from localcluster.wait import until
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cluster"
-ARTIFACTS = REPO / ".demo" / "artifacts"
 NAMESPACE = "neuron-demo"
-EXEC_SELECTOR = {"neuron.dev/local-exec": "true"}
-EXEC_TOLERATIONS = [{"key": "neuron.dev/local-exec", "operator": "Exists"}]
+EXEC_SELECTOR = {EXEC_LABEL: "true"}
+EXEC_TOLERATIONS = [{"key": EXEC_LABEL, "operator": "Exists"}]
 MODEL_FILE = REPO / "examples" / "neuronmodel-small-cnn-cpu.yaml"
 DEPLOYMENT_FILE = REPO / "examples" / "neurondeployment-small-cnn-cpu.yaml"
 
@@ -46,7 +47,7 @@ def say(msg: str) -> None:
     print(f"\033[1m==> {msg}\033[0m", flush=True)
 
 
-def helm(cluster: LocalCluster, *args: str) -> str:
+def helm(cluster: KindCluster, *args: str) -> str:
     proc = subprocess.run(
         [str(cluster.tools.helm), "--kubeconfig", str(cluster.kubeconfig), *args],
         capture_output=True,
@@ -58,22 +59,31 @@ def helm(cluster: LocalCluster, *args: str) -> str:
     return proc.stdout
 
 
-def ensure_cluster() -> LocalCluster:
-    cluster = LocalCluster(ClusterConfig(state_dir=STATE))
-    if (STATE / "cluster.json").exists():
-        cluster.load()
-        if all(s["alive"] for s in cluster.status().values()):
-            say(f"reusing the local cluster in {STATE}")
+def ensure_cluster() -> KindCluster:
+    cluster = cluster_for(STATE, DEFAULT_NAME)
+    if cluster.exists():
+        if cluster.alive():
+            say(f"reusing the kind cluster {cluster.name} (state in {STATE})")
+            cluster.ensure_images()
             return cluster
         cluster.down()
-    say("starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok, exec node)")
-    cluster.config.exec_pod_cidr = free_pod_cidr()
+    say(
+        "creating the kind cluster (images built on this machine: node, operator, runtime, simulated Neuron "
+        "device plugin; the first run builds them, see the README for times)"
+    )
     return cluster.up()
 
 
-def install_chart(cluster: LocalCluster) -> None:
+def split_image(ref: str) -> dict[str, str]:
+    repository, _, tag = ref.rpartition(":")
+    return {"repository": repository, "tag": tag}
+
+
+def install_chart(cluster: KindCluster) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     values = {
+        "image": split_image(cluster.images["operator"]),
+        "runtimeImages": {"cpu": split_image(cluster.images["runtime"])},
         "nodeSelector": EXEC_SELECTOR,
         "tolerations": EXEC_TOLERATIONS,
         "resyncSeconds": 30,
@@ -86,7 +96,7 @@ def install_chart(cluster: LocalCluster) -> None:
     }
     values_file = REPO / ".demo" / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    say("helm upgrade --install neuron-operator charts/neuron-operator (operator pod on the local exec node)")
+    say(f"helm upgrade --install neuron-operator charts/neuron-operator (image {cluster.images['operator']})")
     helm(
         cluster,
         "upgrade",
@@ -113,16 +123,18 @@ def install_chart(cluster: LocalCluster) -> None:
     )
 
 
-def create_storage(cluster: LocalCluster) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    objs = hostpath_claim(NAMESPACE, "neuron-artifacts", ARTIFACTS)
+def create_storage(cluster: KindCluster) -> None:
+    artifacts = cluster.shared_dir / "demo-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    artifacts.chmod(0o777)  # compile Jobs run as uid 65532
+    objs = hostpath_claim(NAMESPACE, "neuron-artifacts", artifacts)
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
 
 
-def apply_examples(cluster: LocalCluster) -> tuple[str, str]:
+def apply_examples(cluster: KindCluster) -> tuple[str, str]:
     model = yaml.safe_load(MODEL_FILE.read_text())
     deployment = yaml.safe_load(DEPLOYMENT_FILE.read_text())
-    # The only local change: the serving pods must run on the exec node (kwok nodes run no processes).
+    # The only local change: the serving pods must run on the kind node (kwok nodes run no containers).
     deployment["spec"]["pod"] = {"nodeSelector": EXEC_SELECTOR, "tolerations": EXEC_TOLERATIONS}
     say(f"kubectl apply {MODEL_FILE.relative_to(REPO)} and {DEPLOYMENT_FILE.relative_to(REPO)}")
     for obj in (model, deployment):
@@ -130,7 +142,7 @@ def apply_examples(cluster: LocalCluster) -> tuple[str, str]:
     return model["metadata"]["name"], deployment["metadata"]["name"]
 
 
-def wait_ready(cluster: LocalCluster, model: str, deployment: str) -> None:
+def wait_ready(cluster: KindCluster, model: str, deployment: str) -> None:
     last = ""
     start = time.monotonic()
 
@@ -156,7 +168,7 @@ def wait_ready(cluster: LocalCluster, model: str, deployment: str) -> None:
     until(ready, timeout=600, interval=1.0, what="the model and the deployment to be Ready")
 
 
-def infer(cluster: LocalCluster, deployment: str, model: str) -> dict[str, Any]:
+def infer(cluster: KindCluster, deployment: str, model: str) -> dict[str, Any]:
     nd = json.loads(cluster.kubectl("get", "nd", deployment, "-n", NAMESPACE, "-o", "json").stdout)
     shape = [1, 3, 64, 64]
     body = {
@@ -165,13 +177,38 @@ def infer(cluster: LocalCluster, deployment: str, model: str) -> dict[str, Any]:
     }
     path = f"/api/v1/namespaces/{NAMESPACE}/services/{deployment}:http/proxy/v2/models/{model}/infer"
     say(f"POST {nd['status']['endpoint']}/infer (through the Service, via the apiserver proxy)")
-    ctx = ssl.create_default_context(cafile=str(cluster.state / "pki" / "ca.crt"))
-    ctx.load_cert_chain(str(cluster.state / "pki" / "admin.crt"), str(cluster.state / "pki" / "admin.key"))
-    req = urllib.request.Request(
-        cluster.server + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, context=ctx, timeout=60) as r:
-        return dict(json.loads(r.read()))
+    return cluster.post_raw(path, body)
+
+
+def show_workloads(cluster: KindCluster, deployment: str) -> None:
+    """What ran: the compile Job's log, and the serving pod's image, node and user."""
+    say("kubectl logs job/compile-... (the compile Job's container log)")
+    jobs = json.loads(cluster.kubectl("get", "jobs", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+    for job in jobs:
+        name = job["metadata"]["name"]
+        print(cluster.kubectl("logs", "-n", NAMESPACE, f"job/{name}", "--tail=15", check=False).stdout, flush=True)
+    for what, selector in (
+        ("operator", "app.kubernetes.io/name=neuron-operator"),
+        ("serving", f"neuron.dev/deployment={deployment}"),
+    ):
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)["items"]
+        for pod in pods:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            name = pod["metadata"]["name"]
+            ident = cluster.kubectl(
+                "exec",
+                "-n",
+                NAMESPACE,
+                name,
+                "--",
+                "python",
+                "-c",
+                "import os; print(f'uid={os.getuid()} gid={os.getgid()}', end='')",
+                check=False,
+            ).stdout
+            image = pod["spec"]["containers"][0]["image"]
+            say(f"{what} pod {name}: image {image} on node {pod['spec']['nodeName']}, running as {ident}")
 
 
 def up() -> int:
@@ -182,6 +219,7 @@ def up() -> int:
     create_storage(cluster)
     model, deployment = apply_examples(cluster)
     wait_ready(cluster, model, deployment)
+    show_workloads(cluster, deployment)
     answer = infer(cluster, deployment, model)
     out = answer["outputs"][0]
     say(f"inference result: id={answer['id']} model={answer['model_name']} output {out['name']} shape={out['shape']}")
@@ -196,7 +234,7 @@ def up() -> int:
 
 
 def down() -> int:
-    LocalCluster(ClusterConfig(state_dir=STATE)).down()
+    cluster_for(STATE, DEFAULT_NAME).down()
     shutil.rmtree(REPO / ".demo", ignore_errors=True)
     say("demo removed")
     return 0

@@ -1,9 +1,11 @@
-"""Shared fixtures. ``cluster`` starts the real local control plane once per test session.
+"""Shared fixtures. ``cluster`` creates the local kind cluster once per test session.
 
-The control plane is the one ``make cluster-up`` runs (``localcluster``), in a temporary state directory
-with its own ports and pod network, so it never collides with a developer's ``.cluster``. Set
+The cluster is the one ``make cluster-up`` creates (``localcluster.kind``: kind nodes from images built on
+this machine, the simulated Neuron device plugin, kwok's simulated fleet), under its own name and state
+directory, so it never collides with a developer's ``.cluster`` or a running demo. Set
 ``NEURON_TEST_USE_EXISTING_CLUSTER=1`` and ``KUBECONFIG`` to run the cluster tests against another
-cluster (kind, EKS) instead.
+cluster (EKS, another kind) instead, or ``NEURON_TEST_KIND_STATE=<state dir>`` to reuse a running local kind
+cluster (e.g. ``.cluster`` after ``make cluster-up``) without creating or deleting one.
 """
 
 from __future__ import annotations
@@ -16,24 +18,25 @@ from pathlib import Path
 import pytest
 from lightkube import Client
 
-from localcluster.cluster import ClusterConfig, ExistingCluster, LocalCluster, free_pod_cidr
+from localcluster.__main__ import cluster_for
+from localcluster.kind import ExistingCluster, KindCluster, KindConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | ExistingCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster | ExistingCluster]:
     if os.environ.get("NEURON_TEST_USE_EXISTING_CLUSTER") == "1":
         yield ExistingCluster(Path(os.environ["KUBECONFIG"]))
         return
-    local = LocalCluster(
-        ClusterConfig(
-            state_dir=tmp_path_factory.mktemp("cluster") / "state",
-            # A CIDR no other exec node on this host holds (parallel sessions must not collide).
-            exec_pod_cidr=free_pod_cidr("10.242"),
-            # Opt-out for machines where network namespaces are unavailable (not root); CI runs with it.
-            exec_node=os.environ.get("NEURON_TEST_EXEC_NODE", "1") != "0",
-        )
+    if state := os.environ.get("NEURON_TEST_KIND_STATE"):
+        reused = cluster_for(Path(state), "")
+        assert reused.exists() and reused.alive(), f"no running kind cluster in {state}"
+        reused.ensure_images()
+        yield reused
+        return
+    local = KindCluster(
+        KindConfig(name=f"neuron-t-{uuid.uuid4().hex[:6]}", state_dir=tmp_path_factory.mktemp("cluster") / "state")
     )
     local.up()
     try:
@@ -43,13 +46,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster |
 
 
 @pytest.fixture(scope="session")
-def kube(cluster: LocalCluster | ExistingCluster) -> Client:
+def kube(cluster: KindCluster | ExistingCluster) -> Client:
     """A lightkube client authenticated as cluster-admin."""
     return cluster.client
 
 
 @pytest.fixture
-def namespace(cluster: LocalCluster | ExistingCluster) -> Iterator[str]:
+def namespace(cluster: KindCluster | ExistingCluster) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (without waiting for finalization)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)

@@ -43,7 +43,13 @@ eval "$engine_env"
 export DOCKER_BUILDKIT=1
 start=$SECONDS
 
-base=$(bash "$HERE/python-base.sh" | tail -n 1)
+# PYTHON_IMAGE (e.g. python:3.11-slim-bookworm where a registry is reachable) replaces the local base.
+if [[ -n ${PYTHON_IMAGE:-} ]]; then
+  base=$PYTHON_IMAGE
+  docker image inspect "$base" >/dev/null 2>&1 || docker pull "$base" >&2
+else
+  base=$(bash "$HERE/python-base.sh" | tail -n 1)
+fi
 base_id=$(docker image inspect --format '{{.Id}}' "$base")
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -n 1)
 build_args=(

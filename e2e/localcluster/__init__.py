@@ -1,12 +1,13 @@
-"""A real, local Kubernetes control plane for tests, the demo and CI — no Docker needed.
+"""The project's local Kubernetes for tests, the demo and CI: a kind cluster built entirely on this machine.
 
-etcd, kube-apiserver, kube-controller-manager and kube-scheduler are built from Go modules
-(``build-tools.sh``) and run as plain processes on loopback; kwok simulates the Neuron fleet
-(``fleet``); the local exec node (``execnode``) runs the pods bound to it as real host processes.
+kind nodes come from an image assembled here from Debian packages and Go modules (``e2e/kind/``); the
+project's operator and runtime images are built from the ``Dockerfile`` and loaded into the nodes; a worker
+is labelled and tainted like an EKS ``inf2.xlarge`` node whose NeuronCores a **simulated** Neuron device
+plugin advertises; kwok attaches the simulated EC2 fleet (``fleet``) for cheap scheduling scenarios.
 
-Public entry points: ``LocalCluster`` (``cluster``), ``python -m localcluster up|down|status``.
+Public entry points: ``KindCluster`` (``kind``), ``python -m localcluster up|down|status|build``.
 """
 
-from localcluster.cluster import ClusterConfig, LocalCluster
+from localcluster.kind import KindCluster, KindConfig
 
-__all__ = ["ClusterConfig", "LocalCluster"]
+__all__ = ["KindCluster", "KindConfig"]

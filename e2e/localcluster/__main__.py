@@ -1,4 +1,4 @@
-"""``python -m localcluster up|down|status|env``: the command behind ``make cluster-up``/``cluster-down``."""
+"""``python -m localcluster up|down|status|build``: the command behind ``make cluster-up``/``cluster-down``."""
 
 from __future__ import annotations
 
@@ -7,40 +7,46 @@ import json
 import sys
 from pathlib import Path
 
-from localcluster.cluster import ClusterConfig, LocalCluster, free_pod_cidr
-from localcluster.tools import ensure_tools
+from localcluster.kind import KindCluster, KindConfig, docker_env, ensure_assets
+
+DEFAULT_NAME = "neuron-dev"
+
+
+def cluster_for(state_dir: Path, name: str) -> KindCluster:
+    meta = state_dir / "cluster.json"
+    if meta.exists():
+        name = json.loads(meta.read_text())["name"]
+    return KindCluster(KindConfig(name=name, state_dir=state_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localcluster", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "build"])
     parser.add_argument("--state-dir", type=Path, default=Path(".cluster"), help="default: .cluster")
-    parser.add_argument("--no-exec-node", action="store_true", help="skip the local exec node")
-    parser.add_argument("--exec-node-cores", type=int, default=4)
-    parser.add_argument("--exec-pod-cidr", default=None, help="default: the first free 10.241.N.0/24")
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"kind cluster name (default: {DEFAULT_NAME})")
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        ensure_tools()
+        assets = ensure_assets(docker_env())
+        print(json.dumps({k: str(v) for k, v in vars(assets).items() if k != "tools"}, indent=2))
         return 0
-    cluster = LocalCluster(
-        ClusterConfig(
-            state_dir=args.state_dir,
-            exec_node=not args.no_exec_node,
-            exec_node_cores=args.exec_node_cores,
-            exec_pod_cidr=args.exec_pod_cidr or free_pod_cidr(),
-        )
-    )
+    cluster = cluster_for(args.state_dir, args.name)
     if args.command == "up":
+        if cluster.exists():
+            if cluster.alive():
+                cluster.ensure_images()
+                print(f"export KUBECONFIG={cluster.kubeconfig}")
+                return 0
+            cluster.down()
         cluster.up()
-        print(f"export KUBECONFIG={cluster.kubeconfig.resolve()}")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
     elif args.command == "down":
         cluster.down()
     else:
-        if not (args.state_dir / "cluster.json").exists():
+        if not cluster.exists():
             print("no cluster", file=sys.stderr)
             return 1
-        print(json.dumps(cluster.load().status(), indent=2))
+        print(json.dumps(cluster.status(), indent=2))
     return 0
 
 

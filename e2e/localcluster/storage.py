@@ -1,8 +1,10 @@
 """Storage for the local cluster: a PersistentVolumeClaim pre-bound to a hostPath PersistentVolume.
 
-There is no provisioner in the local cluster and the scheduler refuses pods with unbound claims, so every
-user of an artifact claim (tests, the demo, the operator benchmark) binds it to a directory on this machine.
-The exec node mounts the PV's path; kwok nodes run nothing and only need the claim to be Bound.
+There is no dynamic provisioner in the local kind cluster (kind's local-path provisioner is not built here)
+and a hostPath volume lives on one node, so every user of an artifact claim (tests, the demo, the operator
+benchmark) binds it to a directory under the cluster's ``shared_dir``: a directory of this machine mounted
+at the same absolute path in every kind node, so compile Jobs and serving pods on any node, and the tests on
+the host, see the same files. kwok nodes run nothing and only need the claim to be Bound.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""End-to-end suite for ANY cluster that already runs the operator (kind via e2e/kind-up.sh, EKS, ...).
+"""End-to-end suite for ANY cluster that already runs the operator (the local kind cluster, EKS, ...).
 
-Not part of `make test` (it needs images, which cannot be built on this project's CI machines): run it with
-`KUBECONFIG=... NEURON_E2E_NAMESPACE=<ns with the neuron-artifacts PVC> .venv/bin/python -m pytest e2e/suite`.
-It applies the cpu example model and deployment, waits for Ready, and sends an OIP v2 request through the
-Service via the apiserver's service proxy (`kubectl create --raw`).
+Run it with `KUBECONFIG=... NEURON_E2E_NAMESPACE=<ns with the neuron-artifacts PVC> .venv/bin/python -m pytest
+e2e/suite`; `make test` runs it against the chart installed on the local kind cluster
+(`tests/packaging/test_images_on_kind.py`). It applies the cpu example model and deployment, waits for Ready,
+and sends an OIP v2 request through the Service via the apiserver's service proxy (`kubectl create --raw`).
+`NEURON_E2E_POD_NODE_SELECTOR` (JSON) pins the serving pods, for clusters with nodes that run no containers
+(the local cluster's kwok nodes); nothing else of the examples is changed.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = os.environ.get("NEURON_E2E_NAMESPACE", "")
+NODE_SELECTOR: dict[str, str] = json.loads(os.environ.get("NEURON_E2E_POD_NODE_SELECTOR") or "{}")
 pytestmark = pytest.mark.skipif(not NAMESPACE, reason="set NEURON_E2E_NAMESPACE (and KUBECONFIG) to run")
 
 
@@ -40,7 +44,10 @@ def wait(kind: str, name: str, timeout: float = 900) -> None:
 
 def test_cpu_example_compiles_serves_and_answers() -> None:
     kubectl("apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "neuronmodel-small-cnn-cpu.yaml"))
-    kubectl("apply", "-n", NAMESPACE, "-f", str(REPO / "examples" / "neurondeployment-small-cnn-cpu.yaml"))
+    deployment = yaml.safe_load((REPO / "examples" / "neurondeployment-small-cnn-cpu.yaml").read_text())
+    if NODE_SELECTOR:
+        deployment["spec"].setdefault("pod", {})["nodeSelector"] = NODE_SELECTOR
+    kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(deployment))
     wait("nm", "small-cnn-cpu")
     wait("nd", "small-cnn-cpu")
     body: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """Fixtures for operator scenarios on the real local control plane.
 
 ``operator`` runs ``neuron-operator run`` as a subprocess (the real CLI, leader election on) configured to
-run compile Jobs on the local exec node; ``store`` gives a test namespace its artifact PersistentVolumeClaim
-(a hostPath PersistentVolume on this machine, bound by the real PV controller).
+run compile Jobs on the kind node that runs pods for real; ``store`` gives a test namespace its artifact
+PersistentVolumeClaim (a hostPath PersistentVolume in the cluster's shared directory, bound by the real PV
+controller). See ``operator_support``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,25 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from operator_support import ARTIFACT_PVC, REPO, Operator, Store, create_store, operator_settings, start_operator
+from operator_support import (
+    ARTIFACT_PVC,
+    IMAGES,
+    REPO,
+    Operator,
+    Store,
+    create_store,
+    operator_settings,
+    start_operator,
+)
 
-from localcluster.cluster import LocalCluster
+from localcluster.kind import KindCluster
 
 
 @pytest.fixture(scope="session")
-def crds(cluster: LocalCluster) -> None:
+def crds(cluster: KindCluster) -> None:
+    IMAGES.update(cluster.images)
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     for crd in ("neuronmodels.neuron.dev", "neurondeployments.neuron.dev"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
@@ -30,7 +40,7 @@ def crds(cluster: LocalCluster) -> None:
 # Module scope: an operator watching every namespace must not outlive the scenarios that want it (the RBAC
 # test runs its own operators, alone).
 @pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(cluster: KindCluster, crds: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     settings = operator_settings(leader_election_lease=f"neuron-operator-{uuid.uuid4().hex[:6]}")
     op = start_operator(cluster, log, settings, "scenario-operator")
@@ -45,9 +55,9 @@ def operator(cluster: LocalCluster, crds: None, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture
-def store(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[Store]:
-    """The default artifact PVC in ``namespace``, bound to a hostPath PV at ``tmp_path/artifacts``."""
-    path = tmp_path / "artifacts"
+def store(cluster: KindCluster, namespace: str) -> Iterator[Store]:
+    """The default artifact PVC in ``namespace``, bound to a hostPath PV in the cluster's shared directory."""
+    path = cluster.shared_dir / f"{namespace}-artifacts"
     path.mkdir()
     yield create_store(cluster, namespace, path)
     cluster.kubectl("delete", "pv", f"{ARTIFACT_PVC}-{namespace}", "--wait=false", check=False)

@@ -1,14 +1,21 @@
 """Helpers for operator scenarios on the real local control plane (used by conftest and the tests).
 
 ``operator`` runs ``neuron-operator run`` as a subprocess (the real CLI, leader election on) configured to
-run compile Jobs on the local exec node; ``store`` gives a test namespace its artifact PersistentVolumeClaim
-(a hostPath PersistentVolume on this machine, bound by the real PV controller).
+run compile Jobs on the kind node that runs pods for real (label ``neuron.dev/local-exec``), from the runtime
+image built on this machine; ``store`` gives a test namespace its artifact PersistentVolumeClaim (a hostPath
+PersistentVolume in the cluster's shared directory, mounted at the same path in every kind node and bound by
+the real PV controller).
+
+Neuron-target compile Jobs in these scenarios only ever find their artifact in storage (seeded with the
+runtime's compile path and the Neuron test doubles), and a cache hit imports neither torch nor a Neuron SDK,
+so they run the same cpu runtime image: no image with a Neuron SDK exists on this machine.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,20 +23,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localcluster.cluster import LocalCluster, free_port
+from localcluster.kind import EXEC_LABEL, KindCluster
 from localcluster.storage import hostpath_claim
 from localcluster.wait import until
 from neuron_operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
-EXEC_NODE_SELECTOR = {"neuron.dev/local-exec": "true"}
-EXEC_NODE_TOLERATIONS = [{"key": "neuron.dev/local-exec", "operator": "Exists"}]
+EXEC_NODE_SELECTOR = {EXEC_LABEL: "true"}
+EXEC_NODE_TOLERATIONS = [{"key": EXEC_LABEL, "operator": "Exists"}]
 ARTIFACT_PVC = "neuron-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+#: The project's images in the session cluster (set by the ``operator`` fixtures from ``cluster.images``).
+IMAGES: dict[str, str] = {}
 
 
 def operator_settings(**overrides: Any) -> OperatorSettings:
     """The settings the scenario operator runs with (tests compute cache keys from the same object)."""
+    images = (
+        {
+            "runtime_image": IMAGES["runtime"],
+            "neuronx_runtime_image": IMAGES["runtime"],
+            "neuron_runtime_image": IMAGES["runtime"],
+        }
+        if IMAGES
+        else {}
+    )
     base: dict[str, Any] = {
+        **images,
         "compile_node_selector": EXEC_NODE_SELECTOR,
         "compile_tolerations": EXEC_NODE_TOLERATIONS,
         "compile_cpu": "500m",
@@ -79,7 +106,7 @@ class Operator:
 
 
 def start_operator(
-    cluster: LocalCluster, log: Path, settings: OperatorSettings, identity: str, kubeconfig: Path | None = None
+    cluster: KindCluster, log: Path, settings: OperatorSettings, identity: str, kubeconfig: Path | None = None
 ) -> Operator:
     """Run ``neuron-operator run`` (as cluster-admin unless ``kubeconfig`` names another identity)."""
     metrics_port = free_port()
@@ -112,8 +139,13 @@ class Store:
     path: Path  # the artifact PersistentVolume's directory on this machine
 
 
-def create_store(cluster: LocalCluster, namespace: str, path: Path) -> Store:
-    """Bind the artifact PVC of ``namespace`` to a hostPath PersistentVolume at ``path`` (which must exist)."""
+def create_store(cluster: KindCluster, namespace: str, path: Path) -> Store:
+    """Bind the artifact PVC of ``namespace`` to a hostPath PersistentVolume at ``path`` (which must exist).
+
+    ``path`` must be under ``cluster.shared_dir`` (the same path in every kind node). It is made writable for
+    everyone: compile Jobs run as uid 65532, the tests as root.
+    """
+    path.chmod(0o777)
     objs = hostpath_claim(namespace, ARTIFACT_PVC, path)
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
     until(

@@ -9,22 +9,22 @@ from pathlib import Path
 
 from operator_support import Operator, Store, mlp_model, operator_settings, start_operator
 
-from localcluster.cluster import LocalCluster
+from localcluster.kind import KindCluster
 from localcluster.wait import until
 
 
-def _ready(cluster: LocalCluster, namespace: str, name: str) -> bool:
+def _ready(cluster: KindCluster, namespace: str, name: str) -> bool:
     obj = json.loads(cluster.kubectl("get", "-n", namespace, "nm", name, "-o", "json").stdout)
     return any(c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", []))
 
 
-def _holder(cluster: LocalCluster, lease: str) -> str | None:
+def _holder(cluster: KindCluster, lease: str) -> str | None:
     out = cluster.kubectl("get", "lease", lease, "-n", "default", "-o", "jsonpath={.spec.holderIdentity}", check=False)
     return out.stdout or None
 
 
 def test_one_active_reconciler_and_failover(
-    cluster: LocalCluster, operator: Operator, store: Store, namespace: str, tmp_path: Path
+    cluster: KindCluster, operator: Operator, store: Store, namespace: str, tmp_path: Path
 ) -> None:
     # The session operator watches every namespace: give the two candidates a namespace of their own.
     lease = f"election-{uuid.uuid4().hex[:6]}"

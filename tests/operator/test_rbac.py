@@ -28,7 +28,7 @@ from operator_support import (
     start_operator,
 )
 
-from localcluster.cluster import LocalCluster
+from localcluster.kind import KindCluster
 from localcluster.wait import WaitTimeout, until
 
 CHART = REPO / "charts" / "neuron-operator"
@@ -50,7 +50,7 @@ def _deployment() -> dict[str, Any]:
     }
 
 
-def _render_rbac(cluster: LocalCluster, namespace: str, drop: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _render_rbac(cluster: KindCluster, namespace: str, drop: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The chart's ServiceAccount and RBAC for a release in ``namespace`` watching it, minus rule ``drop``."""
     out = subprocess.run(
         [
@@ -84,7 +84,7 @@ def _render_rbac(cluster: LocalCluster, namespace: str, drop: dict[str, Any] | N
     return objs
 
 
-def _token_kubeconfig(cluster: LocalCluster, namespace: str, sa: str, dest: Path) -> Path:
+def _token_kubeconfig(cluster: KindCluster, namespace: str, sa: str, dest: Path) -> Path:
     token = cluster.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     cfg = {
@@ -104,7 +104,7 @@ def _forbidden(log: Path) -> list[str]:
     return [line for line in text.splitlines() if any(m in line.lower() for m in FORBIDDEN_MARKERS)]
 
 
-def _ready(cluster: LocalCluster, namespace: str, kind: str) -> bool:
+def _ready(cluster: KindCluster, namespace: str, kind: str) -> bool:
     proc = cluster.kubectl("get", "-n", namespace, kind, "mlp", "-o", "json", check=False)
     if proc.returncode != 0:
         return False
@@ -113,7 +113,7 @@ def _ready(cluster: LocalCluster, namespace: str, kind: str) -> bool:
 
 
 def run_scenario(
-    cluster: LocalCluster, artifacts: Path, tmp: Path, drop: dict[str, Any] | None = None
+    cluster: KindCluster, artifacts: Path, tmp: Path, drop: dict[str, Any] | None = None
 ) -> tuple[bool, list[str]]:
     """Install the chart's RBAC in a fresh namespace, run the operator as its ServiceAccount, apply a model
     and a deployment. -> (scenario completed, forbidden log lines)"""
@@ -164,13 +164,15 @@ def run_scenario(
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifacts(cluster: KindCluster) -> Path:
     """Shared by every run, so later compile Jobs are quick storage cache hits."""
-    return tmp_path_factory.mktemp("rbac-artifacts")
+    path = cluster.shared_dir / f"rbac-artifacts-{uuid.uuid4().hex[:6]}"
+    path.mkdir()
+    return path
 
 
 @pytest.mark.slow
-def test_the_chart_rbac_is_sufficient(cluster: LocalCluster, crds: None, artifacts: Path, tmp_path: Path) -> None:
+def test_the_chart_rbac_is_sufficient(cluster: KindCluster, crds: None, artifacts: Path, tmp_path: Path) -> None:
     done, forbidden = run_scenario(cluster, artifacts, tmp_path)
     assert forbidden == []
     assert done
@@ -183,7 +185,7 @@ def test_the_chart_rbac_is_sufficient(cluster: LocalCluster, crds: None, artifac
     ids=[f"{name}-{'+'.join(r['resources'])}" for name, rules in RULES.items() for r in rules],
 )
 def test_every_rule_is_needed(
-    cluster: LocalCluster, crds: None, artifacts: Path, tmp_path: Path, rule_set: str, index: int
+    cluster: KindCluster, crds: None, artifacts: Path, tmp_path: Path, rule_set: str, index: int
 ) -> None:
     rule = RULES[rule_set][index]
     done, _ = run_scenario(cluster, artifacts, tmp_path, drop=rule)

@@ -1,7 +1,8 @@
 """The F4 scenarios against the real local control plane with the operator running as a subprocess.
 
-Compile Jobs really run on the local exec node (``cpu`` target: ``torch.jit.trace``); runtime pods of cpu
-models really serve there; pods of Neuron models are placed by the real scheduler on the simulated kwok
+Compile Jobs really run in containers of the runtime image on the kind node labelled
+``neuron.dev/local-exec`` (``cpu`` target: ``torch.jit.trace``); runtime pods of cpu models really serve
+there; pods of Neuron models are placed by the real scheduler on the simulated kwok
 fleet. Neuron artifacts are produced by the runtime's real compile path with the Neuron package test
 doubles of ``tests/fakes`` and then found by the operator's compile Job as a storage cache hit.
 """
@@ -14,13 +15,12 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from operator_support import EXEC_NODE_SELECTOR, EXEC_NODE_TOLERATIONS, Operator, Store, mlp_model
 
-from localcluster.cluster import LocalCluster
+from localcluster.kind import KindCluster
 from localcluster.wait import until
 from neuron_operator.api import NeuronModel
 from neuron_operator.catalogue import INSTANCE_TYPE_LABEL
@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 FAKES = REPO / "tests" / "fakes"
 
 
-def get(cluster: LocalCluster, namespace: str, *args: str) -> Any:
+def get(cluster: KindCluster, namespace: str, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", "-n", namespace, *args, "-o", "json").stdout)
 
 
-def apply(cluster: LocalCluster, namespace: str, obj: dict[str, Any]) -> None:
+def apply(cluster: KindCluster, namespace: str, obj: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
@@ -43,7 +43,7 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def wait_condition(
-    cluster: LocalCluster,
+    cluster: KindCluster,
     namespace: str,
     kind: str,
     name: str,
@@ -119,31 +119,28 @@ def seed_neuron_artifact(store: Store, operator: Operator, manifest: dict[str, A
     return request.cache_key()
 
 
-def events(cluster: LocalCluster, namespace: str, name: str) -> list[str]:
+def events(cluster: KindCluster, namespace: str, name: str) -> list[str]:
     items = get(cluster, namespace, "events", "--field-selector", f"involvedObject.name={name}")["items"]
     return [e["reason"] for e in items]
 
 
-def jobs(cluster: LocalCluster, namespace: str) -> list[str]:
+def jobs(cluster: KindCluster, namespace: str) -> list[str]:
     return sorted(j["metadata"]["name"] for j in get(cluster, namespace, "jobs")["items"])
 
 
-def infer(pod_ip: str, model: str) -> dict[str, Any]:
+def infer(cluster: KindCluster, pod: dict[str, Any], model: str) -> dict[str, Any]:
+    """One OIP v2 request to ``pod`` through the apiserver's pod proxy (pod IPs are not routed to the host)."""
     body = {
         "id": "scenario",
         "inputs": [{"name": "x", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.5] * (3 * 32 * 32)}],
     }
-    req = urllib.request.Request(
-        f"http://{pod_ip}:8080/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return dict(json.loads(r.read()))
+    meta = pod["metadata"]
+    path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:8080/proxy/v2/models/{model}/infer"
+    return cluster.post_raw(path, body)
 
 
 def test_compile_serve_rollout_revert_drift_and_noop(
-    cluster: LocalCluster, operator: Operator, store: Store, namespace: str
+    cluster: KindCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
     """The whole cpu path, then a model change (rolling update), a Git revert (cache hit, no new Job),
     drift repair, a no-op resync that writes nothing, and garbage collection."""
@@ -163,7 +160,7 @@ def test_compile_serve_rollout_revert_drift_and_noop(
     assert nd["status"]["model"] == {"name": "cnn", "sha256": artifact["sha256"], "cacheKey": key1}
     assert nd["status"]["selector"] == "neuron.dev/deployment=cnn"
     pod = get(cluster, namespace, "pods", "-l", "neuron.dev/deployment=cnn")["items"][0]
-    answer = infer(pod["status"]["podIP"], "cnn")
+    answer = infer(cluster, pod, "cnn")
     assert answer["id"] == "scenario"
     assert answer["outputs"][0]["shape"] == [1, 10]
     assert "ReplicasReady" in events(cluster, namespace, "cnn")
@@ -239,7 +236,7 @@ def test_compile_serve_rollout_revert_drift_and_noop(
         and not p["metadata"].get("deletionTimestamp")
     ]
     assert len(current) == 1
-    assert infer(current[0]["status"]["podIP"], "cnn")["outputs"][0]["shape"] == [1, 12]
+    assert infer(cluster, current[0], "cnn")["outputs"][0]["shape"] == [1, 12]
     assert nd2["status"]["updatedReplicas"] == 1
 
     # Git revert: back to the first spec is a cache hit on the existing Job; no new Job.
@@ -266,7 +263,7 @@ def test_compile_serve_rollout_revert_drift_and_noop(
 
 
 def test_identical_models_share_one_compile_job(
-    cluster: LocalCluster, operator: Operator, store: Store, namespace: str
+    cluster: KindCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
     for i in range(5):
         apply(cluster, namespace, cpu_model(f"twin-{i}"))
@@ -277,7 +274,7 @@ def test_identical_models_share_one_compile_job(
     assert jobs(cluster, namespace) == [f"compile-{keys.pop()[:20]}"]
 
 
-def _nodes_of(cluster: LocalCluster, namespace: str, selector: str) -> set[str]:
+def _nodes_of(cluster: KindCluster, namespace: str, selector: str) -> set[str]:
     pods = get(cluster, namespace, "pods", "-l", selector)["items"]
     types = set()
     for p in pods:
@@ -287,7 +284,7 @@ def _nodes_of(cluster: LocalCluster, namespace: str, selector: str) -> set[str]:
 
 
 def test_neuron_placement_on_the_simulated_fleet(
-    cluster: LocalCluster, operator: Operator, store: Store, namespace: str
+    cluster: KindCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
     inf2 = mlp_model("mlp-inf2", "inf2")
     key = seed_neuron_artifact(store, operator, inf2)
@@ -361,7 +358,7 @@ def test_neuron_placement_on_the_simulated_fleet(
 
 
 def test_architecture_fit_and_missing_model(
-    cluster: LocalCluster, operator: Operator, store: Store, namespace: str
+    cluster: KindCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
     decoder = mlp_model("gpt-inf1", "inf1")
     decoder["spec"]["modelFamily"] = "decoder"
@@ -378,7 +375,7 @@ def test_architecture_fit_and_missing_model(
 
 
 def test_batching_beyond_a_static_artifact_is_refused(
-    cluster: LocalCluster, operator: Operator, store: Store, namespace: str
+    cluster: KindCluster, operator: Operator, store: Store, namespace: str
 ) -> None:
     model = cpu_model("static")
     model["spec"]["dynamicBatch"] = False  # traced at batch 2 and nothing else

@@ -32,8 +32,7 @@ from neuron_runtime.config import (
 COMPILE_REQUEST_ENV: Final = "NEURON_RUNTIME_COMPILE_REQUEST"
 COMPILE_CONTAINER: Final = "compile"
 SOURCES_MOUNT: Final = "/var/lib/neuron/sources"
-#: Writable scratch (the root filesystem is read-only). Not /tmp: on the local exec node pods share the
-#: host filesystem, and a volume over /tmp would hide whatever lives there (a checkout, a venv).
+#: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through TMPDIR.
 SCRATCH_MOUNT: Final = "/scratch"
 #: `neuron-runtime compile` exit codes that retrying cannot fix (bad request, unreadable or mismatching
 #: source, Neuron SDK missing from the image): the Job fails at once instead of burning its backoff.

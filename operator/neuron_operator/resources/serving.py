@@ -21,8 +21,7 @@ from neuron_runtime.config import ServeSettings
 
 RUNTIME_CONTAINER: Final = "runtime"
 PORT_NAME: Final = "http"
-#: Writable scratch (the root filesystem is read-only). Not /tmp: on the local exec node pods share the
-#: host filesystem, and a volume over /tmp would hide whatever lives there (a checkout, a venv).
+#: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through TMPDIR.
 SCRATCH_MOUNT: Final = "/scratch"
 #: Annotation on a NeuronDeployment: an autoscaler scales the child Deployment directly, so the operator
 #: leaves its replicas alone. (Prefer pointing the HPA at the NeuronDeployment's scale subresource.)
