@@ -31,7 +31,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster | 
         return
     if state := os.environ.get("NEURON_TEST_KIND_STATE"):
         reused = cluster_for(Path(state), "")
-        assert reused.exists() and reused.alive(), f"no running kind cluster in {state}"
+        assert reused.exists(), f"no kind cluster state in {state}"
+        assert reused.alive(), f"the kind cluster of {state} is not running"
         reused.ensure_images()
         yield reused
         return

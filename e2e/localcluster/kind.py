@@ -521,6 +521,13 @@ class KindCluster:
         until(neuron_capacity, timeout=120, interval=0.5, what="the simulated device plugin's NeuronCores")
         for ns, deploy in (("kube-system", "coredns"), ("kube-system", NEURON_SCHEDULER_NAME)):
             self.kubectl("rollout", "status", "-n", ns, f"deployment/{deploy}", "--timeout=180s", timeout=200)
+
+        def scheduler_leads() -> str:
+            # my-scheduler schedules only once it holds its Lease (a missing RBAC rule shows up here).
+            lease = ("lease", NEURON_SCHEDULER_NAME, "-n", "kube-system", "-o", "jsonpath={.spec.holderIdentity}")
+            return self.kubectl("get", *lease, check=False).stdout.strip()
+
+        until(scheduler_leads, timeout=120, what=f"{NEURON_SCHEDULER_NAME} to hold its leader Lease")
         until(
             lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
             timeout=60,
