@@ -73,6 +73,10 @@ cluster-up: setup ## Create the kind cluster (+ simulated device plugin, kwok fl
 cluster-down: ## Stop every process of the local cluster and remove .cluster/
 	$(PY) -m localcluster down --state-dir .cluster
 
+.PHONY: docker-down
+docker-down: ## Stop the project's private Docker engine (images and build cache stay in ~/.cache/neuron-operator)
+	bash e2e/kind/docker-engine.sh stop
+
 .PHONY: build-tools
 build-tools: ## Build (or locate cached) etcd, kube-*, kubectl, kwok, helm from Go modules
 	bash e2e/localcluster/build-tools.sh

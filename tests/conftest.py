@@ -6,13 +6,21 @@ directory, so it never collides with a developer's ``.cluster`` or a running dem
 ``NEURON_TEST_USE_EXISTING_CLUSTER=1`` and ``KUBECONFIG`` to run the cluster tests against another
 cluster (EKS, another kind) instead, or ``NEURON_TEST_KIND_STATE=<state dir>`` to reuse a running local kind
 cluster (e.g. ``.cluster`` after ``make cluster-up``) without creating or deleting one.
+
+Creating the cluster takes minutes, mostly importing the 4.3 GB runtime image into a node (disk-bound), so
+when the session selects cluster tests the creation starts in a background thread as soon as collection is
+done, and the tests that need no cluster run first, meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,10 +30,16 @@ from localcluster.__main__ import cluster_for
 from localcluster.kind import ExistingCluster, KindCluster, KindConfig
 
 REPO = Path(__file__).resolve().parent.parent
+#: The session's kind cluster while it is being created in the background (see ``pytest_collection_finish``).
+_BACKGROUND: dict[str, tuple[KindCluster, Future[KindCluster]]] = {}
+
+
+def _own_cluster_wanted() -> bool:
+    return os.environ.get("NEURON_TEST_USE_EXISTING_CLUSTER") != "1" and not os.environ.get("NEURON_TEST_KIND_STATE")
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster | ExistingCluster]:
+def cluster() -> Iterator[KindCluster | ExistingCluster]:
     if os.environ.get("NEURON_TEST_USE_EXISTING_CLUSTER") == "1":
         yield ExistingCluster(Path(os.environ["KUBECONFIG"]))
         return
@@ -36,14 +50,37 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster | 
         reused.ensure_images()
         yield reused
         return
-    local = KindCluster(
-        KindConfig(name=f"neuron-t-{uuid.uuid4().hex[:6]}", state_dir=tmp_path_factory.mktemp("cluster") / "state")
-    )
-    local.up()
-    try:
-        yield local
-    finally:
+    if "session" not in _BACKGROUND:  # e.g. a cluster fixture requested outside the collected items
+        _start_background_cluster()
+    local, creation = _BACKGROUND["session"]
+    creation.result()  # re-raises a failed creation (which has already cleaned up after itself)
+    yield local
+
+
+def _start_background_cluster() -> None:
+    root = Path(tempfile.mkdtemp(prefix="neuron-test-kind-"))
+    local = KindCluster(KindConfig(name=f"neuron-t-{uuid.uuid4().hex[:6]}", state_dir=root / "state"))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kind-up")  # not `with`: that would wait
+    _BACKGROUND["session"] = (local, pool.submit(local.up))
+    pool.shutdown(wait=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """After selection: tests that need no cluster first, and start creating the cluster if any need it."""
+    session.items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+    wanted = any(item.get_closest_marker("cluster") for item in session.items)
+    if wanted and _own_cluster_wanted() and not session.config.option.collectonly:
+        _start_background_cluster()
+
+
+def pytest_sessionfinish() -> None:
+    if "session" in _BACKGROUND:
+        local, creation = _BACKGROUND.pop("session")
+        with contextlib.suppress(BaseException):
+            creation.result()
         local.down()
+        shutil.rmtree(local.state.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
