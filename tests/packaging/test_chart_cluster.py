@@ -1,8 +1,9 @@
-"""The chart against the real local control plane (session fixture ``cluster``): the rendered objects pass
+"""The chart against the local kind cluster (session fixture ``cluster``): the rendered objects pass
 server-side validation, ``helm install`` creates them, the ServiceAccount gets exactly the access the RBAC
 rules grant (cluster-wide or per namespace), and ``helm uninstall`` removes them.
 
-The operator image cannot be pulled here, so installs use ``replicas=0`` and check objects, not pods.
+These installs use ``replicas=0`` and check objects and access, not pods; ``test_images_on_kind`` installs the
+chart with the operator image built on this machine and runs it.
 """
 
 from __future__ import annotations
