@@ -86,6 +86,18 @@ def _key_values(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
+def run_kubectl(
+    binary: str, kubeconfig: Path, args: tuple[str, ...], *, input: str | None, check: bool, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``kubectl --kubeconfig ... args``; raises CalledProcessError (with stderr) when ``check`` and it fails."""
+    proc = subprocess.run(  # noqa: PLW1510 - the return code is checked below
+        [binary, "--kubeconfig", str(kubeconfig), *args], input=input, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+    return proc
+
+
 def docker_env() -> dict[str, str]:
     """Start the project's private Docker engine if needed; the environment that reaches it."""
     out = _run_script(["bash", str(KIND_DIR / "docker-engine.sh"), "start"])
@@ -284,16 +296,7 @@ class KindCluster:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this cluster."""
-        proc = subprocess.run(  # noqa: PLW1510 - the return code is checked below
-            [str(self.tools.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
-        return proc
+        return run_kubectl(str(self.tools.kubectl), self.kubeconfig, args, input=input, check=check, timeout=timeout)
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses that should talk to this cluster (kubectl/helm on PATH)."""
@@ -567,16 +570,7 @@ class ExistingCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(  # noqa: PLW1510 - the return code is checked below
-            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
-        return proc
+        return run_kubectl("kubectl", self.kubeconfig, args, input=input, check=check, timeout=timeout)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

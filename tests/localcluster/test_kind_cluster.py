@@ -84,6 +84,19 @@ def apply(cluster: KindCluster, namespace: str, *objs: dict[str, Any]) -> None:
     cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(body))
 
 
+def wait_insufficient_cores(cluster: KindCluster, namespace: str, pod_name: str) -> None:
+    """Wait for the scheduler's verdict on ``pod_name``: FailedScheduling for lack of NeuronCores."""
+
+    def insufficient() -> bool:
+        events = get(cluster, "-n", namespace, "events", "--field-selector", f"involvedObject.name={pod_name}")
+        return any(
+            e["reason"] == "FailedScheduling" and f"Insufficient {NEURONCORE_RESOURCE}" in e["message"]
+            for e in events["items"]
+        )
+
+    until(insufficient, what=f"FailedScheduling: Insufficient neuroncore for {pod_name}")
+
+
 def phase(cluster: KindCluster, namespace: str, name: str) -> str:
     return str(get(cluster, "-n", namespace, "pod", name)["status"].get("phase", ""))
 
@@ -149,14 +162,7 @@ def test_a_third_neuroncore_is_not_there(cluster: KindCluster, namespace: str) -
     )
     apply(cluster, namespace, bad)
 
-    def insufficient() -> bool:
-        events = get(cluster, "-n", namespace, "events", "--field-selector", "involvedObject.name=three")
-        return any(
-            e["reason"] == "FailedScheduling" and f"Insufficient {NEURONCORE_RESOURCE}" in e["message"]
-            for e in events["items"]
-        )
-
-    until(insufficient, what="FailedScheduling: Insufficient neuroncore")
+    wait_insufficient_cores(cluster, namespace, "three")
 
 
 def test_dns_and_cluster_ip_across_nodes(cluster: KindCluster, namespace: str) -> None:
@@ -330,14 +336,7 @@ def test_pods_exactly_fill_the_fleet_and_one_more_stays_pending(cluster: KindClu
     )
     apply(cluster, namespace, pod("one-too-many", 1))
 
-    def insufficient() -> bool:
-        events = get(cluster, "-n", namespace, "events", "--field-selector", "involvedObject.name=one-too-many")
-        return any(
-            e["reason"] == "FailedScheduling" and f"Insufficient {NEURONCORE_RESOURCE}" in e["message"]
-            for e in events["items"]
-        )
-
-    until(insufficient, what="FailedScheduling: Insufficient neuroncore")
+    wait_insufficient_cores(cluster, namespace, "one-too-many")
     assert "nodeName" not in get(cluster, "-n", namespace, "pod", "one-too-many")["spec"]
     cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--wait=false")
 
