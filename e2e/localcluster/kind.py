@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,6 @@ class KindConfig:
     fleet: tuple[NodeGroup, ...] = DEFAULT_FLEET
     #: Instance type of the kind worker with the simulated Neuron device plugin.
     neuron_instance_type: str = "inf2.xlarge"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class KindCluster:

@@ -156,6 +156,32 @@ def test_device_plugin_allocates_contiguous_cores_to_a_real_container(cluster: K
     assert "UID 65532" in logs  # the image's non-root user
 
 
+def test_the_device_plugin_re_registers_after_a_kubelet_restart(cluster: KindCluster, namespace: str) -> None:
+    """A kubelet restart re-creates kubelet.sock and forgets every plugin: ours must register again by itself."""
+    selector = "app.kubernetes.io/name=neuron-device-plugin-simulated"
+    (plugin,) = get(cluster, "-n", "kube-system", "pods", "-l", selector)["items"]
+    restarts = plugin["status"]["containerStatuses"][0]["restartCount"]
+    cluster.docker("exec", cluster.neuron_node, "systemctl", "restart", "kubelet")  # returns once restarted
+    script = "import os; print('VISIBLE', os.environ.get('NEURON_RT_VISIBLE_CORES'))"
+    attempts: list[str] = []
+
+    def a_pod_gets_two_cores() -> bool:
+        # Until the plugin has registered with the new kubelet, the kubelet rejects the pod at admission
+        # (phase Failed); each such attempt is replaced by a new pod.
+        name = f"after-{len(attempts)}"
+        attempts.append(name)
+        node, limits = {SIMULATED_NEURON_LABEL: "true"}, {NEURONCORE_RESOURCE: "2"}
+        apply(cluster, namespace, python_pod(cluster, name, script, node=node, limits=limits))
+        until(lambda: phase(cluster, namespace, name) in ("Succeeded", "Failed"), timeout=90, what=f"{name} to end")
+        return phase(cluster, namespace, name) == "Succeeded"
+
+    until(a_pod_gets_two_cores, timeout=180, interval=1.0, what="a 2-NeuronCore pod to run after the restart")
+    assert "VISIBLE 0,1" in cluster.kubectl("logs", "-n", namespace, attempts[-1]).stdout
+    # The same plugin container, not restarted: it noticed the new kubelet socket and registered again.
+    now = get(cluster, "-n", "kube-system", "pod", plugin["metadata"]["name"])
+    assert now["status"]["containerStatuses"][0]["restartCount"] == restarts
+
+
 def test_a_third_neuroncore_is_not_there(cluster: KindCluster, namespace: str) -> None:
     bad = python_pod(
         cluster, "three", "print(1)", node={SIMULATED_NEURON_LABEL: "true"}, limits={NEURONCORE_RESOURCE: "3"}
