@@ -68,6 +68,10 @@ CACHE = Path(os.environ.get("NEURON_OPERATOR_CACHE", Path.home() / ".cache" / "n
 IMAGE_ARCHIVES = CACHE / "image-archives"
 
 
+#: Progress of child processes goes to our file descriptor 2 (never `sys.stderr`, which pytest may replace).
+STDERR_FD = 2
+
+
 class BuildError(RuntimeError):
     """A build script failed; its output went to stderr."""
 
@@ -75,7 +79,13 @@ class BuildError(RuntimeError):
 def _run_script(argv: list[str], env: dict[str, str] | None = None) -> str:
     """Run a build script (progress to our stderr) and return its stdout."""
     proc = subprocess.run(
-        argv, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, env=env or os.environ.copy(), check=False
+        # stderr is inherited (fd 2), not `sys.stderr`: under pytest that object may have no file descriptor.
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+        env=env or os.environ.copy(),
+        check=False,
     )
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(argv)} failed with exit code {proc.returncode}")
@@ -366,8 +376,8 @@ class KindCluster:
                 str(self.kubeconfig),
             ],
             env=self.docker_env,
-            stdout=sys.stderr,
-            stderr=sys.stderr,
+            stdout=STDERR_FD,
+            stderr=STDERR_FD,
             check=False,
         )
         if proc.returncode != 0:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def ensure_tools(components: tuple[str, ...] = ()) -> Tools:
         ["bash", str(BUILD_SCRIPT), *components],
         check=True,
         stdout=subprocess.PIPE,
-        stderr=sys.stderr,
+        stderr=None,  # inherited fd 2 (under pytest `sys.stderr` may have no file descriptor)
         text=True,
         env=os.environ.copy(),
     ).stdout
