@@ -30,6 +30,8 @@ from localcluster.__main__ import cluster_for
 from localcluster.kind import ExistingCluster, KindCluster, KindConfig
 
 REPO = Path(__file__).resolve().parent.parent
+#: Seconds the first cluster test may wait for the session cluster (image import is disk-bound: 3.5-6 min).
+CLUSTER_CREATION_TIMEOUT = 1500
 #: The session's kind cluster while it is being created in the background (see ``pytest_collection_finish``).
 _BACKGROUND: dict[str, tuple[KindCluster, Future[KindCluster]]] = {}
 
@@ -70,6 +72,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """After selection: tests that need no cluster first, and start creating the cluster if any need it."""
     session.items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
     wanted = any(item.get_closest_marker("cluster") for item in session.items)
+    if wanted:
+        # The first cluster test's setup waits for the creation (minutes): its own, longer timeout.
+        first = next(item for item in session.items if item.get_closest_marker("cluster"))
+        first.add_marker(pytest.mark.timeout(CLUSTER_CREATION_TIMEOUT))
     if wanted and _own_cluster_wanted() and not session.config.option.collectonly:
         _start_background_cluster()
 
