@@ -62,9 +62,18 @@
 #   index (NEURON_PIP_INDEX_URL); that image can compile but needs the Neuron runtime library (apt package
 #   aws-neuronx-runtime-lib) to serve on a device. The DLC keeps its build toolchain (build-essential,
 #   cmake): removing it from a vendor image is not safe, so this flavour is the exception to "no compiler".
-# - inf1: torch-neuron supports torch 1.13 on Python <= 3.10 only, while neuron-operator requires
-#   Python >= 3.11 and torch >= 2.4 (pyproject). The stage exists so the build argument and the chart stay
-#   stable, but it stops with that explanation until the runtime supports such an environment.
+# - inf1: FROM the Inf1 DLC (pytorch-inference-neuron, Python 3.10, torch 1.13.1, torch-neuron and neuron-cc;
+#   torch-neuron supports torch 1.13 on Python <= 3.10 only). The runtime supports that environment (pyproject:
+#   requires-python >= 3.10 for the runtime, torch >= 1.13 on Python 3.10; the operator itself needs 3.11+). As
+#   for neuronx, the DLC's Python and Neuron stack are kept: our wheel and its missing dependencies are
+#   installed with the image's torch, torch-neuron, neuron-cc and numpy pinned to the versions the image has
+#   (INF1_KEEP_PACKAGES), so pip can add packages but never replace those; `pip check` must not report any
+#   problem the base image did not already have. With an INF1_BASE_IMAGE that lacks torch_neuron (a plain
+#   Python 3.10 image), TORCH_NEURON_PACKAGES come from the Neuron pip index first.
+#   NOT BUILT OR RUN HERE: no registry and no Neuron pip index are reachable from where this file was written,
+#   and no Inf1 device either, so this stage has been checked by hadolint and tests/packaging/test_dockerfile.py
+#   only. The runtime's Python-3.10 code is checked statically (`make lint`) and its configuration models run
+#   under a real Python 3.10 in tests/runtime/test_runtime_py310.py; torch 1.13 itself is never imported here.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NEURONX_BASE_IMAGE=public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.31.1-ubuntu24.04
@@ -212,8 +221,11 @@ ENV PATH=/opt/venv/bin:${PATH}
 FROM ${NEURONX_BASE_IMAGE} AS runtime-neuronx
 ARG NEURONX_BASE_IMAGE
 ARG NEURON_PIP_INDEX_URL=https://pip.repos.neuron.amazonaws.com
-# Used only when the base image lacks torch_neuronx; pin the versions of the SDK release you target.
-ARG TORCH_NEURONX_PACKAGES="neuronx-cc==2.* torch-neuronx"
+# Used only when the base image lacks torch_neuronx. Default: the Neuron SDK 2.31 packages, the same release as
+# the default DLC (aws-neuron-sdk frameworks/torch/torch-neuronx/setup/pytorch-install-prev-u24.rst, "Neuron
+# 2.31.0"; 2.31.1 changed only aws-neuron-tools). torch-neuronx 2.9.0.x needs torch 2.9. The runtime needs an SDK
+# with the NeuronCore placement APIs (top-level from 2.25, torch_neuronx.experimental before; both work).
+ARG TORCH_NEURONX_PACKAGES="neuronx-cc==2.26.6360.0 torch-neuronx==2.9.0.2.15.32035"
 LABEL org.opencontainers.image.base.name="${NEURONX_BASE_IMAGE}"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # TORCH_NEURONX_PACKAGES is a space-separated list, so it is deliberately unquoted (SC2086). Versions
@@ -236,27 +248,44 @@ RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
 FROM ${INF1_BASE_IMAGE} AS runtime-inf1
 ARG INF1_BASE_IMAGE
 ARG NEURON_PIP_INDEX_URL=https://pip.repos.neuron.amazonaws.com
-# Used only when the base image lacks torch_neuron.
+# Used only when the base image lacks torch_neuron; pin the versions of the SDK release you target.
 ARG TORCH_NEURON_PACKAGES="torch-neuron neuron-cc[tensorflow]"
+# Installed distributions that installing our wheel must never change: torch-neuron is built for one torch
+# (1.13), and neuron-cc pins numpy (numpy<=1.21.6,>=1.20 in 2023, aws-neuron/aws-neuron-sdk#762).
+ARG INF1_KEEP_PACKAGES="torch torch-neuron neuron-cc numpy"
 LABEL org.opencontainers.image.base.name="${INF1_BASE_IMAGE}"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# TORCH_NEURON_PACKAGES is a space-separated list, so it is deliberately unquoted (SC2086); versions come
-# from the base image or that build argument, and our wheel is a file (DL3013).
+# Steps: the Neuron stack if missing; the base image's `pip check` findings; /tmp/keep.txt = "name==version" of
+# every INF1_KEEP_PACKAGES member installed; our wheel with the `runtime` extra, constrained by keep.txt (the
+# extra asks torch >= 1.13 on Python 3.10, which the DLC's torch 1.13 meets: pip adds what is missing and
+# fails rather than replace a kept package); `pip check` again, failing on any finding the base did not have;
+# then the runtime must import with torch 1.13 and torch_neuron.
+# TORCH_NEURON_PACKAGES and INF1_KEEP_PACKAGES are space-separated lists, deliberately unquoted (SC2086).
+# Versions are not pinned here (DL3013) on purpose: torch, torch-neuron and neuron-cc are the DLC's own (kept
+# as they are); TORCH_NEURON_PACKAGES is the build argument that pins them otherwise; our wheel is a file.
 # hadolint ignore=SC2086,DL3013
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
     --mount=type=bind,from=builder,source=/dist,target=/tmp/wheels \
-    python3 -c "import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
-        'RUNTIME_FLAVOR=inf1: neuron-operator needs Python >= 3.11 and torch >= 2.4, but torch-neuron ' \
-        '(Inf1) supports torch 1.13 on Python <= 3.10 only; see the header of this Dockerfile')" \
- && export PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    export PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+ && python3 -c "import sys; sys.exit(0 if sys.version_info[:2] == (3, 10) else \
+        'RUNTIME_FLAVOR=inf1 needs the Python 3.10 of the Inf1 DLC (torch-neuron supports Python <= 3.10; the ' \
+        'runtime needs >= 3.10), got ' + sys.version.split()[0])" \
  && if ! python3 -c "import torch_neuron" 2>/dev/null; then \
         python3 -m pip install --no-cache-dir --extra-index-url "${NEURON_PIP_INDEX_URL}" \
             ${TORCH_NEURON_PACKAGES}; \
     fi \
+ && { python3 -m pip check || true; } | sed '/^No broken requirements found\.$/d' | sort > /tmp/pip-check-base.txt \
+ && python3 -c 'import importlib.metadata as md, sys; \
+        keep = [f"{n}=={md.version(n)}" for n in sys.argv[1:] if any(True for _ in md.distributions(name=n))]; \
+        open("/tmp/keep.txt", "w").write("\n".join(keep) + "\n"); print("keeping", *keep)' ${INF1_KEEP_PACKAGES} \
  && set -- /tmp/wheels/neuron_operator-*.whl \
- && python3 -m pip install --no-cache-dir --only-binary=:all: \
+ && python3 -m pip install --no-cache-dir --only-binary=:all: -c /tmp/keep.txt \
         --extra-index-url "${NEURON_PIP_INDEX_URL}" "$1[runtime]" \
- && python3 -c "import torch_neuron, neuron_runtime"
+ && { python3 -m pip check || true; } | sed '/^No broken requirements found\.$/d' | sort > /tmp/pip-check.txt \
+ && { ! comm -13 /tmp/pip-check-base.txt /tmp/pip-check.txt | grep .; } \
+ && rm /tmp/keep.txt /tmp/pip-check-base.txt /tmp/pip-check.txt \
+ && python3 -c "import torch, torch_neuron, neuron_runtime.cli, neuron_runtime.compile, neuron_runtime.neuron; \
+        assert torch.__version__.startswith('1.13'), torch.__version__"
 
 # --------------------------------------------------------------------------- runtime (final, any flavour)
 # The base is one of the stages above, picked by RUNTIME_FLAVOR; a stage has no tag to pin (DL3006).

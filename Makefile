@@ -16,7 +16,7 @@ setup: ## Install everything: Debian packages, .venv (torch included), Go-built 
 	@bash .ci/bootstrap
 
 .PHONY: demo
-demo: setup ## Local kind cluster + operator (Helm chart, its image) + real compile + real serving + one inference request
+demo: setup ## Local kind cluster + operator (Helm chart, its image) + real compiles + real serving (cpu, and inf2 on the simulated Neuron node)
 	@$(PY) e2e/demo.py up
 
 .PHONY: demo-down
@@ -33,12 +33,13 @@ test-fast: ## Only the tests that need no cluster and no image build
 	$(PY) -m pytest -m "not cluster and not images" $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: ## ruff, mypy --strict, import-linter (layer rules), hadolint, CRDs up to date
+lint: ## ruff, mypy --strict (and the runtime against Python 3.10), import-linter, hadolint, CRDs up to date
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(PY) -m mypy --python-version 3.10 -p neuron_runtime
 	.venv/bin/lint-imports
-	.venv/bin/hadolint Dockerfile
+	.venv/bin/hadolint Dockerfile e2e/kind/Dockerfile.neuron-sim
 	$(PY) -m neuron_operator.crdgen --check
 
 .PHONY: fmt

@@ -126,6 +126,13 @@ async def runtime_deployment_event(namespace: str, labels: kopf.Labels, memo: ko
     runtime(memo).queue.trigger("NeuronDeployment", namespace, labels[names.LABEL_DEPLOYMENT])
 
 
+@kopf.on.event("", "v1", "pods", labels={names.LABEL_DEPLOYMENT: kopf.PRESENT})
+async def runtime_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A serving pod changed (e.g. its runtime refused the artifact and restarted): its Deployment's status may
+    not change at all, so the pod itself triggers the NeuronDeployment (the queue coalesces bursts)."""
+    runtime(memo).queue.trigger("NeuronDeployment", namespace, labels[names.LABEL_DEPLOYMENT])
+
+
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     if "runtime" in memo:

@@ -128,6 +128,18 @@ class Kube:
             raise
         return dict(obj)
 
+    async def log_line(self, pod: str, namespace: str, container: str, prefix: str) -> str | None:
+        """The first line of a container's log that starts with ``prefix`` (None: not there, or no log yet)."""
+        try:
+            async for line in self.client.log(pod, namespace=namespace, container=container, newlines=False):
+                if line.startswith(prefix):
+                    return line
+        except ApiError as exc:
+            if exc.status.code in (400, 404):  # the container has not started, or the pod is gone
+                return None
+            raise
+        return None
+
     async def list(
         self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:

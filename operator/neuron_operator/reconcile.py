@@ -28,7 +28,15 @@ from neuron_operator.resources.compile import (
     job_outcome,
 )
 from neuron_operator.resources.fit import Fit, Infeasible, architecture_fit, plan_placement
+from neuron_operator.resources.pods import (
+    PARITY_LOG_PREFIX,
+    TEMPLATE_HASH_LABEL,
+    parity_status,
+    ready_current_pods,
+    serving_failure,
+)
 from neuron_operator.resources.serving import (
+    RUNTIME_CONTAINER,
     ServedArtifact,
     build_deployment,
     build_pdb,
@@ -179,6 +187,23 @@ async def reconcile_deployment(ctx: Context, namespace: str, name: str) -> None:
     await _write_status(ctx, body, patch, events)
 
 
+async def _observe_parity(
+    ctx: Context, namespace: str, ready: list[dict[str, Any]], body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """`status.parity` for the current pod template: kept while it describes it, else read from a ready pod's log
+    (once per template: a no-op pass reads nothing)."""
+    previous = (body.get("status") or {}).get("parity")
+    if not ready:
+        return previous if isinstance(previous, dict) else None
+    pod = ready[0]
+    template = (pod["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL)
+    if isinstance(previous, dict) and previous.get("podTemplateHash") == template:
+        return previous
+    line = await ctx.kube.log_line(pod["metadata"]["name"], namespace, RUNTIME_CONTAINER, PARITY_LOG_PREFIX)
+    found = parity_status(line, pod) if line else None
+    return found if found is not None else (previous if isinstance(previous, dict) else None)
+
+
 async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> DeploymentObservation:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
@@ -236,7 +261,15 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     for manifest in (build_service(body), build_pdb(body)):
         observed = await ctx.kube.get(manifest["kind"], name, namespace)
         await ctx.kube.apply(manifest, observed)
+    pods = await ctx.kube.list("Pod", namespace, labels=selector_labels(name))
+    container = desired["spec"]["template"]["spec"]["containers"][0]
+    failure = serving_failure(pods, container)
+    parity = None
+    if dep.spec.validation.parity and failure is None:
+        parity = await _observe_parity(ctx, namespace, ready_current_pods(pods, container), body)
     return DeploymentObservation(
+        serving_failure=failure,
+        parity=parity,
         model={"name": model_name, "sha256": served.sha256, "cacheKey": served.cache_key},
         cores=plan.cores,
         deployment=applied,

@@ -6,7 +6,7 @@ flags override them. Builders receive the parsed ``OperatorSettings`` object, ne
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from neuron_operator import __version__
 
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/neuron-dev"
+#: uid and gid of the runtime images' unprivileged user (the Dockerfile's USER).
+RUNTIME_UID: Final = 65532
 
 
 class OperatorSettings(BaseSettings):
@@ -65,6 +67,15 @@ class OperatorSettings(BaseSettings):
         default="auto",
         description="auto: only when contiguity matters (1 < cores < node cores); never: default scheduler.",
     )
+    runtime_run_as_root: bool = Field(
+        default=False,
+        description=(
+            "Run serving pods as uid 0 instead of 65532. Only for nodes where a non-root container cannot "
+            "open /dev/neuron*: device nodes keep the host's owner and mode unless the CRI runtime sets "
+            "them from the pod's runAsUser/runAsGroup (containerd device_ownership_from_security_context; "
+            "Bottlerocket settings.kubernetes.device-ownership-from-security-context)."
+        ),
+    )
 
     resync_seconds: float = Field(default=60.0, gt=0, description="Level-triggered re-reconcile period.")
     backoff_base_seconds: float = Field(default=1.0, gt=0)
@@ -79,6 +90,12 @@ class OperatorSettings(BaseSettings):
 
     health_port: int = 8081
     metrics_port: int = 8080
+
+    def runtime_identity(self) -> dict[str, Any]:
+        """runAsNonRoot, runAsUser and runAsGroup of serving pods (pod securityContext)."""
+        if self.runtime_run_as_root:
+            return {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0}
+        return {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID}
 
     def image_for_target(self, target: str) -> str:
         if target == "cpu":

@@ -47,6 +47,17 @@ class GraphFile(BaseModel):
     size_bytes: int
 
 
+class ReferenceFile(BaseModel):
+    """Reference cases of one bucket: inputs and the eager model's outputs (`torch.save` of plain tensors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str
+    bucket: int | None
+    sha256: str
+    cases: int
+
+
 class Manifest(BaseModel):
     """Everything the server needs to load and check an artifact, and what the operator reports."""
 
@@ -65,11 +76,17 @@ class Manifest(BaseModel):
     dynamic_batch: bool
     neuron_core_version: str | None
     graphs: list[GraphFile]
+    references: list[ReferenceFile] = Field(
+        description="per bucket: reference inputs and eager outputs, for the serving pod's parity gate"
+    )
     files: dict[str, str] = Field(description="file name -> sha256 of every file besides the manifest")
     torch_version: str
     neuron_package_version: str | None
     compiler_version: str | None
-    max_abs_error: float
+    max_abs_error: float | None = Field(
+        description="traced vs eager on the reference inputs, measured in the compile Job (cpu only; a Neuron graph "
+        "cannot run there, its parity is measured by the serving pod)"
+    )
     compile_seconds: float
     created_at: str
 
@@ -96,6 +113,10 @@ def sha256_bytes(data: bytes) -> str:
 
 def graph_file_name(batch_size: int, bucket: int | None) -> str:
     return f"model-b{batch_size}.pt" if bucket is None else f"model-b{batch_size}-s{bucket}.pt"
+
+
+def reference_file_name(batch_size: int, bucket: int | None) -> str:
+    return f"reference-b{batch_size}.pt" if bucket is None else f"reference-b{batch_size}-s{bucket}.pt"
 
 
 def verify(directory: Path, expected_sha256: str | None = None) -> tuple[Manifest, str]:

@@ -9,9 +9,14 @@ compile-cache hit never loads torch.
   3  SourceFailed      the model source cannot be fetched, verified (sha256) or loaded
   4  TraceFailed       tracing, or checking the traced graph against eager output, failed
   5  NeuronMissing     the target needs torch-neuronx / torch-neuron, which this image lacks
+  8  UnsupportedArchitecture  the model cannot target this architecture (inf1: serialized model > 2 GB)
   1  InternalError     anything else
 
-`serve` exits 0 after a SIGTERM drain, 3 when the artifact does not verify, 2 on invalid settings or placement.
+`serve` exits 0 after a SIGTERM drain; otherwise it writes a termination message too:
+  2  InvalidSettings / InvalidPlacement   the settings, or the placement on the visible cores, are invalid
+  3  ArtifactInvalid      the artifact does not verify (digest, manifest, format version)
+  6  ParityFailed         a graph's outputs on this device differ from the eager reference beyond the tolerance
+  7  IncompatibleRuntime  this image's torch / Neuron SDK cannot serve the artifact (see `neuron_runtime.compat`)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ EXIT_BAD_REQUEST = 2
 EXIT_SOURCE = 3
 EXIT_TRACE = 4
 EXIT_NEURON_MISSING = 5
+EXIT_UNSUPPORTED = 8
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_ENV = "NEURON_RUNTIME_TERMINATION_LOG"
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_serve(args)
 
 
-def _termination_log(explicit: str | None) -> Path | None:
+def termination_log_path(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
     if env := os.environ.get(TERMINATION_LOG_ENV):
@@ -91,7 +97,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
     from neuron_runtime.config import CompileRequest
 
-    log_path = _termination_log(args.termination_log)
+    log_path = termination_log_path(args.termination_log)
 
     def fail(code: int, reason: str, message: str) -> int:
         write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message})
@@ -115,13 +121,15 @@ def run_compile(args: argparse.Namespace) -> int:
         return fail(EXIT_BAD_REQUEST, "BadRequest", f"invalid compile request: {exc}")
 
     from neuron_runtime.compile import TraceError, compile_artifact
-    from neuron_runtime.neuron import NeuronPackageMissing
+    from neuron_runtime.neuron import NeuronPackageMissing, UnsupportedArchitecture
     from neuron_runtime.sources import SourceError
 
     try:
         result = compile_artifact(request, args.output_root, progress)
     except NeuronPackageMissing as exc:
         return fail(EXIT_NEURON_MISSING, "NeuronMissing", str(exc))
+    except UnsupportedArchitecture as exc:
+        return fail(EXIT_UNSUPPORTED, "UnsupportedArchitecture", str(exc))
     except SourceError as exc:
         return fail(EXIT_SOURCE, "SourceFailed", str(exc))
     except TraceError as exc:

@@ -2,9 +2,17 @@
 
 Steps: cache lookup (no torch import on a hit) → load the source (TorchScript file, or a Python factory plus an
 optional state-dict file, sha256-checked) → one trace per bucket at the traced batch size (`torch.jit.trace` on
-`cpu`, `neuron.trace` on Neuron targets) → check traced vs eager output on the example inputs → write the
-directory atomically with a manifest pinning every file. Seeds are fixed and the manifest is serialised with
-sorted keys, so the same request gives the same manifest apart from `created_at` and `compile_seconds`.
+`cpu`, `neuron.trace` on Neuron targets) → reference data per bucket: the example inputs plus a few seeded random
+inputs, with the *eager* model's outputs for each → on `cpu` only, check traced vs eager output on them → write
+the directory atomically with a manifest pinning every file (graphs and references).
+
+A Neuron-compiled graph is never called here: it can only execute on a NeuronCore (the `torch_neuronx.trace`
+reference, "CPU compilation": trace with `cpu_backend=True`, then move model.pt to a Neuron instance), and the
+compile Job has none. Its numerical check is the serving pod's parity gate (`neuron_runtime.parity`), which runs
+every graph on the stored reference inputs on the device before the pod becomes ready.
+
+Seeds are fixed and the manifest is serialised with sorted keys, so the same request gives the same manifest
+apart from `created_at` and `compile_seconds`.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import importlib
+import inspect
 import tempfile
 import threading
 import time
@@ -34,6 +43,10 @@ from neuron_runtime.sources import SourceError, fetch
 
 Progress = Callable[[str], None]
 HEARTBEAT_S = 30.0
+
+
+REFERENCE_RANDOM_CASES = 2
+"""Seeded random inputs per bucket stored as reference cases, besides the example inputs."""
 
 
 class TraceError(RuntimeError):
@@ -118,16 +131,18 @@ def load_source(request: CompileRequest, scratch: Path, progress: Progress) -> A
     return model.eval()
 
 
-def example_inputs(request: CompileRequest, bucket: int | None) -> list[Any]:
-    """Deterministic example inputs at the traced batch size (bucket axis set to `bucket`).
+def example_inputs(request: CompileRequest, bucket: int | None, case: int = 0) -> list[Any]:
+    """Deterministic inputs at the traced batch size (bucket axis set to `bucket`).
 
-    Floating inputs are seeded normals; integer and bool inputs are ones (a valid token id / "keep" mask).
+    Case 0 (the example inputs traced with): floating inputs are seeded normals; integer and bool inputs are ones
+    (a valid token id / "keep" mask). Cases 1..: other seeds, and integer/bool inputs drawn from {0, 1} (still
+    valid ids and masks for any model that accepts the ones).
     """
     import torch
 
     from neuron_runtime.tensors import torch_dtype
 
-    generator = torch.Generator().manual_seed(1234)
+    generator = torch.Generator().manual_seed(1234 + case)
     bucketed = request.bucketed_inputs()
     tensors = []
     for spec in request.inputs:
@@ -138,8 +153,10 @@ def example_inputs(request: CompileRequest, bucket: int | None) -> list[Any]:
         dtype = torch_dtype(spec.dtype)
         if dtype.is_floating_point:
             tensors.append(torch.randn(shape, generator=generator).to(dtype))
-        else:
+        elif case == 0:
             tensors.append(torch.ones(shape, dtype=dtype))
+        else:
+            tensors.append(torch.randint(0, 2, shape, generator=generator).to(dtype))
     return tensors
 
 
@@ -153,7 +170,8 @@ def trace_for_target(request: CompileRequest, model: Any, inputs: Sequence[Any])
             return model  # already TorchScript: tracing would be a no-op
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.trace(model, tuple(inputs), check_trace=False, _store_inputs=False)  # type: ignore[no-untyped-call]
+            extra = {"_store_inputs": False} if "_store_inputs" in inspect.signature(torch.jit.trace).parameters else {}
+            return torch.jit.trace(model, tuple(inputs), check_trace=False, **extra)  # type: ignore[no-untyped-call]
     return neuron.trace(request.target, model, inputs, request.compiler, request.dynamic_batch)
 
 
@@ -165,29 +183,41 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
 
     buckets: list[int | None] = list(request.buckets.sizes) if request.buckets else [None]
     graphs: list[artifact.GraphFile] = []
-    max_error = 0.0
+    references: list[artifact.ReferenceFile] = []
+    on_cpu = request.target == "cpu"
+    max_error: float | None = 0.0 if on_cpu else None
     output_shapes: list[list[list[int]]] = []
     output_dtypes: list[str] = []
+    if request.target == "inf1":
+        size = neuron.check_inf1_model_size(model)
+        progress(f"serialized model is {size} bytes (inf1 limit {neuron.INF1_MAX_MODEL_BYTES})")
     for index, bucket in enumerate(buckets, start=1):
         label = f"batch {request.batch_size}" + ("" if bucket is None else f", bucket {bucket}")
-        inputs = example_inputs(request, bucket)
+        cases = [example_inputs(request, bucket, case) for case in range(REFERENCE_RANDOM_CASES + 1)]
         with _heartbeat(progress, f"tracing {label} ({index}/{len(buckets)})"), torch.inference_mode(False):
             try:
                 with torch.no_grad():
-                    eager = flatten_outputs(model(*inputs))
-                    traced = trace_for_target(request, model, inputs)
-                    got = flatten_outputs(traced(*inputs))
+                    expected = [flatten_outputs(model(*inputs)) for inputs in cases]
+                    traced = trace_for_target(request, model, cases[0])
+                    # Only a CPU graph may run here; a Neuron graph is checked on the device (parity gate).
+                    got = [flatten_outputs(traced(*inputs)) for inputs in cases] if on_cpu else None
             except neuron.NeuronPackageMissing:
                 raise
             except SourceError:
                 raise
             except Exception as exc:
                 raise TraceError(f"tracing {label} failed: {type(exc).__name__}: {exc}") from exc
-        if len(got) != len(eager) or any(g.shape != e.shape for g, e in zip(got, eager, strict=True)):
-            raise TraceError(f"traced graph for {label} returns different output shapes than the eager model")
-        for g, e in zip(got, eager, strict=True):
-            if e.numel():
-                max_error = max(max_error, float((g.float() - e.float()).abs().max()))
+        eager = expected[0]
+        if got is not None:
+            for case_got, case_expected in zip(got, expected, strict=True):
+                if len(case_got) != len(case_expected) or any(
+                    g.shape != e.shape for g, e in zip(case_got, case_expected, strict=True)
+                ):
+                    raise TraceError(f"traced graph for {label} returns different output shapes than the eager model")
+                for g, e in zip(case_got, case_expected, strict=True):
+                    if e.numel():
+                        assert max_error is not None
+                        max_error = max(max_error, float((g.float() - e.float()).abs().max()))
         output_shapes.append([list(e.shape) for e in eager])
         output_dtypes = [dtype_name(e.dtype) for e in eager]
         name = artifact.graph_file_name(request.batch_size, bucket)
@@ -202,8 +232,16 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
                 size_bytes=(tmp / name).stat().st_size,
             )
         )
+        ref_name = artifact.reference_file_name(request.batch_size, bucket)
+        torch.save({"inputs": [list(c) for c in cases], "outputs": [list(o) for o in expected]}, str(tmp / ref_name))
+        references.append(
+            artifact.ReferenceFile(
+                file=ref_name, bucket=bucket, sha256=artifact.sha256_file(tmp / ref_name), cases=len(cases)
+            )
+        )
         progress(f"traced {label} in {time.monotonic() - started:.1f}s total")
     versions = neuron.versions(request.target)
+    files = {g.file: g.sha256 for g in graphs} | {r.file: r.sha256 for r in references}
     return artifact.Manifest(
         cache_key=request.cache_key(),
         request=request.model_dump(mode="json"),
@@ -217,13 +255,14 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
         dynamic_batch=request.dynamic_batch,
         neuron_core_version=NEURON_CORE_VERSIONS[request.target],
         graphs=graphs,
-        files={g.file: g.sha256 for g in graphs},
+        references=references,
+        files=files,
         torch_version=torch.__version__,
         neuron_package_version=versions["neuronPackageVersion"],
         compiler_version=versions["compilerVersion"],
         max_abs_error=max_error,
         compile_seconds=round(time.monotonic() - started, 3),
-        created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
 
 

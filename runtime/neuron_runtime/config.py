@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ARTIFACT_FORMAT_VERSION = 1
+ARTIFACT_FORMAT_VERSION = 2
 """Bumped whenever the artifact layout or the manifest schema changes; part of every cache key."""
 
 MANIFEST_NAME = "manifest.json"
@@ -93,6 +93,18 @@ class Batching(_Strict):
         return self
 
 
+class Parity(_Strict):
+    """The serving pod's parity gate: every graph vs the eager reference outputs, on the device, before ready.
+
+    An element passes when |got - expected| <= atol + rtol * |expected|. `None` takes the default for the
+    precision the artifact computes in (its auto-cast setting; see `neuron_runtime.parity.DEFAULT_TOLERANCES`).
+    """
+
+    enabled: bool = True
+    atol: float | None = Field(None, ge=0.0, le=1e6)
+    rtol: float | None = Field(None, ge=0.0, le=1e6)
+
+
 class TensorSpec(_Strict):
     """One model input; `shape[0]` is the batch dimension (the traced batch size is `CompileRequest.batch_size`)."""
 
@@ -159,6 +171,22 @@ class PythonSource(_Strict):
 Source = Annotated[TorchScriptSource | PythonSource, Field(discriminator="kind")]
 
 
+RESERVED_COMPILER_FLAGS = ("--target", "--auto-cast", "--optlevel", "-O", "--fast-math", "--fp32-cast")
+"""Prefixes of compiler flags that `args` may not carry: the runtime sets them from `target`, `auto_cast`,
+`auto_cast_type` and `opt_level` (neuronx-cc), or from `auto_cast` + `auto_cast_type` (neuron-cc `--fast-math`, and
+its older alias `--fp32-cast`, which overrides `--fast-math`'s casting: SDK:compiler/neuron-cc/
+command-line-reference.rst). A second copy would contradict those fields, or fork the cache key for one artifact.
+The operator's CRD rejects the same list (`neuron_operator.api.model.RESERVED_COMPILER_FLAGS`; a test keeps them equal).
+"""
+
+INF1_AUTO_CAST_TYPES = ("bf16", "fp16")
+"""What neuron-cc (inf1) can cast FP32 to: its `--fast-math` has BF16 and FP16 casts only, no TF32 or FP8."""
+
+INF1_OPT_LEVEL = 2
+"""neuron-cc has no optimisation-level flag (SDK:compiler/neuron-cc/command-line-reference.rst lists none): inf1
+requests must leave `opt_level` at its default, so that no two inf1 cache keys name the same artifact."""
+
+
 class CompilerOptions(_Strict):
     """Neuron compiler options. `auto_cast` is always passed explicitly (its default changed in SDK 2.27)."""
 
@@ -166,6 +194,17 @@ class CompilerOptions(_Strict):
     auto_cast: Literal["none", "matmult", "all"] = "none"
     auto_cast_type: Literal["bf16", "fp16", "tf32", "fp8_e4m3"] = "bf16"
     opt_level: Literal[1, 2, 3] = 2
+
+    @field_validator("args")
+    @classmethod
+    def _no_reserved_flags(cls, value: list[str]) -> list[str]:
+        reserved = [arg for arg in value if arg.startswith(RESERVED_COMPILER_FLAGS)]
+        if reserved:
+            raise ValueError(
+                f"{reserved} may not be passed in compiler args ({', '.join(RESERVED_COMPILER_FLAGS)} are reserved): "
+                "use target, auto_cast, auto_cast_type and opt_level"
+            )
+        return value
 
 
 class CompileRequest(_Strict):
@@ -182,6 +221,17 @@ class CompileRequest(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> CompileRequest:
+        if self.target == "inf1":
+            if self.compiler.auto_cast_type not in INF1_AUTO_CAST_TYPES:
+                raise ValueError(
+                    f"compiler.auto_cast_type {self.compiler.auto_cast_type!r} is not available for target inf1: "
+                    "neuron-cc casts FP32 to bf16 or fp16 only; use target inf2, trn1 or trn2 for tf32 or fp8_e4m3"
+                )
+            if self.compiler.opt_level != INF1_OPT_LEVEL:
+                raise ValueError(
+                    f"compiler.opt_level {self.compiler.opt_level} is not available for target inf1: neuron-cc has "
+                    f"no optimisation level; leave opt_level at {INF1_OPT_LEVEL}"
+                )
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
@@ -243,6 +293,10 @@ class ServeSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     warmup_runs: int = Field(2, ge=0, le=100, description="runs of every bucket on every worker before ready")
+    parity: Parity = Field(default_factory=Parity)
+    termination_log: Path | None = Field(
+        None, description="where the failure (or the drain) is written for kubelet; default /dev/termination-log"
+    )
     shutdown_delay_s: float = Field(
         0.0, ge=0.0, description="after SIGTERM: keep serving this long while endpoints drop the pod"
     )
@@ -267,6 +321,8 @@ class ServeSettings(BaseSettings):
                 continue
             if isinstance(value, dict):
                 for sub, subvalue in value.items():
+                    if subvalue is None:
+                        continue
                     subkey = f"{key}{ENV_NESTED_DELIMITER}{sub.upper()}"
                     env[subkey] = _env_value(subvalue)
             else:

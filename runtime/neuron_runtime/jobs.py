@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 import torch
 
 from neuron_runtime.batching import collate
@@ -24,7 +24,9 @@ from neuron_runtime.tensors import flatten_outputs
 Graphs = dict[int | None, torch.jit.ScriptModule]
 """Loaded graphs of one model copy, by bucket size (None without buckets)."""
 
-Wire = tuple[np.ndarray[Any, Any], bool]  # (array, is_bfloat16)
+# npt.NDArray, not np.ndarray[...]: this alias is evaluated at import, and ndarray is subscriptable only from numpy
+# 1.22, newer than the numpy neuron-cc pins in the inf1 image (aws-neuron/aws-neuron-sdk#762).
+Wire = tuple[npt.NDArray[Any], bool]  # (array, is_bfloat16)
 
 
 def to_wire(tensor: torch.Tensor) -> Wire:

@@ -62,6 +62,23 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.neuroncore_executions = Counter(
+            "neuron_runtime_neuroncore_executions_total",
+            "Graph calls per NeuronCore (absolute core id; Neuron targets with pinned placement)",
+            ["neuroncore"],
+            registry=r,
+        )
+        self.neuroncore_busy = Counter(
+            "neuron_runtime_neuroncore_busy_seconds_total",
+            "Time each NeuronCore spent in graph calls (absolute core id; pinned placement)",
+            ["neuroncore"],
+            registry=r,
+        )
+        self.parity_max_abs_error = Gauge(
+            "neuron_runtime_parity_max_abs_error",
+            "Largest absolute error of any graph vs the eager reference, measured by the parity gate at start-up",
+            registry=r,
+        )
         self.in_flight = Gauge("neuron_runtime_requests_in_flight", "Inference requests being handled", registry=r)
 
     def render(self) -> bytes:

@@ -11,16 +11,18 @@ The HTTP layer (`server`) depends only on this module's public surface.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from neuron_runtime import artifact, placement
+from neuron_runtime import artifact, compat, neuron, parity, placement
 from neuron_runtime.batching import collate
 from neuron_runtime.batching.queue import Batcher, DispatchInfo
-from neuron_runtime.config import Batching, ServeSettings
+from neuron_runtime.config import Batching, Parity, ServeSettings
 from neuron_runtime.jobs import BatchJob, GraphJob, tensors_from_wire, tensors_to_wire
 from neuron_runtime.metrics import Metrics
 from neuron_runtime.tensors import torch_dtype
@@ -76,12 +78,15 @@ class ServedModel:
         self.pool = pool
         self.batching = batching
         self.metrics = metrics
+        self.parity: parity.ParityReport | None = None
         pool.set_busy_observer(lambda index, seconds: metrics.worker_busy.labels(str(index)).inc(seconds))
+        if manifest.target != "cpu":
+            pool.set_lane_observer(self._observe_lane)
         self.batcher: Batcher[collate.Prepared, Outputs] = Batcher(
             self._execute,
             batching,
-            max_in_flight=len(pool.workers) + 1,
-            partial_in_flight=len(pool.workers),
+            max_in_flight=pool.capacity + 1,
+            partial_in_flight=pool.capacity,
             on_dispatch=self._observe_dispatch,
         )
 
@@ -89,6 +94,9 @@ class ServedModel:
     def load(cls, settings: ServeSettings, metrics: Metrics) -> ServedModel:
         """Verify the artifact (refusing any digest mismatch), plan placement and load every worker."""
         manifest, digest = artifact.verify(settings.artifact_dir, settings.expected_sha256)
+        compiled = compat.Versions(manifest.torch_version, manifest.neuron_package_version, manifest.compiler_version)
+        serving = compat.serving_versions(neuron.installed_versions(manifest.target))  # type: ignore[arg-type]
+        compat.require_compatible(manifest.target, compiled, serving)
         cores = placement.visible_cores(manifest.target)
         slots = placement.plan(settings.placement, cores)
         backend = settings.worker_backend
@@ -106,6 +114,34 @@ class ServedModel:
 
     def start(self) -> None:
         self.batcher.start()
+
+    async def check_parity(self, settings: Parity, directory: Path) -> parity.ParityReport | None:
+        """Run every graph on the stored reference inputs on every model copy; raise `ParityFailed` beyond tolerance."""
+        if not settings.enabled:
+            return None
+        atol, rtol, precision = parity.tolerance(self.manifest, settings.atol, settings.rtol)
+        references = parity.load_references(directory, self.manifest)
+        tally = parity.new_tally()
+        copies = self.pool.copies()
+        cases = 0
+        for graph in self.manifest.graphs:
+            inputs, expected = references[graph.bucket]
+            cases = len(inputs)
+            for case, (case_inputs, case_expected) in enumerate(zip(inputs, expected, strict=True)):
+                job = GraphJob(graph.bucket, tensors_to_wire(case_inputs))
+                results = await asyncio.gather(*(w.submit_to_lane(lane, job) for w, lane in copies))
+                for (worker, lane), (wires, _busy) in zip(copies, results, strict=True):
+                    where = f"graph {graph.file} case {case} worker {worker.slot.index} lane {lane}"
+                    parity.compare(tally, where, tensors_from_wire(wires), case_expected, atol, rtol)
+        result = parity.report(tally, atol, rtol, precision, len(self.manifest.graphs), cases, len(copies))
+        self.parity = result
+        self.metrics.parity_max_abs_error.set(result.max_abs_error)
+        if not result.passed:
+            raise parity.ParityFailed(result)
+        log.info("%s", result.summary())
+        # One line on stdout that the operator reads from the pod's log into the NeuronDeployment's status.
+        print(f"{parity.LOG_PREFIX} {json.dumps(result.as_dict(), sort_keys=True)}", flush=True)
+        return result
 
     async def warmup(self, runs: int) -> None:
         """Run every bucket's graph `runs` times on every worker before the model reports ready."""
@@ -146,6 +182,12 @@ class ServedModel:
         self.pool.shutdown()
 
     # -- batch execution ----------------------------------------------------------------------------------------
+    def _observe_lane(self, lane: placement.WorkerSlot, seconds: float) -> None:
+        if lane.nc_count == 1 and not lane.shared_model:
+            core = str(lane.cores[0])
+            self.metrics.neuroncore_executions.labels(core).inc()
+            self.metrics.neuroncore_busy.labels(core).inc(seconds)
+
     def _observe_dispatch(self, info: DispatchInfo) -> None:
         m = self.metrics
         for wait in info.waits:

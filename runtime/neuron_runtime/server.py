@@ -5,7 +5,12 @@ Endpoints: `/v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{m}[/versio
 every error is `{"error": "..."}` with a 4xx status for anything the client did wrong (never 500), 429 +
 `Retry-After` when the queue is full, 504 after the request's deadline, 503 while warming up or draining.
 
-Lifecycle: verify + load the artifact → listen (live, not ready) → warm every bucket on every worker → ready.
+Lifecycle: verify the artifact → SDK compatibility gate (`compat`) → load → listen (live, not ready) → parity
+gate: every graph on the stored reference inputs on every model copy (`parity`) → warm every bucket on every
+worker → ready. A refused artifact ends the process with a JSON termination message (`reason`
+`IncompatibleRuntime`, `ParityFailed`, `ArtifactInvalid`, `InvalidPlacement`, `InvalidSettings`) that the
+operator turns into the NeuronDeployment's `Stalled` condition. `/v2/models/{m}/parity` reports the measured
+parity (a runtime extension of OIP v2).
 Loading happens before the socket opens, so give the pod a startupProbe sized to the model's load time.
 SIGTERM/SIGINT → not ready → (optional `shutdown_delay_s` while endpoints drop the pod) → refuse new requests →
 drain in-flight ones → exit 0.
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -132,6 +138,12 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
             },
         )
 
+    async def model_parity(request: web.Request) -> web.Response:
+        if (bad := check_model(request)) is not None:
+            return bad
+        report = model.parity
+        return _json(200, {"name": name, "checked": report is not None, **(report.as_dict() if report else {})})
+
     async def model_ready(request: web.Request) -> web.Response:
         if (bad := check_model(request)) is not None:
             return bad
@@ -178,7 +190,7 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
             return _error(503, str(exc), {"Retry-After": "1"})
         try:
             outputs = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin before Python 3.11
             metrics.rejections.labels("timeout").inc()
             return _error(504, f"request timed out after {timeout * 1000:.0f} ms")
         except Exception as exc:
@@ -211,6 +223,7 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
         routes += [
             web.get(prefix, model_metadata),
             web.get(prefix + "/ready", model_ready),
+            web.get(prefix + "/parity", model_parity),
             web.post(prefix + "/infer", infer),
         ]
     app.add_routes(routes)
@@ -273,7 +286,13 @@ async def serve(
     print(f"listening on {settings.host}:{port}", flush=True)
     model.start()
     started = time.perf_counter()
-    await model.warmup(settings.warmup_runs)
+    try:
+        await model.check_parity(settings.parity, settings.artifact_dir)
+        await model.warmup(settings.warmup_runs)
+    except BaseException:
+        model.shutdown()
+        await runner.cleanup()
+        raise
     state.ready = True
     log.info(
         "model %s ready: %d worker(s), %d graph(s), warm-up %.2fs",
@@ -288,7 +307,7 @@ async def serve(
     log.info("stopping: not ready; draining %d in-flight request(s)", state.in_flight)
     state.ready = False
     if settings.shutdown_delay_s:
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11
             await asyncio.wait_for(asyncio.Event().wait(), settings.shutdown_delay_s)
     state.accepting = False
     try:
@@ -297,7 +316,7 @@ async def serve(
         await asyncio.wait_for(model.drain(), settings.drain_timeout_s)
         if state.in_flight:
             await asyncio.wait_for(state.drained.wait(), settings.drain_timeout_s)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin before Python 3.11
         log.warning("drain timed out with %d request(s) in flight", state.in_flight)
     model.shutdown()
     await runner.cleanup()
@@ -312,18 +331,35 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
     return default
 
 
+EXIT_INVALID = 2
+EXIT_ARTIFACT = 3
+EXIT_PARITY = 6
+EXIT_INCOMPATIBLE = 7
+
+
 def serve_main(config: Path | None) -> int:
+    """Run `serve`; a refusal exits non-zero with a JSON termination message `{status, reason, message, ...}`."""
     from pydantic import ValidationError
 
     from neuron_runtime.artifact import ArtifactError
+    from neuron_runtime.cli import termination_log_path, write_termination_message
+    from neuron_runtime.compat import IncompatibleRuntime
     from neuron_runtime.model import ConfigurationError
+    from neuron_runtime.parity import ParityFailed
     from neuron_runtime.placement import PlacementError
+
+    def fail(code: int, reason: str, message: str, **extra: Any) -> int:
+        log.error("refusing to serve (%s): %s", reason, message)
+        write_termination_message(
+            termination_log_path(None), {"status": "Failed", "reason": reason, "message": message, **extra}
+        )
+        return code
 
     try:
         settings = load_settings(config)
     except (ValidationError, ValueError, OSError) as exc:
         print(f"invalid serve settings: {exc}", file=sys.stderr)
-        return 2
+        return fail(EXIT_INVALID, "InvalidSettings", f"invalid serve settings: {exc}")
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
@@ -336,8 +372,17 @@ def serve_main(config: Path | None) -> int:
     try:
         return runner(serve(settings))
     except ArtifactError as exc:
-        log.error("refusing to serve: %s", exc)
-        return 3
+        return fail(EXIT_ARTIFACT, "ArtifactInvalid", str(exc))
+    except IncompatibleRuntime as exc:
+        return fail(EXIT_INCOMPATIBLE, "IncompatibleRuntime", str(exc))
+    except ParityFailed as exc:
+        r = exc.report
+        numbers = {"maxAbsError": _finite(r.max_abs_error), "atol": r.atol, "rtol": r.rtol}
+        return fail(EXIT_PARITY, "ParityFailed", str(exc), **numbers)
     except (PlacementError, ConfigurationError) as exc:
-        log.error("cannot place the model: %s", exc)
-        return 2
+        return fail(EXIT_INVALID, "InvalidPlacement", str(exc))
+
+
+def _finite(value: float) -> float | str:
+    """JSON has no inf/NaN: say it in words."""
+    return value if math.isfinite(value) else str(value)

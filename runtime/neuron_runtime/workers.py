@@ -11,6 +11,13 @@ Two backends, chosen by `ServeSettings.worker_backend`:
   model copy for several cores (`multicore_context`) and where a NeuronCore must stay owned by this process.
   Each thread pins itself (`sched_setaffinity` on a thread id affects that thread) and sets its own intra-op
   thread count (`torch.set_num_threads` is per calling thread with OpenMP).
+
+NeuronCores per worker (`coresPerWorker = N` on a Neuron target): a traced graph runs on one NeuronCore, and a
+NeuronCore executes one call at a time. `neuron_cores_context(start_nc, nc_count=N)` would replicate the model on N
+cores behind one module, but its cores are only all busy when N calls are in flight at once, which a
+one-thread worker never has. So a worker gets N *lanes*: one copy per core, each loaded with
+`neuron_cores_context(start_nc + i, 1)`, and N threads, so it runs up to N calls concurrently, one per core, and
+the per-core execution counts (`neuron_runtime_neuroncore_executions_total`) are exact.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +70,15 @@ def load_graphs(directory: Path, manifest: Manifest, slot: WorkerSlot) -> Graphs
     return graphs
 
 
+def lane_slots(slot: WorkerSlot, target: str) -> list[WorkerSlot]:
+    """The one-core slots a worker's lanes load onto: one per NeuronCore of a pinned Neuron slot, else the slot."""
+    if target == "cpu" or slot.shared_model or slot.nc_count == 1:
+        return [slot]
+    return [
+        WorkerSlot(slot.index, slot.start_nc + i, 1, (slot.cores[i],), shared_model=False) for i in range(slot.nc_count)
+    ]
+
+
 def _setup_current_thread(slot: WorkerSlot, target: str, pin: bool) -> None:
     threading.current_thread().name = f"worker-{slot.index}"
     if target == "cpu":
@@ -83,33 +100,66 @@ class AnyWorker(Protocol):
     slot: WorkerSlot
     in_flight: int
 
+    @property
+    def capacity(self) -> int: ...
+
     async def submit(self, job: Job) -> tuple[Any, float]: ...
+
+    async def submit_to_lane(self, lane: int, job: Job) -> tuple[Any, float]: ...
 
     def close(self) -> None: ...
 
 
 @dataclass
 class Worker:
-    """A thread worker: one single-thread executor around a (possibly shared) model copy."""
+    """A thread worker: one executor thread per lane, each lane a (possibly shared) model copy on its cores."""
 
     slot: WorkerSlot
-    graphs: Graphs
+    lanes: list[Graphs]
     executor: ThreadPoolExecutor
+    lane_slots: list[WorkerSlot] = field(default_factory=list)
     in_flight: int = 0
     busy_seconds: float = 0.0
     executions: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _free: queue.SimpleQueue[int] = field(default_factory=queue.SimpleQueue)
+    _on_lane: Callable[[WorkerSlot, float], None] | None = None
 
-    def run(self, job: Job) -> tuple[Any, float]:
-        """Run `job` on this worker's thread (called there); returns its result and the busy time."""
-        result, busy = _timed(job, self.graphs)
+    def __post_init__(self) -> None:
+        if not self.lane_slots:
+            self.lane_slots = [self.slot] * len(self.lanes)
+        for lane in range(len(self.lanes)):
+            self._free.put(lane)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.lanes)
+
+    @property
+    def graphs(self) -> Graphs:
+        return self.lanes[0]
+
+    def run(self, job: Job, lane: int | None = None) -> tuple[Any, float]:
+        """Run `job` on a free lane (or the given one) on this worker's thread; returns its result and busy time."""
+        chosen = self._free.get() if lane is None else lane
+        try:
+            result, busy = _timed(job, self.lanes[chosen])
+        finally:
+            if lane is None:
+                self._free.put(chosen)
         with self._lock:
             self.busy_seconds += busy
             self.executions += 1
+        if self._on_lane is not None:
+            self._on_lane(self.lane_slots[chosen], busy)
         return result, busy
 
     async def submit(self, job: Job) -> tuple[Any, float]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, job)
+
+    async def submit_to_lane(self, lane: int, job: Job) -> tuple[Any, float]:
+        """Run on one specific lane (warm-up and the parity gate, before any traffic)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, job, lane)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -172,6 +222,13 @@ class ProcessWorker:
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name=f"worker-{slot.index}-reader", daemon=True)
         self._reader.start()
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    async def submit_to_lane(self, lane: int, job: Job) -> tuple[Any, float]:
+        return await self.submit(job)
 
     async def submit(self, job: Job) -> tuple[Any, float]:
         loop = asyncio.get_running_loop()
@@ -248,18 +305,21 @@ class WorkerPool:
                 if backend == "process":
                     workers.append(ProcessWorker(slot, directory, manifest, pin_cpu))
                 else:
-                    if slot.shared_model:
-                        shared = shared if shared is not None else load_graphs(directory, manifest, slot)
-                        graphs = shared
-                    else:
-                        graphs = load_graphs(directory, manifest, slot)
+                    lanes: list[Graphs] = []
+                    singles = lane_slots(slot, manifest.target)
+                    for single in singles:
+                        if single.shared_model:
+                            shared = shared if shared is not None else load_graphs(directory, manifest, single)
+                            lanes.append(shared)
+                        else:
+                            lanes.append(load_graphs(directory, manifest, single))
                     executor = ThreadPoolExecutor(
-                        max_workers=1,
+                        max_workers=len(lanes),
                         thread_name_prefix=f"worker-{slot.index}",
                         initializer=_setup_current_thread,
                         initargs=(slot, manifest.target, pin_cpu),
                     )
-                    workers.append(Worker(slot=slot, graphs=graphs, executor=executor))
+                    workers.append(Worker(slot=slot, lanes=lanes, executor=executor, lane_slots=singles))
                 log.info(
                     "%s worker %d: cores %s (start_nc=%d, nc_count=%d)",
                     backend,
@@ -284,13 +344,24 @@ class WorkerPool:
         used = {core for worker in self.workers for core in worker.slot.cores}
         return allowed - used
 
+    @property
+    def capacity(self) -> int:
+        """Calls the pool can run at once (one per lane)."""
+        return sum(w.capacity for w in self.workers)
+
+    def set_lane_observer(self, on_lane: Callable[[WorkerSlot, float], None]) -> None:
+        """Called after every call on a thread worker's lane with that lane's slot (its cores) and busy time."""
+        for worker in self.workers:
+            if isinstance(worker, Worker):
+                worker._on_lane = on_lane
+
     def least_loaded(self) -> AnyWorker:
-        """The worker with the fewest jobs in flight; ties rotate so idle workers share the load evenly."""
+        """The worker with the lowest load (jobs in flight per lane); ties rotate so idle workers share evenly."""
         n = len(self.workers)
         best = self.workers[self._next % n]
         for offset in range(n):
             worker = self.workers[(self._next + offset) % n]
-            if worker.in_flight < best.in_flight:
+            if worker.in_flight * best.capacity < best.in_flight * worker.capacity:
                 best = worker
         self._next = (best.slot.index + 1) % n
         return best
@@ -310,9 +381,15 @@ class WorkerPool:
         self._on_busy = on_busy
 
     async def run_on_each(self, job: Job) -> list[Any]:
-        """Run `job` once on every worker (warm-up), all concurrently."""
-        results = await asyncio.gather(*(w.submit(job) for w in self.workers))
+        """Run `job` once on every lane of every worker (warm-up, parity gate), all concurrently."""
+        results = await asyncio.gather(
+            *(w.submit_to_lane(lane, job) for w in self.workers for lane in range(w.capacity))
+        )
         return [r for r, _busy in results]
+
+    def copies(self) -> list[tuple[AnyWorker, int]]:
+        """Every (worker, lane): each is one model copy on its own cores."""
+        return [(w, lane) for w in self.workers for lane in range(w.capacity)]
 
     def shutdown(self) -> None:
         for worker in self.workers:

@@ -146,6 +146,27 @@ INVALID: tuple[Invalid, ...] = (
     # compiler
     _m("compiler-reserved-flag", "spec.compiler.args", ("spec.compiler.args", ["--target=trn1"])),
     _m("compiler-reserved-optlevel", "spec.compiler.args", ("spec.compiler.args", ["-O3"])),
+    _m("compiler-reserved-fast-math", "spec.compiler.args", ("spec.compiler.args", ["--fast-math", "none"])),
+    _m("compiler-reserved-fp32-cast", "spec.compiler.args", ("spec.compiler.args", ["--fp32-cast=all"])),
+    _m(
+        "inf1-reserved-fast-math",
+        "spec.compiler.args",
+        ("spec.target", "inf1"),
+        ("spec.compiler.args", ["--fast-math=fp32-cast-all"]),
+    ),
+    _m(
+        "inf1-autocast-type-tf32",
+        "spec.compiler.autoCastType",
+        ("spec.target", "inf1"),
+        ("spec.compiler", {"autoCast": "matmult", "autoCastType": "tf32"}),
+    ),
+    _m(
+        "inf1-autocast-type-fp8",
+        "spec.compiler.autoCastType",
+        ("spec.target", "inf1"),
+        ("spec.compiler.autoCastType", "fp8_e4m3"),
+    ),
+    _m("inf1-optlevel", "spec.compiler.optLevel", ("spec.target", "inf1"), ("spec.compiler.optLevel", 3)),
     _m("compiler-autocast-unknown", "spec.compiler.autoCast", ("spec.compiler.autoCast", "bf16")),
     _m("compiler-optlevel", "spec.compiler.optLevel", ("spec.compiler.optLevel", 4)),
     _m("compiler-timeout-short", "spec.compiler.timeoutSeconds", ("spec.compiler.timeoutSeconds", 10)),
@@ -265,7 +286,7 @@ def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
     spec: Manifest = {
         "inputs": inputs,
         "batchSize": batch,
-        "target": draw(st.sampled_from(["inf2", "cpu", "trn1"])),
+        "target": draw(st.sampled_from(["inf2", "cpu", "trn1", "inf1"])),
     }
     if draw(st.booleans()):
         spec["source"] = {"torchscript": {"uri": "s3://bucket/m.pt"}}
@@ -290,15 +311,17 @@ def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
             buckets["input"] = named
         spec["buckets"] = buckets
     if draw(st.booleans()):
+        inf1 = valid_only and spec["target"] == "inf1"  # neuron-cc: bf16/fp16 casts only, no optimisation level
         spec["compiler"] = {
-            "optLevel": draw(st.integers(1, 3) if valid_only else st.integers(0, 4)),
+            "optLevel": draw(st.just(2) if inf1 else st.integers(1, 3) if valid_only else st.integers(0, 4)),
             "autoCast": draw(st.sampled_from(["none", "matmult", "all"])),
+            "autoCastType": draw(st.sampled_from(["bf16", "fp16"] if inf1 else ["bf16", "fp16", "tf32", "fp8_e4m3"])),
             "args": draw(
                 st.lists(
                     st.sampled_from(
                         ["--model-type=transformer", "--verbose"]
                         if valid_only
-                        else ["--model-type=transformer", "--target=inf2", "-O1"]
+                        else ["--model-type=transformer", "--target=inf2", "-O1", "--fast-math=none"]
                     ),
                     max_size=2,
                 )

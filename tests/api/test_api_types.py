@@ -171,6 +171,25 @@ def test_target_is_the_catalogue_enum() -> None:
     assert NeuronModel.model_validate(base_model()).spec.target is Target.INF2
 
 
+def test_compiler_rules_match_the_runtime() -> None:
+    """The CRD refuses exactly what the runtime's CompileRequest refuses: the same reserved flags, the same inf1
+    casts and optimisation level (the api package may not import the runtime, so the constants are copies)."""
+    from neuron_operator.api import model as api_model
+    from neuron_runtime import config
+
+    assert api_model.RESERVED_COMPILER_FLAGS == config.RESERVED_COMPILER_FLAGS
+    assert api_model.INF1_AUTO_CAST_TYPES == config.INF1_AUTO_CAST_TYPES
+    assert api_model.INF1_OPT_LEVEL == config.INF1_OPT_LEVEL
+    assert {t.value for t in api_model.AutoCastType} >= set(config.INF1_AUTO_CAST_TYPES)
+
+
+@pytest.mark.parametrize("auto_cast_type", ["bf16", "fp16"])
+def test_inf1_accepts_the_casts_neuron_cc_has(auto_cast_type: str) -> None:
+    manifest = base_model()
+    manifest["spec"].update(target="inf1", compiler={"autoCast": "all", "autoCastType": auto_cast_type, "optLevel": 2})
+    assert NeuronModel.model_validate(manifest).spec.compiler.auto_cast_type.value == auto_cast_type
+
+
 @settings(max_examples=50, deadline=None)
 @given(spec=model_specs(valid_only=True))
 def test_generated_valid_model_specs_parse_and_round_trip(spec: dict[str, Any]) -> None:

@@ -1,8 +1,11 @@
 """Feasibility rules: which architectures compile for which target, and where a replica can run.
 
-``architecture_fit`` is the seed-002 table (decoder/seq2seq and >2 GiB models never on inf1, R-CNN on inf1
-a poor fit); ``plan_placement`` keeps NeuronCore generations apart, sizes replicas against whole nodes and
-decides when the Neuron scheduler extension is needed. All pure, so the tests are tables and properties.
+``architecture_fit`` is the seed-002 table (decoder/seq2seq models never on inf1, R-CNN on inf1 a poor fit;
+the >2 GB inf1 limit needs the model itself, so the compile Job checks it: tests/runtime/test_runtime_inf1.py);
+``plan_placement`` keeps NeuronCore generations apart, sizes replicas against whole nodes, decides when the
+Neuron scheduler extension is needed and drops the instance types where the extension would refuse the
+replica's size (trn1.32xlarge/trn1n.32xlarge: 1, 4, 8 or 16 devices). All pure, so the tests are tables and
+properties.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from hypothesis import strategies as st
 from neuron_operator.api import ModelFamily, Target
 from neuron_operator.catalogue import INSTANCE_TYPES, NeuronCoreVersion, compatible_instance_types
 from neuron_operator.resources.fit import (
-    INF1_MAX_MODEL_BYTES,
     Infeasible,
     PlacementPlan,
     architecture_fit,
@@ -27,7 +29,6 @@ from neuron_operator.resources.fit import (
 from neuron_operator.settings import OperatorSettings
 
 V1, V2, V3 = NeuronCoreVersion.V1, NeuronCoreVersion.V2, NeuronCoreVersion.V3
-GIB = 1024**3
 
 
 def make_settings(**overrides: Any) -> OperatorSettings:
@@ -74,27 +75,10 @@ def test_rcnn_on_inf1_is_a_poor_fit_but_compiles() -> None:
     assert (fit.ok, fit.reason, fit.warning) == (True, "PoorFit", True)
 
 
-@pytest.mark.parametrize(
-    ("size", "ok"),
-    [(None, True), (INF1_MAX_MODEL_BYTES - 1, True), (INF1_MAX_MODEL_BYTES, True), (INF1_MAX_MODEL_BYTES + 1, False)],
-)
-def test_models_over_2_gib_do_not_compile_for_inf1(size: int | None, ok: bool) -> None:
-    assert INF1_MAX_MODEL_BYTES == 2 * GIB
-    fit = architecture_fit(Target.INF1, ModelFamily.CNN, size)
-    assert fit.ok is ok
-    if not ok:
-        assert fit.reason == "UnsupportedArchitecture"
-        assert "2 GiB" in fit.message
-
-
-def test_size_limit_wins_over_the_rcnn_warning() -> None:
-    assert not architecture_fit(Target.INF1, ModelFamily.RCNN, 3 * GIB).ok
-
-
 @pytest.mark.parametrize("family", list(ModelFamily))
 @pytest.mark.parametrize("target", [Target.INF2, Target.TRN1, Target.TRN2, Target.CPU])
 def test_everything_fits_elsewhere(target: Target, family: ModelFamily) -> None:
-    fit = architecture_fit(target, family, 100 * GIB)
+    fit = architecture_fit(target, family)
     assert (fit.ok, fit.reason, fit.warning) == (True, "Fits", False)
 
 
@@ -134,12 +118,27 @@ def test_v2_artifacts_get_inf2_and_trn1_types_never_trn2_or_inf1() -> None:
 
 
 def test_v3_artifacts_only_get_trn2() -> None:
-    assert plan(V3, 4).instance_types == ("trn2.48xlarge",)
+    # trn2.3xlarge (one device) is taken whole by 4 cores; the two 48xlarge types have 64.
+    assert plan(V3, 4).instance_types == ("trn2.3xlarge", "trn2.48xlarge", "trn2u.48xlarge")
+    assert plan(V3, 5).instance_types == ("trn2.48xlarge", "trn2u.48xlarge")
 
 
-def test_twelve_cores_fit_exactly_the_big_v2_nodes() -> None:
+def test_trn2_types_at_the_default_lnc() -> None:
+    small, big, ultra = (INSTANCE_TYPES[n] for n in ("trn2.3xlarge", "trn2.48xlarge", "trn2u.48xlarge"))
+    assert (small.devices, small.neuron_cores, small.core_version) == (1, 4, V3)
+    assert (big.devices, big.neuron_cores) == (ultra.devices, ultra.neuron_cores) == (16, 64)
+    assert (big.vcpu, big.memory_gib, big.device_memory_gib) == (ultra.vcpu, ultra.memory_gib, 96)
+
+
+def test_twelve_cores_fit_the_big_v2_nodes_the_extension_accepts() -> None:
     p = plan(V2, 12)
     assert p.cores == 12
+    # 12 cores = 6 trn1 devices, which the scheduler extension refuses on trn1.32xlarge/trn1n.32xlarge.
+    assert set(p.instance_types) == {"inf2.24xlarge", "inf2.48xlarge"}
+    assert p.scheduler_name == SETTINGS.neuron_scheduler_name
+    # Without the extension nothing refuses the size: every node with 12 cores is eligible.
+    never = make_settings(use_neuron_scheduler="never")
+    p = plan(V2, 12, settings=never)
     assert set(p.instance_types) == {"inf2.24xlarge", "inf2.48xlarge", "trn1.32xlarge", "trn1n.32xlarge"}
 
 
@@ -183,6 +182,95 @@ def test_insufficient_neuron_cores_names_spec_placement(
     assert "spec.placement" in result.message
     assert f"needs {cores} NeuronCores" in result.message
     assert f"has {largest}" in result.message
+
+
+# --------------------------------------------------------------- the scheduler extension's topology rule
+
+TRN1_TORUS = ["trn1.32xlarge", "trn1n.32xlarge"]
+
+
+@pytest.mark.parametrize("name", TRN1_TORUS)
+def test_trn1_torus_accepts_one_core_or_1_4_8_16_devices(name: str) -> None:
+    t = INSTANCE_TYPES[name]
+    assert t.extension_device_counts == (1, 4, 8, 16)
+    assert t.extension_core_counts == (1, 2, 8, 16, 32)
+    assert [n for n in range(1, 33) if t.extension_accepts(n)] == [1, 2, 8, 16, 32]
+
+
+@pytest.mark.parametrize("name", sorted(set(INSTANCE_TYPES) - set(TRN1_TORUS)))
+def test_other_types_accept_any_size(name: str) -> None:
+    # Inf1/Inf2 are rings (any contiguous count); no source gives a rule for trn2 or the small types.
+    t = INSTANCE_TYPES[name]
+    assert t.extension_core_counts is None
+    assert all(t.extension_accepts(n) for n in range(1, t.neuron_cores + 1))
+
+
+@pytest.mark.parametrize(
+    ("cores", "accepted"),
+    [
+        (1, True),
+        (2, True),
+        (3, False),
+        (4, False),
+        (6, False),
+        (8, True),
+        (12, False),
+        (16, True),
+        (24, False),
+        (32, True),
+    ],
+)
+def test_trn1_only_deployment(cores: int, accepted: bool) -> None:
+    result = plan_placement(V2, cores, TRN1_TORUS, None, SETTINGS)
+    if accepted:
+        assert isinstance(result, PlacementPlan)
+        assert result.instance_types == tuple(TRN1_TORUS)
+        assert result.scheduler_name == (SETTINGS.neuron_scheduler_name if 1 < cores < 32 else None)
+    else:
+        assert isinstance(result, Infeasible)
+        assert result.reason == "UnsupportedTopology"
+
+
+def test_unsupported_topology_message_names_the_rule_and_the_sizes() -> None:
+    result = infeasible(V2, 4, ["trn1.32xlarge"])
+    assert result.reason == "UnsupportedTopology"
+    assert "a replica needs 4 NeuronCores (spec.placement workers x coresPerWorker)" in result.message
+    assert (
+        "trn1.32xlarge accepts only 1, 4, 8 or 16 devices (2, 8, 16 or 32 NeuronCores) per pod with the Neuron "
+        "scheduler extension, or a single NeuronCore" in result.message
+    )
+    assert f"schedulerName {SETTINGS.neuron_scheduler_name}" in result.message
+    assert "spec.instanceTypes" in result.message
+    both = infeasible(V2, 6, TRN1_TORUS)
+    assert "trn1.32xlarge and trn1n.32xlarge accept only 1, 4, 8 or 16 devices" in both.message
+
+
+def test_only_the_trn1_torus_nodes_are_big_enough() -> None:
+    # 28 cores: inf2.48xlarge (24) is too small, both trn1 types refuse 14 devices.
+    result = infeasible(V2, 28)
+    assert result.reason == "UnsupportedTopology"
+    assert "trn1.32xlarge and trn1n.32xlarge" in result.message
+
+
+def test_the_refused_types_are_dropped_and_the_scheduler_chosen_again() -> None:
+    # 24 cores: inf2.48xlarge is taken whole; trn1 would need the extension, which refuses 12 devices.
+    p = plan(V2, 24)
+    assert p.instance_types == ("inf2.48xlarge",)
+    assert p.scheduler_name is None
+    # With the extension always on, inf2.48xlarge stays and the pods still go through it.
+    always = make_settings(use_neuron_scheduler="always")
+    assert plan(V2, 24, settings=always) == PlacementPlan(24, ("inf2.48xlarge",), always.neuron_scheduler_name)
+
+
+def test_the_rule_applies_only_to_pods_of_the_extension() -> None:
+    never = make_settings(use_neuron_scheduler="never")
+    assert plan(V2, 4, TRN1_TORUS, settings=never).instance_types == tuple(TRN1_TORUS)
+    # spec.schedulerName naming another scheduler: the operator cannot know its rules.
+    assert plan(V2, 4, TRN1_TORUS, override="volcano").instance_types == tuple(TRN1_TORUS)
+    # spec.schedulerName naming the extension itself: the rule applies.
+    result = plan_placement(V2, 4, TRN1_TORUS, SETTINGS.neuron_scheduler_name, SETTINGS)
+    assert isinstance(result, Infeasible)
+    assert result.reason == "UnsupportedTopology"
 
 
 def test_unknown_instance_type_names_the_field() -> None:
@@ -249,16 +337,22 @@ def test_every_eligible_type_is_compatible_and_big_enough(
     compatible = {t.name for t in compatible_instance_types(version)}
     candidates = compatible if allowed is None else compatible & set(allowed)
     big_enough = {n for n in candidates if INSTANCE_TYPES[n].neuron_cores >= cores}
+    # The extension is in play when some big-enough node would be taken only in part.
+    extension = cores > 1 and any(INSTANCE_TYPES[n].neuron_cores > cores for n in big_enough)
+    accepted = {n for n in big_enough if not extension or INSTANCE_TYPES[n].extension_accepts(cores)}
     if isinstance(result, Infeasible):
-        assert not big_enough
-        assert result.reason == ("IncompatibleArtifact" if not candidates else "InsufficientNeuronCores")
+        assert not accepted
+        expected = "IncompatibleArtifact" if not candidates else "InsufficientNeuronCores"
+        assert result.reason == (expected if not big_enough else "UnsupportedTopology")
         return
     assert result.cores == cores
-    assert set(result.instance_types) == big_enough  # nothing eligible is left out, nothing else let in
+    assert set(result.instance_types) == accepted  # nothing eligible is left out, nothing else let in
     for name in result.instance_types:
         t = INSTANCE_TYPES[name]
         assert t.core_version == version
         assert t.neuron_cores >= cores
+        if result.scheduler_name is not None:
+            assert t.extension_accepts(cores)  # never a size the extension would leave Pending
     # The scheduler extension is asked for exactly when a replica takes part of some eligible node.
     partial = cores > 1 and any(INSTANCE_TYPES[n].neuron_cores > cores for n in result.instance_types)
     assert (result.scheduler_name == SETTINGS.neuron_scheduler_name) is partial

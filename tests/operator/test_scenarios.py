@@ -3,8 +3,9 @@
 Compile Jobs really run in containers of the runtime image on the kind node labelled
 ``neuron.dev/local-exec`` (``cpu`` target: ``torch.jit.trace``); runtime pods of cpu models really serve
 there; pods of Neuron models are placed by the real scheduler on the simulated kwok
-fleet. Neuron artifacts are produced by the runtime's real compile path with the Neuron package test
-doubles of ``tests/fakes`` and then found by the operator's compile Job as a storage cache hit.
+fleet. Neuron artifacts are produced by the runtime's real compile path with the SIMULATED Neuron SDK
+(``e2e/neuron-sdk-sim``, installed into a temporary directory) and then found by the operator's compile Job as a
+storage cache hit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +25,11 @@ from localcluster.wait import until
 from neuron_operator.api import NeuronModel
 from neuron_operator.catalogue import INSTANCE_TYPE_LABEL
 from neuron_operator.resources.compile import compile_request
+from neuron_sim import shared_sim, sim_env
 
 REPO = Path(__file__).resolve().parents[2]
-FAKES = REPO / "tests" / "fakes"
+#: The simulated Neuron SDK release the seeded Neuron artifacts are compiled with (installed once per session).
+NEURON_SIM_SDK = "2.31.1"
 
 
 def get(cluster: KindCluster, namespace: str, *args: str) -> Any:
@@ -92,11 +94,12 @@ def exec_deployment(name: str, model: str) -> dict[str, Any]:
 
 
 def seed_neuron_artifact(store: Store, operator: Operator, manifest: dict[str, Any]) -> str:
-    """Compile ``manifest`` with the real runtime compile path and the Neuron test doubles into the store."""
+    """Compile ``manifest`` with the real runtime compile path and the simulated Neuron SDK into the store."""
     body = copy.deepcopy(manifest)
     body["metadata"] |= {"namespace": store.namespace, "uid": "seed", "generation": 1}
     request = compile_request(NeuronModel.model_validate(body), operator.settings)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")])}
+    env = sim_env(shared_sim(NEURON_SIM_SDK))
+    env.pop("NEURON_PLATFORM_TARGET_OVERRIDE", None)  # the runtime sets it for the CPU-backend compile
     subprocess.run(
         [
             sys.executable,
@@ -311,11 +314,8 @@ def test_neuron_placement_on_the_simulated_fleet(
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["aws.amazon.com/neuroncore"] == "12"
     assert dep["spec"]["template"]["spec"]["schedulerName"] == "my-scheduler"  # 1 < 12 < node cores
-    assert _nodes_of(cluster, namespace, "neuron.dev/deployment=big") <= {
-        "inf2.24xlarge",
-        "inf2.48xlarge",
-        "trn1.32xlarge",
-    }
+    # Not trn1.32xlarge: the Neuron scheduler extension refuses 6 devices there (1, 4, 8 or 16 only).
+    assert _nodes_of(cluster, namespace, "neuron.dev/deployment=big") <= {"inf2.24xlarge", "inf2.48xlarge"}
 
     # An inf1 (NeuronCore-v1) artifact never lands on inf2: asking for inf2 only is Stalled with no pods ...
     inf1 = mlp_model("mlp-inf1", "inf1")
@@ -355,6 +355,23 @@ def test_neuron_placement_on_the_simulated_fleet(
     assert "spec.placement" in condition(stalled, "Stalled")["message"]
     assert cluster.kubectl("get", "-n", namespace, "deployment", "huge", check=False).returncode != 0
     assert "InsufficientNeuronCores" in events(cluster, namespace, "huge")
+
+    # Infeasible too: 4 cores (2 devices) on trn1.32xlarge, a size the Neuron scheduler extension refuses.
+    torus = {
+        "apiVersion": "neuron.dev/v1alpha1",
+        "kind": "NeuronDeployment",
+        "metadata": {"name": "torus"},
+        "spec": {
+            "modelRef": {"name": "mlp-inf2"},
+            "instanceTypes": ["trn1.32xlarge"],
+            "placement": {"workers": 2, "coresPerWorker": 2},
+        },
+    }
+    apply(cluster, namespace, torus)
+    stalled = wait_condition(cluster, namespace, "nd", "torus", "Stalled")
+    assert condition(stalled, "Stalled")["reason"] == "UnsupportedTopology"
+    assert "1, 4, 8 or 16 devices" in condition(stalled, "Stalled")["message"]
+    assert cluster.kubectl("get", "-n", namespace, "deployment", "torus", check=False).returncode != 0
 
 
 def test_architecture_fit_and_missing_model(

@@ -46,6 +46,7 @@ CUSTOM: dict[str, Any] = {
         "neuronx": {"repository": "registry.example.com/rt-neuronx", "tag": "nx-1"},
         "inf1": {"repository": "registry.example.com/rt-inf1", "tag": "inf1-1"},
     },
+    "runtimeRunAsRoot": True,
     "compile": {
         "nodeSelector": {"node.kubernetes.io/instance-type": "c7i.4xlarge"},
         "tolerations": [{"key": "compile", "operator": "Exists", "effect": "NoSchedule"}],
@@ -317,7 +318,8 @@ def test_rbac_rule_set() -> None:
         ("apps", "deployments"): sorted(["get", "list", "watch", "create", "patch"]),
         ("", "services"): sorted(["get", "create", "patch"]),
         ("policy", "poddisruptionbudgets"): sorted(["get", "create", "patch"]),
-        ("", "pods"): ["list"],
+        ("", "pods"): ["list", "watch"],
+        ("", "pods/log"): ["get"],
         ("", "events"): ["create"],
         ("coordination.k8s.io", "leases"): sorted(["get", "create", "update"]),
     }
@@ -368,6 +370,7 @@ def test_leader_election_off_drops_the_lease_role(helm: Path) -> None:
         (["--set", "podDisruptionBudget.maxUnavailable=half"], "maxUnavailable"),
         (["--set", "tolerations[0].operator=Maybe"], "operator"),
         (["--set", "leaderElection.enabled=yes-please"], "enabled"),
+        (["--set", "runtimeRunAsRoot=yes-please"], "runtimeRunAsRoot"),
         (["--set", "affinity.nodeAfinity.x=1"], "nodeAfinity"),
     ],
 )
@@ -508,6 +511,8 @@ def test_custom_values_reach_the_operator(
     assert (s.compile_timeout_seconds, s.compile_backoff_limit, s.compile_job_ttl_seconds) == (7200, 2, 600)
     assert (s.artifact_pvc, s.artifact_mount_path) == ("shared-artifacts", "/artifacts")
     assert (s.neuron_scheduler_name, s.use_neuron_scheduler) == ("neuron-scheduler", "always")
+    assert s.runtime_run_as_root is True
+    assert s.runtime_identity() == {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0}
     assert s.resync_seconds == 30.5
     assert (s.backoff_base_seconds, s.backoff_max_seconds) == (2, 120)
     assert s.leader_election is True

@@ -1,5 +1,5 @@
 """`compile`: artifacts, cache hits, determinism, sha256 checks on sources and artifacts, HTTP sources, the
-termination message and exit codes, and the Neuron path (missing package; a fake torch_neuronx for the args)."""
+termination message and exit codes, and the Neuron path (missing package; the simulated Neuron SDK for the args)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import threading
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from runtime_cases import MLP_ARGS, mlp_request
 from neuron_runtime import zoo
 from neuron_runtime.artifact import ArtifactError, Manifest, verify
 from neuron_runtime.compile import CompileResult, compile_artifact
-from neuron_runtime.config import MANIFEST_NAME
+from neuron_runtime.config import MANIFEST_NAME, CompileRequest
 from neuron_runtime.sources import SourceError
+from neuron_sim import Sim, no_device, shared_sim, sim_imported
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
@@ -37,8 +37,13 @@ def manifest_without_timing(m: Manifest) -> dict[str, Any]:
 def test_artifact_layout_and_manifest(mlp_artifact: CompileResult) -> None:
     m = mlp_artifact.manifest
     assert mlp_artifact.directory.name == m.cache_key == mlp_request(dynamic_batch=True).cache_key()
-    assert sorted(p.name for p in mlp_artifact.directory.iterdir()) == [MANIFEST_NAME, "model-b4.pt"]
-    assert m.files == {"model-b4.pt": hashlib.sha256((mlp_artifact.directory / "model-b4.pt").read_bytes()).hexdigest()}
+    names = [MANIFEST_NAME, "model-b4.pt", "reference-b4.pt"]
+    assert sorted(p.name for p in mlp_artifact.directory.iterdir()) == names
+    assert m.files == {n: hashlib.sha256((mlp_artifact.directory / n).read_bytes()).hexdigest() for n in names[1:]}
+    # Reference cases: the example inputs plus seeded random ones, with the eager model's outputs.
+    ref = torch.load(str(mlp_artifact.directory / "reference-b4.pt"), weights_only=True)
+    assert [r.cases for r in m.references] == [len(ref["inputs"])] == [len(ref["outputs"])] == [3]
+    assert not torch.equal(ref["inputs"][0][0], ref["inputs"][1][0])
     assert (m.batch_size, m.target, m.neuron_core_version, m.dynamic_batch) == (4, "cpu", None, True)
     assert m.max_abs_error == 0.0
     assert m.torch_version == torch.__version__
@@ -285,48 +290,50 @@ def test_cli_trace_failure_exits_4(tmp_path: Path) -> None:
     assert "tracing batch 4 failed" in message["message"]
 
 
-def test_neuron_path_with_a_fake_torch_neuronx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No Neuron device here: the CPU-backend path must pass --target, explicit auto-cast, cpu_backend=True and
-    set NEURON_PLATFORM_TARGET_OVERRIDE, and dynamicBatch must call dynamic_batch()."""
-    calls: dict[str, Any] = {}
-    fake = types.ModuleType("torch_neuronx")
+EXPECTED_TRN1_ARGS = [
+    "--target",
+    "trn1",
+    "--auto-cast",
+    "matmult",
+    "--auto-cast-type",
+    "bf16",
+    "--optlevel=3",
+    "--model-type",
+    "transformer",
+]
 
-    def trace(model: Any, inputs: Any, compiler_args: Any = None, cpu_backend: bool = False) -> Any:
-        calls.update(
-            args=compiler_args, cpu_backend=cpu_backend, override=os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE")
-        )
-        return torch.jit.trace(model, inputs)
 
-    def dynamic_batch(traced: Any) -> Any:
-        calls["dynamic_batch"] = True
-        return traced
-
-    fake.trace = trace  # type: ignore[attr-defined]
-    fake.dynamic_batch = dynamic_batch  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torch_neuronx", fake)
-    monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE", raising=False)
-    monkeypatch.setattr("neuron_runtime.neuron.device_present", lambda: False)
-    request = mlp_request(
+def trn1_request() -> CompileRequest:
+    return mlp_request(
         target="trn1",
         dynamic_batch=True,
         compiler={"auto_cast": "matmult", "opt_level": 3, "args": ["--model-type", "transformer"]},
     )
-    result = compile_artifact(request, tmp_path)
-    assert calls == {
-        "args": [
-            "--target",
-            "trn1",
-            "--auto-cast",
-            "matmult",
-            "--auto-cast-type",
-            "bf16",
-            "--optlevel=3",
-            "--model-type",
-            "transformer",
-        ],
-        "cpu_backend": True,
-        "override": "trn1",
-        "dynamic_batch": True,
-    }
+
+
+@pytest.fixture
+def simulated_sdk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sim]:
+    """The simulated Neuron SDK 2.31.1 imported in this process, no Neuron device (purged afterwards)."""
+    monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE", raising=False)
+    monkeypatch.setattr("neuron_runtime.neuron.device_present", lambda: False)
+    with no_device(tmp_path), sim_imported(shared_sim("2.31.1")) as sim:
+        yield sim
+
+
+def test_neuron_path_with_the_simulated_torch_neuronx(tmp_path: Path, simulated_sdk: Sim) -> None:
+    """No Neuron device here: the CPU-backend path must pass --target, explicit auto-cast, cpu_backend=True and
+    set NEURON_PLATFORM_TARGET_OVERRIDE, and dynamicBatch must call dynamic_batch(). The simulated SDK, like the
+    real one, raises if the compile step ever calls the traced module here (no NeuronCore)."""
+    result = compile_artifact(trn1_request(), tmp_path)
+    trace_calls = [details for name, details in simulated_sdk.sim.calls if name == "torch_neuronx.trace"]
+    assert len(trace_calls) == 1
+    assert trace_calls[0]["compiler_args"] == EXPECTED_TRN1_ARGS
+    assert trace_calls[0]["cpu_backend"] is True
+    assert trace_calls[0]["NEURON_PLATFORM_TARGET_OVERRIDE"] == "trn1"
+    assert (trace_calls[0]["target"], trace_calls[0]["neuronx_cc"]["optlevel"]) == ("trn1", 3)
+    assert [name for name, _ in simulated_sdk.sim.calls] == ["torch_neuronx.trace", "torch_neuronx.dynamic_batch"]
+    assert simulated_sdk.sim.core_executions() == {}  # nothing ran on a (simulated) NeuronCore
     assert result.manifest.neuron_core_version == "v2"
     assert result.manifest.target == "trn1"
+    assert result.manifest.neuron_package_version == simulated_sdk.torch_neuronx.__version__
+    assert result.manifest.compiler_version == "2.26.6360.0+neuronsim"

@@ -172,6 +172,9 @@ class Reason(StrEnum):
     MODEL_NOT_READY = "ModelNotReady"
     INCOMPATIBLE_ARTIFACT = "IncompatibleArtifact"
     INSUFFICIENT_NEURON_CORES = "InsufficientNeuronCores"
+    #: The Neuron scheduler extension refuses the replica's size on every allowed instance type large
+    #: enough (trn1.32xlarge/trn1n.32xlarge take only 1, 4, 8 or 16 devices per pod).
+    UNSUPPORTED_TOPOLOGY = "UnsupportedTopology"
     UNKNOWN_INSTANCE_TYPE = "UnknownInstanceType"
     STORAGE_UNSUPPORTED = "StorageUnsupported"
     NO_RESULT = "NoResult"

@@ -27,6 +27,7 @@ from neuron_operator.api.common import (
     CamelModel,
     Condition,
     Failure,
+    Float,
     Int,
     IntOrPercent,
     ObjectMeta,
@@ -254,6 +255,28 @@ class Rollout(CamelModel):
         return self
 
 
+class Validation(CamelModel):
+    """The parity gate every serving pod runs before it becomes ready.
+
+    Each graph runs on the reference inputs stored with the artifact (the example inputs and seeded random ones)
+    on every model copy in the pod, and must match the eager model's outputs: |got - expected| <= atol +
+    rtol * |expected| for every element. A pod that fails never becomes ready, and the NeuronDeployment shows
+    Stalled with reason ParityFailed and the measured error while the old replicas keep serving.
+    """
+
+    parity: Bool = Field(default=True, description="Run the parity gate (default true).")
+    atol: Float | None = Field(
+        default=None,
+        ge=0,
+        le=1000000,
+        description=(
+            "Absolute tolerance. Default by the precision the graph computes in: cpu 1e-4; Neuron with autoCast "
+            "none 1e-3; tf32 and fp16 1e-2; bf16 5e-2; fp8_e4m3 0.25."
+        ),
+    )
+    rtol: Float | None = Field(default=None, ge=0, le=1000000, description="Relative tolerance; same defaults as atol.")
+
+
 class PodOverrides(CamelModel):
     """Settings merged into the runtime pods the operator creates."""
 
@@ -354,6 +377,11 @@ class NeuronDeploymentSpec(CamelModel):
     suspend: Bool = Field(
         default=False, description="Scale the runtime to zero pods while keeping the object and its status."
     )
+    validation: Validation = Field(
+        default_factory=Validation,
+        description="The numerical parity gate each pod runs on the device before it becomes ready.",
+        json_schema_extra={"default": {}},
+    )
     pod: PodOverrides | None = Field(
         default=None,
         description=("Labels, annotations, node selector, tolerations, affinity and service account of the pods."),
@@ -375,18 +403,35 @@ class ServedModel(CamelModel):
     cache_key: Str | None = Field(default=None, max_length=256, description="Cache key of the served artifact.")
 
 
+class ParityStatus(CamelModel):
+    """What a serving pod measured in its parity gate (read from its log when it passed)."""
+
+    pod_template_hash: Str = Field(max_length=63, description="pod-template-hash of the pods this describes.")
+    pod: Str = Field(max_length=253, description="The pod that reported it.")
+    passed: Bool = Field(description="Whether every element was within the tolerance (always true here).")
+    max_abs_error: Float = Field(ge=0, description="Largest |got - expected| over every graph, case and model copy.")
+    max_rel_error: Float = Field(ge=0, description="Largest |got - expected| / |expected|.")
+    atol: Float = Field(ge=0, description="Absolute tolerance applied.")
+    rtol: Float = Field(ge=0, description="Relative tolerance applied.")
+    precision: Str = Field(max_length=32, description="Precision the graphs compute in (cpu, fp32, bf16, ...).")
+    cases: Int = Field(ge=0, description="Reference cases per graph.")
+    model_copies: Int = Field(ge=0, description="Model copies checked (one per worker lane, i.e. per core).")
+
+
 DEPLOYMENT_CONDITIONS_DOC: Final = (
     "Current state, one entry per type (Kubernetes conditions). Types: "
     "Ready (True when readyReplicas == spec.replicas on the current artifact; reasons ReplicasReady, "
-    "ModelNotReady, ReplicasUnavailable, Suspended); "
+    "ModelNotReady, ReplicasUnavailable, Suspended, or the Stalled reason); "
     "Reconciling (True during a rollout or scale; reasons RollingOut, Scaling); "
     "Stalled (True when progress needs a change; reasons InvalidSpec, ModelNotFound, "
-    "IncompatibleArtifact, InsufficientNeuronCores, ProgressDeadlineExceeded, CoreAllocationFailed); "
+    "IncompatibleArtifact, InsufficientNeuronCores, UnsupportedTopology, ProgressDeadlineExceeded, "
+    "CoreAllocationFailed, and the serving runtime's refusals ParityFailed, IncompatibleRuntime, "
+    "ArtifactInvalid, InvalidPlacement, InvalidSettings); "
     "ArtifactReady (the referenced NeuronModel has an artifact; reasons Compiled, CacheHit, ModelNotFound, "
     "ModelNotReady); "
     "ArchitectureFit (placement and batching suit the artifact; reasons Fits, PoorFit, InvalidSpec); "
     "Schedulable (some allowed instance type holds one replica; reasons Fits, IncompatibleArtifact, "
-    "InsufficientNeuronCores); "
+    "InsufficientNeuronCores, UnsupportedTopology); "
     "Available (at least replicas - maxUnavailable replicas ready; reasons ReplicasReady, "
     "ReplicasUnavailable)."
 )
@@ -423,6 +468,9 @@ class NeuronDeploymentStatus(CamelModel):
         description="In-cluster URL of the OIP v2 API, e.g. http://<name>.<namespace>.svc:8080.",
     )
     last_failure: Failure | None = Field(default=None, description="The most recent serving failure.")
+    parity: ParityStatus | None = Field(
+        default=None, description="The parity gate as measured by a serving pod of the current pod template."
+    )
 
 
 class NeuronDeployment(CamelModel):

@@ -68,8 +68,15 @@ MAX_DIM: Final = 1 << 20
 MAX_BATCH_SIZE: Final = 1024
 MAX_BUCKETS: Final = 32
 MAX_COMPILER_ARGS: Final = 32
-#: Compiler flags that have their own field; passing them in ``compiler.args`` would fork the cache key.
-RESERVED_COMPILER_FLAGS: Final = ("--target", "--auto-cast", "--optlevel", "-O")
+#: Compiler flags that have their own field; passing them in ``compiler.args`` would contradict it and fork the
+#: cache key. ``--fast-math`` (and its older alias ``--fp32-cast``, which overrides it) is neuron-cc's casting switch,
+#: set from autoCast/autoCastType for inf1 (aws-neuron-sdk compiler/neuron-cc/command-line-reference.rst).
+#: Same tuple as ``neuron_runtime.config.RESERVED_COMPILER_FLAGS`` (a test keeps them equal).
+RESERVED_COMPILER_FLAGS: Final = ("--target", "--auto-cast", "--optlevel", "-O", "--fast-math", "--fp32-cast")
+#: What neuron-cc (inf1) can cast FP32 to: its ``--fast-math`` has BF16 and FP16 casts only.
+INF1_AUTO_CAST_TYPES: Final = ("bf16", "fp16")
+#: neuron-cc has no optimisation-level flag: inf1 models keep optLevel at its default.
+INF1_OPT_LEVEL: Final = 2
 PYTHON_FACTORY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 INPUT_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: Relative path inside a volume: segments may not start with a dot, so ``.`` and ``..`` are impossible.
@@ -301,6 +308,17 @@ class Buckets(CamelModel):
 
 CompilerArg = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
 _RESERVED_CEL = " || ".join(f"a.startsWith('{flag}')" for flag in RESERVED_COMPILER_FLAGS)
+_RESERVED_MESSAGE: Final = (
+    "spec.compiler.args must not contain --target, --auto-cast*, --optlevel, -O, --fast-math or --fp32-cast: use "
+    "spec.target, spec.compiler.autoCast, spec.compiler.autoCastType and spec.compiler.optLevel"
+)
+_INF1_CAST_MESSAGE: Final = (
+    "spec.compiler.autoCastType: target inf1 (neuron-cc --fast-math) casts FP32 to bf16 or fp16 only; "
+    "tf32 and fp8_e4m3 need target inf2, trn1 or trn2"
+)
+_INF1_OPT_MESSAGE: Final = (
+    f"spec.compiler.optLevel: target inf1 (neuron-cc) has no optimisation level; leave optLevel at {INF1_OPT_LEVEL}"
+)
 
 
 class CompilerSpec(CamelModel):
@@ -310,9 +328,7 @@ class CompilerSpec(CamelModel):
         json_schema_extra=validations(
             cel(
                 f"!has(self.args) || self.args.all(a, !({_RESERVED_CEL}))",
-                "spec.compiler.args must not contain --target, --auto-cast*, --optlevel or -O: use "
-                "spec.target, "
-                "spec.compiler.autoCast, spec.compiler.autoCastType and spec.compiler.optLevel",
+                _RESERVED_MESSAGE,
                 fieldPath=".args",
             )
         )
@@ -327,14 +343,23 @@ class CompilerSpec(CamelModel):
         default=AutoCast.NONE,
         description=(
             "--auto-cast: none (keep the model's precision; the Neuron SDK default since 2.27, passed "
-            "explicitly so the artifact does not depend on the SDK version), matmult or all."
+            "explicitly so the artifact does not depend on the SDK version), matmult or all. For inf1 it "
+            "sets neuron-cc's --fast-math: none, fp32-cast-matmult-{bf16,fp16} or fp32-cast-all(-fp16); "
+            "Inferentia multiplies in bf16/fp16 even with none."
         ),
     )
     auto_cast_type: AutoCastType = Field(
         default=AutoCastType.BF16,
-        description="--auto-cast-type used when autoCast is not none: bf16, fp16, tf32 or fp8_e4m3.",
+        description=(
+            "--auto-cast-type used when autoCast is not none: bf16, fp16, tf32 or fp8_e4m3 (inf1: bf16 or fp16 only)."
+        ),
     )
-    opt_level: Int = Field(default=2, ge=1, le=3, description="--optlevel: 1, 2 (the compiler default) or 3.")
+    opt_level: Int = Field(
+        default=2,
+        ge=1,
+        le=3,
+        description="--optlevel: 1, 2 (the compiler default) or 3. inf1 (neuron-cc has no such flag): 2 only.",
+    )
     image: Str | None = Field(
         default=None,
         max_length=512,
@@ -365,11 +390,7 @@ class CompilerSpec(CamelModel):
     def _no_reserved_flags(self) -> CompilerSpec:
         for arg in self.args:
             if arg.startswith(RESERVED_COMPILER_FLAGS):
-                raise ValueError(
-                    "spec.compiler.args must not contain --target, --auto-cast*, --optlevel or -O: use "
-                    "spec.target, spec.compiler.autoCast, spec.compiler.autoCastType and "
-                    "spec.compiler.optLevel"
-                )
+                raise ValueError(_RESERVED_MESSAGE)
         return self
 
 
@@ -446,6 +467,18 @@ class NeuronModelSpec(CamelModel):
                 "spec.buckets.sizes: the largest size must equal shape[axis] of every bucketed input",
                 fieldPath=".buckets.sizes",
             ),
+            cel(
+                "self.target != 'inf1' || !has(self.compiler) || !has(self.compiler.autoCastType) || "
+                f"self.compiler.autoCastType in {list(INF1_AUTO_CAST_TYPES)}",
+                _INF1_CAST_MESSAGE,
+                fieldPath=".compiler.autoCastType",
+            ),
+            cel(
+                "self.target != 'inf1' || !has(self.compiler) || !has(self.compiler.optLevel) || "
+                f"self.compiler.optLevel == {INF1_OPT_LEVEL}",
+                _INF1_OPT_MESSAGE,
+                fieldPath=".compiler.optLevel",
+            ),
         )
     )
 
@@ -484,7 +517,7 @@ class NeuronModelSpec(CamelModel):
         default=False,
         description=(
             "Accept any batch size at run time by splitting and padding dimension 0 into chunks of batchSize "
-            "(torch_neuronx.dynamic_batch)."
+            "(torch_neuronx.dynamic_batch; inf1: torch_neuron.trace dynamic_batch_size)."
         ),
     )
     compiler: CompilerSpec = Field(
@@ -502,6 +535,11 @@ class NeuronModelSpec(CamelModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> NeuronModelSpec:
+        if self.target is Target.INF1:
+            if self.compiler.auto_cast_type.value not in INF1_AUTO_CAST_TYPES:
+                raise ValueError(_INF1_CAST_MESSAGE)
+            if self.compiler.opt_level != INF1_OPT_LEVEL:
+                raise ValueError(_INF1_OPT_MESSAGE)
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError("spec.inputs[].name: duplicate value")

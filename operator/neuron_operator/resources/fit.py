@@ -1,15 +1,19 @@
 """Feasibility rules: what compiles for which target, and where a NeuronDeployment's pods can run.
 
 Architecture fit (seed 002): decoder and seq2seq models are not supported on Inferentia (inf1); R-CNN
-models compile for inf1 with limitations; models over 2 GB cannot compile for inf1 (protobuf limit).
+models compile for inf1 with limitations. Models over 2 GB cannot compile for inf1 (protobuf limit), but the
+operator never has the model in hand: the compile Job checks the serialized size before tracing
+(``neuron_runtime.neuron.check_inf1_model_size``) and fails with reason UnsupportedArchitecture.
 Placement (seed 000): NeuronCore-v1 artifacts (inf1) and v2 artifacts (inf2/trn1) are never
-interchangeable; a replica's cores (workers x coresPerWorker) must fit on one node of an allowed type.
+interchangeable; a replica's cores (workers x coresPerWorker) must fit on one node of an allowed type; and
+when the replica goes through the Neuron scheduler extension, the extension must accept its size on that
+type (trn1.32xlarge/trn1n.32xlarge: 1, 4, 8 or 16 devices, or one core; aws-neuron-sdk
+deploy/infrastructure/scheduler.rst), or the pods would stay Pending with no status to say why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 from neuron_operator.api import ModelFamily, NeuronCoreVersion, Target
 from neuron_operator.catalogue import (
@@ -18,8 +22,6 @@ from neuron_operator.catalogue import (
     compatible_instance_types,
 )
 from neuron_operator.settings import OperatorSettings
-
-INF1_MAX_MODEL_BYTES: Final = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -35,20 +37,13 @@ class Fit:
         return self.reason != "Fits"
 
 
-def architecture_fit(target: Target, family: ModelFamily, size_bytes: int | None = None) -> Fit:
+def architecture_fit(target: Target, family: ModelFamily) -> Fit:
     if target is Target.INF1:
         if family in (ModelFamily.DECODER, ModelFamily.SEQ2SEQ):
             return Fit(
                 False,
                 "UnsupportedArchitecture",
                 f"{family.value} models are not supported on inf1 (NeuronCore-v1); use target inf2 or trn1",
-            )
-        if size_bytes is not None and size_bytes > INF1_MAX_MODEL_BYTES:
-            return Fit(
-                False,
-                "UnsupportedArchitecture",
-                f"the model is {size_bytes / 1024**3:.1f} GiB; inf1 cannot compile models over 2 GiB "
-                "(protobuf limit); use target inf2 or trn1",
             )
         if family is ModelFamily.RCNN:
             return Fit(
@@ -73,7 +68,7 @@ class PlacementPlan:
 class Infeasible:
     """Why no pod can ever be placed; the deployment is Stalled with this reason."""
 
-    reason: str  # IncompatibleArtifact | InsufficientNeuronCores | UnknownInstanceType
+    reason: str  # IncompatibleArtifact | InsufficientNeuronCores | UnsupportedTopology | UnknownInstanceType
     message: str
 
 
@@ -109,9 +104,49 @@ def plan_placement(
             f"a replica needs {cores} NeuronCores (spec.placement workers x coresPerWorker) but the largest "
             f"allowed instance type, {biggest.name}, has {biggest.neuron_cores}",
         )
-    return PlacementPlan(
-        cores, tuple(t.name for t in eligible), _scheduler(cores, eligible, scheduler_override, settings)
+    scheduler = _scheduler(cores, eligible, scheduler_override, settings)
+    if scheduler is not None and scheduler == settings.neuron_scheduler_name:
+        # The extension refuses some sizes on some types: drop those types, then choose the scheduler
+        # again for the ones left (they may all be taken whole, which needs no extension).
+        refused = [t for t in eligible if not t.extension_accepts(cores)]
+        if refused:
+            eligible = [t for t in eligible if t.extension_accepts(cores)]
+            if not eligible:
+                return Infeasible("UnsupportedTopology", _topology_message(cores, refused, scheduler))
+            scheduler = _scheduler(cores, eligible, scheduler_override, settings)
+    return PlacementPlan(cores, tuple(t.name for t in eligible), scheduler)
+
+
+def _topology_message(cores: int, refused: list[InstanceType], scheduler: str) -> str:
+    """Why the Neuron scheduler extension places a replica of ``cores`` NeuronCores on none of ``refused``."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for t in refused:
+        assert t.extension_device_counts is not None  # only types with a rule refuse anything
+        groups.setdefault(t.extension_device_counts, []).append(t.name)
+    rules = []
+    for devices, names in groups.items():
+        t = INSTANCE_TYPES[names[0]]
+        accept = "accepts" if len(names) == 1 else "accept"
+        rules.append(
+            f"{_join(names)} {accept} only {_or(devices)} devices "
+            f"({_or(tuple(n * t.cores_per_device for n in devices))} NeuronCores) per pod with the Neuron "
+            "scheduler extension, or a single NeuronCore"
+        )
+    return (
+        f"a replica needs {cores} NeuronCores (spec.placement workers x coresPerWorker), which the Neuron "
+        f"scheduler extension (schedulerName {scheduler}) refuses on every allowed instance type large enough: "
+        f"{'; '.join(rules)}. Change spec.placement to one of those sizes, or allow other instance types "
+        "in spec.instanceTypes"
     )
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _or(values: tuple[int, ...]) -> str:
+    text = [str(v) for v in values]
+    return text[0] if len(text) == 1 else f"{', '.join(text[:-1])} or {text[-1]}"
 
 
 def _scheduler(

@@ -16,6 +16,7 @@ from neuron_operator.resources import names
 from neuron_operator.resources.fit import PlacementPlan
 from neuron_operator.settings import OperatorSettings
 from neuron_runtime.config import Batching as RuntimeBatching
+from neuron_runtime.config import Parity as RuntimeParity
 from neuron_runtime.config import Placement as RuntimePlacement
 from neuron_runtime.config import ServeSettings
 
@@ -67,6 +68,7 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
             timeout_ms=batching.timeout_ms,
             preferred_batch_sizes=list(batching.preferred_batch_sizes or []),
         ),
+        parity=RuntimeParity(enabled=spec.validation.parity, atol=spec.validation.atol, rtol=spec.validation.rtol),
     )
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(serve.to_env().items())]
     env += [
@@ -163,16 +165,14 @@ def build_deployment(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
+            "runAsNonRoot": not settings.runtime_run_as_root,
             "capabilities": {"drop": ["ALL"]},
         },
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
+            **settings.runtime_identity(),
             "fsGroup": 65532,
             "seccompProfile": {"type": "RuntimeDefault"},
         },

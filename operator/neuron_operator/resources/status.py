@@ -16,6 +16,7 @@ from neuron_operator.api import Condition, ConditionType
 from neuron_operator.api.model import model_phase
 from neuron_operator.conditions import get_condition, set_condition
 from neuron_operator.resources.fit import Fit
+from neuron_operator.resources.pods import ServingFailure
 
 Clock = Callable[[], datetime]
 C = ConditionType
@@ -61,6 +62,15 @@ class StatusBuilder:
 
     def dump(self) -> list[dict[str, Any]]:
         return [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in self.conditions]
+
+
+def _now(clock: Clock) -> str:
+    return clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_ready(b: StatusBuilder) -> bool:
+    c = get_condition(b.conditions, C.READY)
+    return c is not None and c.status == "True"
 
 
 def previous_conditions(body: dict[str, Any]) -> list[Condition]:
@@ -172,6 +182,8 @@ class DeploymentObservation:
     endpoint: str | None = None
     selector: str | None = None
     rolling_to_new_artifact: bool = False
+    serving_failure: ServingFailure | None = None  # a current pod's runtime refused to serve
+    parity: dict[str, Any] | None = None  # status.parity, as measured by a pod of the current template
 
 
 def deployment_status(
@@ -234,6 +246,16 @@ def deployment_status(
             b.set(C.READY, False, "ProgressDeadlineExceeded", deadline.get("message", ""))
             b.set(C.RECONCILING, False, "ProgressDeadlineExceeded", "")
             b.set(C.STALLED, True, "ProgressDeadlineExceeded", deadline.get("message", ""))
+        elif (failure := obs.serving_failure) is not None and not rolled_out:
+            message = f"pod {failure.pod}: {failure.message}"
+            if available:
+                message += f" ({available} replica(s) of the previous spec keep serving)"
+            b.set(C.READY, False, failure.reason, message)
+            b.set(C.RECONCILING, False, failure.reason, "")
+            b.set(C.STALLED, True, failure.reason, message)
+            last = {"reason": failure.reason, "message": message, "exitCode": failure.exit_code}
+            last["time"] = failure.finished_at or (prev.get("lastFailure") or {}).get("time") or _now(clock)
+            status["lastFailure"] = {k: v for k, v in last.items() if v is not None}
         elif rolled_out:
             b.set(C.READY, True, "ReplicasReady", f"{ready}/{want} replicas ready on the current artifact")
             b.set(C.RECONCILING, False, "Reconciled", "")
@@ -251,6 +273,10 @@ def deployment_status(
             "ReplicasReady" if available else "ReplicasUnavailable",
             f"{available} available",
         )
+    # While blocked (e.g. the model recompiles) the pods of the last template still describe what serves.
+    status["parity"] = obs.parity if obs.parity is not None or obs.blocked is None else prev.get("parity")
+    if "lastFailure" not in status and prev.get("lastFailure") and not is_ready(b):
+        status["lastFailure"] = prev["lastFailure"]  # kept until the next success, as on NeuronModel
     status["conditions"] = b.dump()
     events: list[Event] = []
     if (c := b.flipped_to(C.READY, "True")) is not None:

@@ -230,7 +230,7 @@ class Batcher(Generic[T, R]):
             self._idle.set()
             # Blocked batches wake up when a running batch finishes (`_batch_done` pokes).
             timeout = None if wait is None else max(wait, 0.0)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _dispatch(self, batch: list[Pending[T, R]], now: float) -> None:

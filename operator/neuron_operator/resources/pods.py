@@ -1,0 +1,144 @@
+"""What the serving pods say about themselves: a runtime that refused to serve, read from its termination message.
+
+`neuron-runtime serve` ends with a one-line JSON termination message when it refuses an artifact (the SDK
+compatibility gate, the parity gate, an artifact or placement it cannot use); kubelet keeps it in the container's
+`state.terminated` / `lastState.terminated`. Only pods of the *current* pod template count (same image and runtime
+environment as the Deployment the operator just applied), so a failure that a spec change fixed is not reported
+again while the failing pod is being replaced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+#: Termination reasons of `neuron-runtime serve` that need a change (image, tolerance, spec) to progress.
+SERVING_FAILURE_REASONS: Final = (
+    "ParityFailed",
+    "IncompatibleRuntime",
+    "ArtifactInvalid",
+    "InvalidPlacement",
+    "InvalidSettings",
+)
+
+
+@dataclass(frozen=True)
+class ServingFailure:
+    reason: str
+    message: str
+    exit_code: int | None
+    finished_at: str | None
+    pod: str
+
+
+def _runtime_container(spec: dict[str, Any], container_name: str) -> dict[str, Any] | None:
+    return next((c for c in spec.get("containers") or [] if c.get("name") == container_name), None)
+
+
+def _contains(desired: Any, observed: Any) -> bool:
+    """`observed` carries every value of `desired` (the apiserver adds defaults, e.g. `fieldRef.apiVersion`)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            k in observed and _contains(v, observed[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(_contains(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    return bool(desired == observed)
+
+
+def is_current(pod: dict[str, Any], desired_container: dict[str, Any]) -> bool:
+    """Whether `pod` runs the desired runtime container (same image and environment)."""
+    actual = _runtime_container(pod.get("spec") or {}, desired_container["name"])
+    return (
+        actual is not None
+        and actual.get("image") == desired_container.get("image")
+        and _contains(desired_container.get("env") or [], actual.get("env") or [])
+    )
+
+
+def _parse(terminated: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        message = json.loads((terminated.get("message") or "").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return message if isinstance(message, dict) and message.get("reason") in SERVING_FAILURE_REASONS else None
+
+
+#: Prefix of the line `neuron-runtime serve` prints on stdout when its parity gate passed
+#: (`neuron_runtime.parity.LOG_PREFIX`; a test ties the two).
+PARITY_LOG_PREFIX: Final = "NEURON_RUNTIME_PARITY"
+TEMPLATE_HASH_LABEL: Final = "pod-template-hash"
+
+
+def ready_current_pods(pods: list[dict[str, Any]], desired_container: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ready, not terminating pods of the current template, by name (deterministic)."""
+    ready = [
+        p
+        for p in pods
+        if not p.get("metadata", {}).get("deletionTimestamp")
+        and is_current(p, desired_container)
+        and any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    ]
+    return sorted(ready, key=lambda p: p["metadata"]["name"])
+
+
+def parity_status(line: str, pod: dict[str, Any]) -> dict[str, Any] | None:
+    """`status.parity` from the runtime's parity line (None when the line is not a passing report)."""
+    try:
+        report = json.loads(line.removeprefix(PARITY_LOG_PREFIX))
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or report.get("passed") is not True:
+        return None
+    try:
+        return {
+            "podTemplateHash": (pod["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL, ""),
+            "pod": pod["metadata"]["name"],
+            "passed": True,
+            "maxAbsError": float(report["max_abs_error"]),
+            "maxRelError": float(report["max_rel_error"]),
+            "atol": float(report["atol"]),
+            "rtol": float(report["rtol"]),
+            "precision": str(report["precision"]),
+            "cases": int(report["cases"]),
+            "modelCopies": int(report["workers"]),
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def serving_failure(pods: list[dict[str, Any]], desired_container: dict[str, Any]) -> ServingFailure | None:
+    """The most recent refusal by a current pod's runtime, or None (sorted by time, then pod name: deterministic)."""
+    found: list[ServingFailure] = []
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp") or not is_current(pod, desired_container):
+            continue
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != desired_container["name"]:
+                continue
+            for state in (status.get("state") or {}, status.get("lastState") or {}):
+                terminated = state.get("terminated")
+                if not terminated or (parsed := _parse(terminated)) is None:
+                    continue
+                message = str(parsed.get("message", ""))
+                found.append(
+                    ServingFailure(
+                        reason=str(parsed["reason"]),
+                        message=message,
+                        exit_code=terminated.get("exitCode"),
+                        finished_at=terminated.get("finishedAt"),
+                        pod=pod["metadata"]["name"],
+                    )
+                )
+                break
+    if not found:
+        return None
+    return max(found, key=lambda f: (f.finished_at or "", f.pod))
