@@ -1,4 +1,4 @@
-"""``make demo``: a local kind cluster, the Helm chart, a real compile and real serving, one inference request.
+"""``make demo``: a kind cluster, the Helm chart, real compiles and real serving (cpu, and inf2 on simulated Neuron).
 
 1. creates the local kind cluster ``neuron-dev`` (state in ``.cluster/``; or reuses a running one): every
    image is built on this machine (``e2e/kind/``), the operator and runtime images from the ``Dockerfile``;
@@ -8,9 +8,16 @@
 4. applies the cpu examples from ``examples/`` (a CNN built in code and its NeuronDeployment), pinning
    their pods to the kind node that runs pods (kwok's simulated nodes cannot run containers) — nothing
    else is changed;
-5. shows progress until both are Ready, shows the compile Job's ``kubectl logs`` and the serving pod's image
-   and uid, sends an Open Inference Protocol v2 request through the Service (via the apiserver's service
-   proxy) and prints the answer, then ``kubectl get nm,nd -o wide``.
+5. applies the same CNN with ``target: inf2`` and a NeuronDeployment of 2 NeuronCores per replica
+   (``examples/neuronmodel-small-cnn-inf2.yaml``, ``examples/neurondeployment-small-cnn-inf2.yaml``). It runs on
+   SIMULATED Neuron hardware: the kind worker labelled inf2.xlarge whose simulated device plugin hands out 2
+   NeuronCores, and a runtime image with a SIMULATED Neuron SDK (``e2e/neuron-sdk-sim``: the documented
+   torch-neuronx API, executing on the CPU). Local changes: the compile Job's resources fit this machine, and
+   the serving pods select and tolerate the simulated node (kwok's inf2 nodes run no containers);
+6. shows progress until all are Ready, shows the compile Jobs' ``kubectl logs`` and the serving pods' image
+   and uid, sends Open Inference Protocol v2 requests through the Services (via the apiserver's service
+   proxy) and prints the answers and the per-NeuronCore call counts from the inf2 pod's ``/metrics``, then
+   ``kubectl get nm,nd -o wide``.
 
 ``python e2e/demo.py down`` deletes the cluster and the demo's artifacts.
 """
@@ -30,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localcluster.__main__ import DEFAULT_NAME, cluster_for
-from localcluster.kind import EXEC_LABEL, KindCluster
+from localcluster.kind import EXEC_LABEL, SIMULATED_NEURON_LABEL, KindCluster
 from localcluster.storage import hostpath_claim
 from localcluster.wait import until
 
@@ -41,6 +48,9 @@ EXEC_SELECTOR = {EXEC_LABEL: "true"}
 EXEC_TOLERATIONS = [{"key": EXEC_LABEL, "operator": "Exists"}]
 MODEL_FILE = REPO / "examples" / "neuronmodel-small-cnn-cpu.yaml"
 DEPLOYMENT_FILE = REPO / "examples" / "neurondeployment-small-cnn-cpu.yaml"
+INF2_MODEL_FILE = REPO / "examples" / "neuronmodel-small-cnn-inf2.yaml"
+INF2_DEPLOYMENT_FILE = REPO / "examples" / "neurondeployment-small-cnn-inf2.yaml"
+SIMULATED_TOLERATION = {"key": SIMULATED_NEURON_LABEL, "operator": "Exists", "effect": "NoSchedule"}
 
 
 def say(msg: str) -> None:
@@ -83,7 +93,11 @@ def install_chart(cluster: KindCluster) -> None:
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     values = {
         "image": split_image(cluster.images["operator"]),
-        "runtimeImages": {"cpu": split_image(cluster.images["runtime"])},
+        "runtimeImages": {
+            "cpu": split_image(cluster.images["runtime"]),
+            # SIMULATED Neuron SDK (local testing only): the real chart value takes the Neuron runtime image.
+            "neuronx": split_image(cluster.images["neuron-sim"]),
+        },
         "nodeSelector": EXEC_SELECTOR,
         "tolerations": EXEC_TOLERATIONS,
         "resyncSeconds": 30,
@@ -142,7 +156,27 @@ def apply_examples(cluster: KindCluster) -> tuple[str, str]:
     return model["metadata"]["name"], deployment["metadata"]["name"]
 
 
-def wait_ready(cluster: KindCluster, model: str, deployment: str) -> None:
+def apply_inf2_examples(cluster: KindCluster) -> tuple[str, str]:
+    model = yaml.safe_load(INF2_MODEL_FILE.read_text())
+    deployment = yaml.safe_load(INF2_DEPLOYMENT_FILE.read_text())
+    # Local changes: a compile Job this 2-CPU machine can hold, and serving pods that tolerate the SIMULATED
+    # Neuron node's own taint (the operator adds the aws.amazon.com/neuron toleration itself).
+    model["spec"]["compiler"]["resources"] = {"requests": {"cpu": "500m", "memory": "2Gi"}}
+    deployment["spec"]["pod"] = {
+        "nodeSelector": {SIMULATED_NEURON_LABEL: "true"},  # the kind worker, not a kwok node (no containers)
+        "tolerations": [SIMULATED_TOLERATION],
+    }
+    deployment["spec"]["resources"]["requests"]["cpu"] = "250m"
+    say(
+        f"kubectl apply {INF2_MODEL_FILE.relative_to(REPO)} and {INF2_DEPLOYMENT_FILE.relative_to(REPO)} "
+        "(SIMULATED Neuron node and SDK)"
+    )
+    for obj in (model, deployment):
+        cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(obj))
+    return model["metadata"]["name"], deployment["metadata"]["name"]
+
+
+def wait_ready(cluster: KindCluster, names: tuple[str, ...]) -> None:
     last = ""
     start = time.monotonic()
 
@@ -153,26 +187,20 @@ def wait_ready(cluster: KindCluster, model: str, deployment: str) -> None:
             print(f"--- {time.monotonic() - start:5.1f}s\n{table}", flush=True)
             last = table
         objs = json.loads(cluster.kubectl("get", "nm,nd", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-        return (
-            all(
-                any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in (o.get("status") or {}).get("conditions", [])
-                )
-                for o in objs
-                if o["metadata"]["name"] in (model, deployment)
-            )
-            and len(objs) >= 2
-        )
+        return all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in (o.get("status") or {}).get("conditions", []))
+            for o in objs
+            if o["metadata"]["name"] in names
+        ) and len(objs) >= len(names)
 
     until(ready, timeout=600, interval=1.0, what="the model and the deployment to be Ready")
 
 
-def infer(cluster: KindCluster, deployment: str, model: str) -> dict[str, Any]:
+def infer(cluster: KindCluster, deployment: str, model: str, request_id: str = "make-demo") -> dict[str, Any]:
     nd = json.loads(cluster.kubectl("get", "nd", deployment, "-n", NAMESPACE, "-o", "json").stdout)
     shape = [1, 3, 64, 64]
     body = {
-        "id": "make-demo",
+        "id": request_id,
         "inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": [0.1] * (3 * 64 * 64)}],
     }
     path = f"/api/v1/namespaces/{NAMESPACE}/services/{deployment}:http/proxy/v2/models/{model}/infer"
@@ -180,17 +208,35 @@ def infer(cluster: KindCluster, deployment: str, model: str) -> dict[str, Any]:
     return cluster.post_raw(path, body)
 
 
-def show_workloads(cluster: KindCluster, deployment: str) -> None:
-    """What ran: the compile Job's log, and the serving pod's image, node and user."""
-    say("kubectl logs job/compile-... (the compile Job's container log)")
-    jobs = json.loads(cluster.kubectl("get", "jobs", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-    for job in jobs:
+def core_counts(cluster: KindCluster, deployment: str) -> dict[str, float]:
+    """Per-NeuronCore call counts from the serving pod's /metrics (via the apiserver's pod proxy)."""
+    selector = f"neuron.dev/deployment={deployment}"
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)["items"]
+    pod = next(p for p in pods if not p["metadata"].get("deletionTimestamp"))
+    name = pod["metadata"]["name"]
+    text = cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}:8080/proxy/metrics").stdout
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("neuron_runtime_neuroncore_executions_total{"):
+            core = line.split('neuroncore="', 1)[1].split('"', 1)[0]
+            counts[core] = float(line.rsplit(" ", 1)[1])
+    visible = cluster.kubectl(
+        "exec", "-n", NAMESPACE, name, "--", "printenv", "NEURON_RT_VISIBLE_CORES", check=False
+    ).stdout.strip()
+    say(f"pod {name} on node {pod['spec']['nodeName']}: NEURON_RT_VISIBLE_CORES={visible} (simulated device plugin)")
+    return counts
+
+
+def show_workloads(cluster: KindCluster, deployment: str, jobs: bool = True) -> None:
+    """What ran: the compile Jobs' logs, and the serving pod's image, node and user."""
+    if jobs:
+        say("kubectl logs job/compile-... (the compile Jobs' container logs)")
+    job_list = json.loads(cluster.kubectl("get", "jobs", "-n", NAMESPACE, "-o", "json").stdout)["items"] if jobs else []
+    for job in job_list:
         name = job["metadata"]["name"]
         print(cluster.kubectl("logs", "-n", NAMESPACE, f"job/{name}", "--tail=15", check=False).stdout, flush=True)
-    for what, selector in (
-        ("operator", "app.kubernetes.io/name=neuron-operator"),
-        ("serving", f"neuron.dev/deployment={deployment}"),
-    ):
+    selectors = [("operator", "app.kubernetes.io/name=neuron-operator")] if jobs else []
+    for what, selector in (*selectors, ("serving", f"neuron.dev/deployment={deployment}")):
         pods = json.loads(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", selector, "-o", "json").stdout)["items"]
         for pod in pods:
             if pod["metadata"].get("deletionTimestamp"):
@@ -218,12 +264,24 @@ def up() -> int:
     install_chart(cluster)
     create_storage(cluster)
     model, deployment = apply_examples(cluster)
-    wait_ready(cluster, model, deployment)
+    inf2_model, inf2_deployment = apply_inf2_examples(cluster)
+    wait_ready(cluster, (model, deployment, inf2_model, inf2_deployment))
     show_workloads(cluster, deployment)
+    show_workloads(cluster, inf2_deployment, jobs=False)
     answer = infer(cluster, deployment, model)
     out = answer["outputs"][0]
     say(f"inference result: id={answer['id']} model={answer['model_name']} output {out['name']} shape={out['shape']}")
     print("logits:", [round(v, 3) for v in out["data"]], flush=True)
+    for i in range(8):
+        answer = infer(cluster, inf2_deployment, inf2_model, request_id=f"make-demo-inf2-{i}")
+    out = answer["outputs"][0]
+    say(
+        f"inference result (target inf2, SIMULATED Neuron SDK on the SIMULATED inf2.xlarge node): id={answer['id']} "
+        f"model={answer['model_name']} output {out['name']} shape={out['shape']}"
+    )
+    print("logits:", [round(v, 3) for v in out["data"]], flush=True)
+    counts = core_counts(cluster, inf2_deployment)
+    say(f"calls per NeuronCore (neuron_runtime_neuroncore_executions_total, with warm-up and parity): {counts}")
     say("kubectl get nm,nd -o wide")
     print(cluster.kubectl("get", "nm,nd", "-n", NAMESPACE, "-o", "wide").stdout)
     say(

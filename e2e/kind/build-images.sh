@@ -12,9 +12,11 @@
 # nothing is built (a warm call takes seconds). Older tags of the two repositories are removed afterwards
 # (untagged, never forced: an image a container uses stays).
 #
-# stdout: exactly two lines, for callers (Python parses them):
+# stdout: exactly four lines, for callers (Python parses them):
 #   OPERATOR_IMAGE=local/neuron-operator:<tag>
 #   RUNTIME_IMAGE=local/neuron-runtime:<tag>
+#   NEURON_SIM_IMAGE=local/neuron-runtime-neuron-sim:<hash>-sdk2.31.1     SIMULATED Neuron SDK, local testing only
+#   NEURON_SIM_OLD_SDK_IMAGE=local/neuron-runtime-neuron-sim:<hash>-sdk2.24.0
 # stderr: progress, build time and image sizes.
 #
 # Environment:
@@ -33,6 +35,10 @@ HERE="$REPO/e2e/kind"
 PREFIX="${NEURON_IMAGE_PREFIX:-local/}"
 OPERATOR_REPO="${PREFIX}neuron-operator"
 RUNTIME_REPO="${PREFIX}neuron-runtime"
+SIM_REPO="${PREFIX}neuron-runtime-neuron-sim"
+# Simulated Neuron SDK releases, each a SIMULATED runtime image: the current one first, then one from before
+# SDK 2.25 (placement APIs only under torch_neuronx.experimental; an older compiler for the SDK-gate scenario).
+NEURON_SIM_SDKS="2.31.1 2.24.0"
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
 NEURON_BUILD_CA="${NEURON_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}"
 NEURON_BUILD_CACHE_KEEP="${NEURON_BUILD_CACHE_KEEP:-6GB}"
@@ -123,7 +129,43 @@ else
   log "images built in $((SECONDS - start))s; build cache trimmed to $NEURON_BUILD_CACHE_KEEP"
 fi
 
+# The SIMULATED Neuron runtime images (local testing only, never released): the cpu runtime image plus the
+# simulated Neuron SDK (e2e/neuron-sdk-sim) installed as torch_neuronx / torch_neuron, one per simulated SDK
+# release. A small layer on top of the runtime image; its build context is filtered by its own ignore file
+# (Dockerfile.neuron-sim.dockerignore: the simulator only), so the released images' inputs and tags do not
+# depend on it.
+SIM_DIR="$REPO/e2e/neuron-sdk-sim"
+SIM_DOCKERFILE="$HERE/Dockerfile.neuron-sim"
+sim_hash=$(
+  {
+    echo "runtime $runtime_image"
+    sha256sum < "$SIM_DOCKERFILE"
+    sha256sum < "$SIM_DOCKERFILE.dockerignore"
+    (cd "$SIM_DIR" && find . -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z \
+      | xargs -0 sha256sum)
+  } | sha256sum | cut -c1-12
+)
+sim_images=()
+for sdk in $NEURON_SIM_SDKS; do
+  image="$SIM_REPO:$sim_hash-sdk$sdk"
+  sim_images+=("$image")
+  if ((${#no_cache[@]} == 0)) && exists "$image"; then
+    continue
+  fi
+  t0=$SECONDS
+  docker build "${no_cache[@]}" -f "$SIM_DOCKERFILE" --build-arg "RUNTIME_IMAGE=$runtime_image" \
+    --build-arg "SIM_SDK_VERSION=$sdk" -t "$image" "$REPO" >&2
+  log "built $image (SIMULATED Neuron SDK $sdk) in $((SECONDS - t0))s"
+done
+docker image ls --format '{{.Repository}}:{{.Tag}}' "$SIM_REPO" | while read -r old; do
+  keep=0
+  for image in "${sim_images[@]}"; do [[ $old == "$image" ]] && keep=1; done
+  ((keep)) || docker image rm "$old" >/dev/null 2>&1 || log "kept $old (in use)"
+done
+
 docker image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' "$OPERATOR_REPO:$tag" >&2
 docker image ls --format '  {{.Repository}}:{{.Tag}}  {{.Size}}' "$RUNTIME_REPO:$tag" >&2
 echo "OPERATOR_IMAGE=$operator_image"
 echo "RUNTIME_IMAGE=$runtime_image"
+echo "NEURON_SIM_IMAGE=${sim_images[0]}"
+echo "NEURON_SIM_OLD_SDK_IMAGE=${sim_images[1]}"

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +132,9 @@ class KindAssets:
     runtime_image: str
     device_plugin_image: str
     tools: Tools
+    #: SIMULATED Neuron runtime images (cpu runtime + the simulated Neuron SDK; local testing only).
+    neuron_sim_image: str = ""
+    neuron_sim_old_sdk_image: str = ""
 
 
 #: A public kind node image (e.g. ``kindest/node:v1.34.x``) for machines that reach a registry; unset here,
@@ -161,6 +166,8 @@ def ensure_assets(env: dict[str, str]) -> KindAssets:
         runtime_image=images["RUNTIME_IMAGE"],
         device_plugin_image=plugin,
         tools=tools,
+        neuron_sim_image=images["NEURON_SIM_IMAGE"],
+        neuron_sim_old_sdk_image=images["NEURON_SIM_OLD_SDK_IMAGE"],
     )
 
 
@@ -219,8 +226,15 @@ class KindCluster:
 
     @property
     def images(self) -> dict[str, str]:
-        """The project's images loaded into the nodes: ``operator``, ``runtime``."""
-        return {"operator": self.assets.operator_image, "runtime": self.assets.runtime_image}
+        """The images loaded into the nodes: ``operator``, ``runtime`` and the SIMULATED Neuron runtimes
+        ``neuron-sim`` (simulated Neuron SDK 2.31.1) and ``neuron-sim-old-sdk`` (2.24.0)."""
+        a = self.assets
+        return {
+            "operator": a.operator_image,
+            "runtime": a.runtime_image,
+            "neuron-sim": a.neuron_sim_image,
+            "neuron-sim-old-sdk": a.neuron_sim_old_sdk_image,
+        }
 
     @property
     def control_plane_node(self) -> str:
@@ -398,43 +412,74 @@ class KindCluster:
         self.kubectl("taint", "nodes", self.neuron_node, f"{SIMULATED_NEURON_LABEL}=true:NoSchedule", "--overwrite")
 
     def _load_images(self, assets: KindAssets) -> None:
-        loads = {
-            # The runtime image (4.3 GB: PyPI's torch is a CUDA build) runs compile Jobs and cpu serving pods,
-            # all on the control plane; importing it into a node costs minutes, so only where it runs.
-            assets.runtime_image: [self.control_plane_node],
-            assets.operator_image: [self.control_plane_node, self.neuron_node],
-            assets.device_plugin_image: [self.neuron_node],
-        }
+        runtimes = (assets.runtime_image, assets.neuron_sim_image, assets.neuron_sim_old_sdk_image)
+        loads: list[tuple[tuple[str, ...], list[str]]] = [
+            # The runtime images (4.3 GB: PyPI's torch is a CUDA build) share every layer but the simulated SDK's,
+            # so they travel in one archive and each node writes the big layers once. The control plane runs
+            # compile Jobs and cpu serving pods; the simulated Neuron worker runs Neuron serving pods.
+            (runtimes, [self.control_plane_node, self.neuron_node]),
+            ((assets.operator_image,), [self.control_plane_node, self.neuron_node]),
+            ((assets.device_plugin_image,), [self.neuron_node]),
+        ]
         IMAGE_ARCHIVES.mkdir(parents=True, exist_ok=True)
-        archives = [self._archive(image) for image in loads]
-        # Archives of images no longer built are dropped (they are several GB each).
-        for stale in set(IMAGE_ARCHIVES.glob("*.tar")) - set(archives):
+        # Archives of images no longer built are dropped first (they are several GB each; the disk is shared).
+        for stale in set(IMAGE_ARCHIVES.glob("*.tar")) - {self._archive_path(i) for i, _nodes in loads}:
             if not _in_use(stale):
                 stale.unlink(missing_ok=True)
-        for (image, nodes), archive in zip(loads.items(), archives, strict=True):
-            for node in nodes:
-                present = self.docker("exec", node, "ctr", "--namespace=k8s.io", "images", "ls", "-q").stdout
-                if image in present.split() or f"docker.io/{image}" in present.split():
-                    continue
-                t = time.monotonic()
-                proc = self.docker(
-                    "exec", node, "ctr", "--namespace=k8s.io", "images", "import", "--all-platforms", "--digests",
-                    "--snapshotter=overlayfs", str(archive), check=False, timeout=1800,
-                )  # fmt: skip
-                if proc.returncode != 0:
-                    raise BuildError(f"importing {image} into {node} failed: {proc.stderr[-2000:]}")
-                self._log(f"imported {image} into {node} in {time.monotonic() - t:.1f}s")
+        archives = [self._archive(images) for images, _nodes in loads]
+        jobs = [
+            (images, node, archive) for (images, nodes), archive in zip(loads, archives, strict=True) for node in nodes
+        ]
+        # One import per node at a time (containerd serialises them anyway), nodes in parallel.
+        by_node: dict[str, list[tuple[tuple[str, ...], Path]]] = {}
+        for images, node, archive in jobs:
+            by_node.setdefault(node, []).append((images, archive))
+        errors: list[BaseException] = []
 
-    def _archive(self, image: str) -> Path:
-        """``docker save`` of ``image`` under IMAGE_ARCHIVES, named by image id (reused while the id holds)."""
-        image_id = self.docker("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
-        archive = IMAGE_ARCHIVES / f"{image_id.removeprefix('sha256:')[:24]}.tar"
+        def import_all(node: str) -> None:
+            try:
+                for images, archive in by_node[node]:
+                    self._import(node, images, archive)
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=import_all, args=(node,), name=f"import-{node}") for node in by_node]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _import(self, node: str, images: tuple[str, ...], archive: Path) -> None:
+        present = set(self.docker("exec", node, "ctr", "--namespace=k8s.io", "images", "ls", "-q").stdout.split())
+        if all(image in present or f"docker.io/{image}" in present for image in images):
+            return
+        t = time.monotonic()
+        proc = self.docker(
+            "exec", node, "ctr", "--namespace=k8s.io", "images", "import", "--all-platforms", "--digests",
+            "--snapshotter=overlayfs", str(archive), check=False, timeout=1800,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise BuildError(f"importing {', '.join(images)} into {node} failed: {proc.stderr[-2000:]}")
+        self._log(f"imported {', '.join(images)} into {node} in {time.monotonic() - t:.1f}s")
+
+    def _archive_path(self, images: tuple[str, ...]) -> Path:
+        ids = [self.docker("image", "inspect", "--format", "{{.Id}}", i).stdout.strip() for i in images]
+        name = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:24] if len(ids) > 1 else ids[0][7:31]
+        return IMAGE_ARCHIVES / f"{name}.tar"
+
+    def _archive(self, images: tuple[str, ...]) -> Path:
+        """``docker save`` of ``images`` (one archive, shared layers once) under IMAGE_ARCHIVES, named by their
+        image ids (reused while the ids hold)."""
+        archive = self._archive_path(images)
         if not archive.exists():
             t = time.monotonic()
             tmp = archive.with_suffix(f".tmp{os.getpid()}")
-            self.docker("save", "--output", str(tmp), image, timeout=1800)
+            self.docker("save", "--output", str(tmp), *images, timeout=1800)
             tmp.rename(archive)
-            self._log(f"saved {image} ({archive.stat().st_size / 1e9:.2f} GB) in {time.monotonic() - t:.1f}s")
+            size = archive.stat().st_size / 1e9
+            self._log(f"saved {', '.join(images)} ({size:.2f} GB) in {time.monotonic() - t:.1f}s")
         archive.touch()
         return archive
 

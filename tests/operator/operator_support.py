@@ -49,8 +49,9 @@ def operator_settings(**overrides: Any) -> OperatorSettings:
     images = (
         {
             "runtime_image": IMAGES["runtime"],
-            "neuronx_runtime_image": IMAGES["runtime"],
-            "neuron_runtime_image": IMAGES["runtime"],
+            # SIMULATED Neuron SDK (local testing only): Neuron-target compile Jobs and serving pods run it.
+            "neuronx_runtime_image": IMAGES.get("neuron-sim") or IMAGES["runtime"],
+            "neuron_runtime_image": IMAGES.get("neuron-sim") or IMAGES["runtime"],
         }
         if IMAGES
         else {}
