@@ -295,7 +295,7 @@ class ServeSettings(BaseSettings):
     warmup_runs: int = Field(2, ge=0, le=100, description="runs of every bucket on every worker before ready")
     parity: Parity = Field(default_factory=Parity)
     termination_log: Path | None = Field(
-        None, description="where the failure (or the drain) is written for kubelet; default /dev/termination-log"
+        None, description="where a refusal to serve is written for kubelet; default /dev/termination-log if present"
     )
     shutdown_delay_s: float = Field(
         0.0, ge=0.0, description="after SIGTERM: keep serving this long while endpoints drop the pod"

@@ -348,11 +348,11 @@ def serve_main(config: Path | None) -> int:
     from neuron_runtime.parity import ParityFailed
     from neuron_runtime.placement import PlacementError
 
+    log_path = termination_log_path(None)
+
     def fail(code: int, reason: str, message: str, **extra: Any) -> int:
         log.error("refusing to serve (%s): %s", reason, message)
-        write_termination_message(
-            termination_log_path(None), {"status": "Failed", "reason": reason, "message": message, **extra}
-        )
+        write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message, **extra})
         return code
 
     try:
@@ -360,6 +360,8 @@ def serve_main(config: Path | None) -> int:
     except (ValidationError, ValueError, OSError) as exc:
         print(f"invalid serve settings: {exc}", file=sys.stderr)
         return fail(EXIT_INVALID, "InvalidSettings", f"invalid serve settings: {exc}")
+    if settings.termination_log is not None:
+        log_path = settings.termination_log
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )

@@ -228,3 +228,17 @@ def test_status_parity_is_written_and_recomputing_it_is_a_noop() -> None:
     p.run(obs)
     assert p.body["status"]["parity"] == measured
     p.assert_noop(obs)
+
+
+def test_the_documented_parity_defaults_are_the_runtimes() -> None:
+    from neuron_operator.api.deployment import Validation
+    from neuron_runtime.parity import DEFAULT_TOLERANCES
+
+    described = Validation.model_fields["atol"].description or ""
+    documented = {"cpu": "cpu 1e-4", "fp32": "none 1e-3", "tf32": "tf32 and fp16 1e-2", "bf16": "bf16 5e-2"}
+    documented |= {"fp16": "tf32 and fp16 1e-2", "fp8_e4m3": "fp8_e4m3 0.25"}
+    assert set(documented) == set(DEFAULT_TOLERANCES)
+    for precision, fragment in documented.items():
+        assert fragment in described, fragment
+        value = float(fragment.rsplit(" ", 1)[1])
+        assert DEFAULT_TOLERANCES[precision] == (value, value), precision

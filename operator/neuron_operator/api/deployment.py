@@ -271,7 +271,8 @@ class Validation(CamelModel):
         le=1000000,
         description=(
             "Absolute tolerance. Default by the precision the graph computes in: cpu 1e-4; Neuron with autoCast "
-            "none 1e-3; tf32 and fp16 1e-2; bf16 5e-2; fp8_e4m3 0.25."
+            "none 1e-3 (inf1: as bf16, Inferentia multiplies in bf16); tf32 and fp16 1e-2; bf16 5e-2; "
+            "fp8_e4m3 0.25."
         ),
     )
     rtol: Float | None = Field(default=None, ge=0, le=1000000, description="Relative tolerance; same defaults as atol.")
