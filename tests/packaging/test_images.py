@@ -48,6 +48,7 @@ class Images:
     operator: str
     runtime: str
     env: dict[str, str]  # os.environ + DOCKER_HOST and PATH for the project's engine
+    neuron_sim: str = ""  # the SIMULATED Neuron runtime image (local testing only)
 
     def docker(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -77,8 +78,15 @@ def images() -> Images:
     proc = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
     assert proc.returncode == 0, "build-images.sh failed (its stderr is in the captured output)"
     found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    assert set(found) == {"OPERATOR_IMAGE", "RUNTIME_IMAGE"}, proc.stdout
-    return Images(operator=found["OPERATOR_IMAGE"], runtime=found["RUNTIME_IMAGE"], env=_engine_env())
+    assert set(found) == {"OPERATOR_IMAGE", "RUNTIME_IMAGE", "NEURON_SIM_IMAGE", "NEURON_SIM_OLD_SDK_IMAGE"}, (
+        proc.stdout
+    )
+    return Images(
+        operator=found["OPERATOR_IMAGE"],
+        runtime=found["RUNTIME_IMAGE"],
+        env=_engine_env(),
+        neuron_sim=found["NEURON_SIM_IMAGE"],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ operator
@@ -99,6 +107,21 @@ def test_operator_image_has_no_torch(images: Images) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "No module named 'torch'" in proc.stderr
+
+
+def test_the_simulated_neuron_sdk_is_only_in_the_simulated_image(images: Images) -> None:
+    """The released runtime image has no (simulated) Neuron SDK; the local-only one says it is simulated."""
+    names = "('torch_neuronx', 'torch_neuron', 'neuron_sdk_sim')"
+    probe = f"import importlib.util as u; print([m for m in {names} if u.find_spec(m)])"
+    released = images.docker("run", "--rm", "--network", "none", "--entrypoint", "python", images.runtime, "-c", probe)
+    assert released.stdout.strip() == "[]"
+    simulated = images.docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "python", images.neuron_sim, "-c", probe
+    )
+    assert simulated.stdout.strip() == "['torch_neuronx', 'torch_neuron', 'neuron_sdk_sim']"
+    labels = images.docker("image", "inspect", "--format", "{{json .Config.Labels}}", images.neuron_sim).stdout
+    assert "SIMULATED Neuron SDK" in labels
+    assert "never released" in labels
 
 
 # ------------------------------------------------------------------------------------------------- runtime
@@ -173,7 +196,7 @@ def test_runtime_torch_imports_on_cpu_after_the_cuda_prune(images: Images) -> No
 
 def test_runtime_compiles_the_tiny_model(compiled: Compiled) -> None:
     directory = compiled.artifacts / str(compiled.message["cacheKey"])
-    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "model-b4.pt"]
+    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "model-b4.pt", "reference-b4.pt"]
     assert compiled.message["maxAbsError"] == 0.0
     assert compiled.message["cached"] is False
 
