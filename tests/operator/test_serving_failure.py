@@ -242,3 +242,13 @@ def test_the_documented_parity_defaults_are_the_runtimes() -> None:
         assert fragment in described, fragment
         value = float(fragment.rsplit(" ", 1)[1])
         assert DEFAULT_TOLERANCES[precision] == (value, value), precision
+
+
+def test_the_runtimes_reason_outlives_the_progress_deadline() -> None:
+    """A pod that keeps failing parity also exceeds the progress deadline: the reason stays ParityFailed."""
+    failure = serving_failure([pod("bert-serve-new", last=terminated(PARITY_MESSAGE))], CONTAINER)
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}
+    obs = serving(observed(replicas=4, ready=3, updated=1, available=3, conditions=[deadline]), serving_failure=failure)
+    p = Passes(ndep(), kind="deployment")
+    p.run(obs)
+    assert cond(p.body, "Stalled") == ("True", "ParityFailed")

@@ -242,10 +242,6 @@ def deployment_status(
             b.set(C.READY, False, "Suspended", "spec.suspend is true: scaled to zero")
             b.set(C.RECONCILING, not rolled_out, "Scaling", f"{replicas} pods left")
             b.set(C.STALLED, False, "Suspended", "")
-        elif deadline is not None:
-            b.set(C.READY, False, "ProgressDeadlineExceeded", deadline.get("message", ""))
-            b.set(C.RECONCILING, False, "ProgressDeadlineExceeded", "")
-            b.set(C.STALLED, True, "ProgressDeadlineExceeded", deadline.get("message", ""))
         elif (failure := obs.serving_failure) is not None and not rolled_out:
             message = f"pod {failure.pod}: {failure.message}"
             if available:
@@ -256,6 +252,10 @@ def deployment_status(
             last = {"reason": failure.reason, "message": message, "exitCode": failure.exit_code}
             last["time"] = failure.finished_at or (prev.get("lastFailure") or {}).get("time") or _now(clock)
             status["lastFailure"] = {k: v for k, v in last.items() if v is not None}
+        elif deadline is not None:  # after the runtime's own reason, which says why it never progressed
+            b.set(C.READY, False, "ProgressDeadlineExceeded", deadline.get("message", ""))
+            b.set(C.RECONCILING, False, "ProgressDeadlineExceeded", "")
+            b.set(C.STALLED, True, "ProgressDeadlineExceeded", deadline.get("message", ""))
         elif rolled_out:
             b.set(C.READY, True, "ReplicasReady", f"{ready}/{want} replicas ready on the current artifact")
             b.set(C.RECONCILING, False, "Reconciled", "")
