@@ -135,10 +135,6 @@ class Worker:
     def capacity(self) -> int:
         return len(self.lanes)
 
-    @property
-    def graphs(self) -> Graphs:
-        return self.lanes[0]
-
     def run(self, job: Job, lane: int | None = None) -> tuple[Any, float]:
         """Run `job` on a free lane (or the given one) on this worker's thread; returns its result and busy time."""
         chosen = self._free.get() if lane is None else lane

@@ -1,4 +1,4 @@
-"""``kube.is_subset``: the comparison that lets ``Kube.apply`` skip a request when nothing we manage changed.
+"""``subset.is_subset``: the comparison that lets ``Kube.apply`` skip a request when nothing we manage changed.
 
 Observed objects carry more than we send (server defaults, status, other managers' fields), so extra map
 keys are fine; lists must match item by item, so a removed, added or reordered item is drift.
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from neuron_operator.kube import is_subset
+from neuron_operator.subset import is_subset
 
 DESIRED = {
     "metadata": {"name": "bert", "labels": {"app": "bert"}},

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from neuron_operator.subset import is_subset
+
 #: Termination reasons of `neuron-runtime serve` that need a change (image, tolerance, spec) to progress.
 SERVING_FAILURE_REASONS: Final = (
     "ParityFailed",
@@ -36,28 +38,14 @@ def _runtime_container(spec: dict[str, Any], container_name: str) -> dict[str, A
     return next((c for c in spec.get("containers") or [] if c.get("name") == container_name), None)
 
 
-def _contains(desired: Any, observed: Any) -> bool:
-    """`observed` carries every value of `desired` (the apiserver adds defaults, e.g. `fieldRef.apiVersion`)."""
-    if isinstance(desired, dict):
-        return isinstance(observed, dict) and all(
-            k in observed and _contains(v, observed[k]) for k, v in desired.items()
-        )
-    if isinstance(desired, list):
-        return (
-            isinstance(observed, list)
-            and len(desired) == len(observed)
-            and all(_contains(d, o) for d, o in zip(desired, observed, strict=True))
-        )
-    return bool(desired == observed)
-
-
 def is_current(pod: dict[str, Any], desired_container: dict[str, Any]) -> bool:
-    """Whether `pod` runs the desired runtime container (same image and environment)."""
+    """Whether `pod` runs the desired runtime container (same image and environment; the apiserver adds defaults
+    such as `fieldRef.apiVersion`, so the environment is compared as `is_subset`, like `Kube.apply` does)."""
     actual = _runtime_container(pod.get("spec") or {}, desired_container["name"])
     return (
         actual is not None
         and actual.get("image") == desired_container.get("image")
-        and _contains(desired_container.get("env") or [], actual.get("env") or [])
+        and is_subset(desired_container.get("env") or [], actual.get("env") or [])
     )
 
 
