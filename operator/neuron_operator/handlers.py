@@ -121,6 +121,17 @@ async def compile_job_event(
         runtime(memo).queue.trigger("NeuronModel", namespace, model)
 
 
+@kopf.on.event("", "v1", "pods", labels={names.MANAGED_BY: names.OPERATOR, names.LABEL_CACHE_KEY: kopf.PRESENT})
+async def compile_pod_event(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, models_by_cache_key: kopf.Index[Any, Any], **_: Any
+) -> None:
+    """A compile pod changed (scheduled, image pulled, OOM-killed): its Job's status may not change at all while
+    the pod cannot start, so the pod itself triggers the NeuronModels of its cache key."""
+    key = labels.get(names.LABEL_CACHE_KEY, "")
+    for model in models_by_cache_key.get((namespace, key), []):
+        runtime(memo).queue.trigger("NeuronModel", namespace, model)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={names.LABEL_DEPLOYMENT: kopf.PRESENT})
 async def runtime_deployment_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     runtime(memo).queue.trigger("NeuronDeployment", namespace, labels[names.LABEL_DEPLOYMENT])

@@ -35,12 +35,28 @@ _KINDS: Final[dict[str, Any]] = {
     "Event": create_namespaced_resource("", "v1", "Event", "events"),
     "PodDisruptionBudget": create_namespaced_resource("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     "Lease": create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases"),
+    "PersistentVolumeClaim": create_namespaced_resource("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     "Node": create_global_resource("", "v1", "Node", "nodes"),
 }
 
 
+_GLOBAL: Final = frozenset({"Node"})
+
+
 def resource(kind: str) -> Any:
     return _KINDS[kind]
+
+
+class Rejected(Exception):
+    """The apiserver refused an object as invalid (400 BadRequest, 422 Invalid): retrying cannot help."""
+
+    def __init__(self, kind: str, name: str, message: str) -> None:
+        super().__init__(f"{kind} {name} rejected by the apiserver: {message}")
+        self.kind, self.name, self.message = kind, name, message
+
+
+class Forbidden(Exception):
+    """RBAC does not allow the request (403)."""
 
 
 class Kube:
@@ -76,10 +92,25 @@ class Kube:
         return None
 
     async def list(
-        self, kind: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        items = self.client.list(resource(kind), namespace=namespace or "*", labels=dict(labels or {}))
-        return [dict(o) async for o in items]
+        """Objects of ``kind`` (``namespace`` None: every namespace), filtered by labels and field selectors."""
+        res = resource(kind)
+        selectors: dict[str, Any] = {"labels": dict(labels or {}), "fields": dict(fields or {})}
+        if kind in _GLOBAL:
+            items = self.client.list(res, **selectors)
+        else:
+            items = self.client.list(res, namespace=namespace or "*", **selectors)
+        try:
+            return [dict(o) async for o in items]
+        except ApiError as exc:
+            if exc.status.code == 403:
+                raise Forbidden(str(exc.status.message)) from exc
+            raise
 
     async def apply(self, manifest: dict[str, Any], observed: dict[str, Any] | None = None) -> dict[str, Any]:
         """Server-side apply ``manifest`` unless ``observed`` already matches it (then no request)."""
@@ -95,13 +126,18 @@ class Kube:
                 first_difference(manifest, observed),
             )
         self._count("apply", manifest["kind"])
-        result = await self.client.apply(
-            resource(manifest["kind"])(manifest),
-            name=meta["name"],
-            namespace=meta.get("namespace"),
-            field_manager=self.field_manager,
-            force=True,  # we are the only rightful owner of these fields
-        )
+        try:
+            result = await self.client.apply(
+                resource(manifest["kind"])(manifest),
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager=self.field_manager,
+                force=True,  # we are the only rightful owner of these fields
+            )
+        except ApiError as exc:
+            if exc.status.code in (400, 422):
+                raise Rejected(manifest["kind"], meta["name"], str(exc.status.message or "")) from exc
+            raise
         return dict(result)
 
     async def create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:

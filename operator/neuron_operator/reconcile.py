@@ -15,26 +15,33 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from neuron_operator.api import NeuronDeployment, NeuronModel
+from neuron_operator.api import NeuronDeployment, NeuronModel, Reason
 from neuron_operator.catalogue import NeuronCoreVersion
-from neuron_operator.conditions import is_true, utc_now
-from neuron_operator.kube import Kube
+from neuron_operator.conditions import get_condition, is_true, utc_now
+from neuron_operator.kube import Forbidden, Kube, Rejected
 from neuron_operator.resources import names
+from neuron_operator.resources.capacity import CUSTOM, IN_PLACE, RolloutPlan, explicit_plan, plan_rollout
 from neuron_operator.resources.compile import (
-    StorageUnsupportedError,
     artifact_location,
     build_compile_job,
+    compile_pod_problem,
     compile_request,
     job_outcome,
+    needs_events,
+    running_pod,
+    source_claim_names,
 )
 from neuron_operator.resources.fit import Fit, Infeasible, architecture_fit, plan_placement
 from neuron_operator.resources.pods import (
     PARITY_LOG_PREFIX,
     TEMPLATE_HASH_LABEL,
     parity_status,
+    pods_waiting_for_mount,
     ready_current_pods,
     serving_failure,
+    serving_pod_problem,
 )
+from neuron_operator.resources.podstate import clip
 from neuron_operator.resources.serving import (
     RUNTIME_CONTAINER,
     ServedArtifact,
@@ -54,6 +61,7 @@ from neuron_operator.resources.status import (
     status_changed,
 )
 from neuron_operator.settings import OperatorSettings
+from neuron_operator.subset import is_subset
 
 log = logging.getLogger(__name__)
 
@@ -115,34 +123,54 @@ async def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
     await _write_status(ctx, body, patch, events)
 
 
+async def _missing_claims(
+    ctx: Context, model: NeuronModel, namespace: str, artifact_claim: str
+) -> tuple[Reason, str] | None:
+    """A compile Job whose claim does not exist would wait forever in Pending: say so before creating it."""
+    if await ctx.kube.get("PersistentVolumeClaim", artifact_claim, namespace) is None:
+        storage = "spec.storage.pvc.claimName" if model.spec.storage else "the operator's artifact claim"
+        return (
+            Reason.ARTIFACT_CLAIM_MISSING,
+            f"PersistentVolumeClaim {artifact_claim} ({storage}) does not exist in namespace {namespace}: create it "
+            "(ReadWriteMany, shared by compile Jobs and serving pods; see README, Artifact storage) or set "
+            "spec.storage.pvc.claimName to an existing claim",
+        )
+    for claim in source_claim_names(model):
+        if await ctx.kube.get("PersistentVolumeClaim", claim, namespace) is None:
+            return (
+                Reason.SOURCE_CLAIM_MISSING,
+                f"PersistentVolumeClaim {claim} named by the source URI (pvc://{claim}/...) does not exist in "
+                f"namespace {namespace}",
+            )
+    return None
+
+
 async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation:
     try:
         model = NeuronModel.model_validate(body)
     except ValidationError as exc:
-        return ModelObservation(fit=Fit(True, "Fits", ""), invalid=("InvalidSpec", _fmt_errors(exc)))
+        return ModelObservation(fit=Fit(True, Reason.FITS, ""), invalid=(Reason.INVALID_SPEC, _fmt_errors(exc)))
     fit = architecture_fit(model.spec.target, model.spec.model_family)
     if not fit.ok:
         return ModelObservation(fit=fit)
     try:
         location = artifact_location(model, ctx.settings)
         key = compile_request(model, ctx.settings).cache_key()
-    except StorageUnsupportedError as exc:
-        return ModelObservation(fit=fit, invalid=("StorageUnsupported", str(exc)))
-    except ValidationError as exc:
-        return ModelObservation(fit=fit, invalid=("InvalidSpec", _fmt_errors(exc)))
+    except ValueError as exc:  # pydantic's ValidationError included: the runtime's request refuses the spec
+        message = _fmt_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        return ModelObservation(fit=fit, invalid=(Reason.INVALID_SPEC, message))
     namespace = body["metadata"]["namespace"]
     uri = f"pvc://{location.claim}/{location.subdir + '/' if location.subdir else ''}{key}"
     status = body.get("status") or {}
     # 1. Already done (the common no-op pass).
     if status.get("cacheKey") == key and status.get("artifact") and is_true(previous_conditions(body), "ArtifactReady"):
-        prev_reason = next(
-            (c["reason"] for c in status.get("conditions", []) if c["type"] == "ArtifactReady"), "Compiled"
-        )
+        prev = get_condition(previous_conditions(body), "ArtifactReady")
+        prev_reason = Reason(prev.reason) if prev is not None else Reason.COMPILED
         return ModelObservation(fit=fit, cache_key=key, artifact=status["artifact"], artifact_reason=prev_reason)
     # 2. Another Ready model in this namespace has the same inputs and storage.
     for other in ctx.artifacts(namespace, key):
         if other.get("uri") == uri:
-            return ModelObservation(fit=fit, cache_key=key, artifact=other, artifact_reason="CacheHit")
+            return ModelObservation(fit=fit, cache_key=key, artifact=other, artifact_reason=Reason.CACHE_HIT)
     # 3. The compile Job for this key (created now, running, or finished earlier: a Git revert lands here).
     job_name = names.compile_job_name(key)
     job = await ctx.kube.get("Job", job_name, namespace)
@@ -154,20 +182,30 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
         )
         if failed_here:  # a failed attempt is retried by a spec edit, not in a loop
             return ModelObservation(fit=fit, cache_key=key, failure=status["lastFailure"])
+        if (missing := await _missing_claims(ctx, model, namespace, location.claim)) is not None:
+            return ModelObservation(fit=fit, cache_key=key, blocked=missing)
         job, created = await ctx.kube.create(build_compile_job(body, ctx.settings))
         if created:
-            await ctx.kube.event(body, "Normal", "Compiling", f"created compile Job {job_name}", ctx.clock())
+            await ctx.kube.event(body, "Normal", Reason.COMPILING, f"created compile Job {job_name}", ctx.clock())
     pods = await ctx.kube.list("Pod", namespace, labels={"job-name": job_name})
     outcome = job_outcome(job, pods)
     if outcome.state == "Running":
+        pod = running_pod(pods)
+        if pod is not None:
+            pod_name = pod["metadata"]["name"]
+            events = (await _pod_events(ctx, namespace, [pod_name])).get(pod_name) if needs_events(pod) else None
+            if (problem := compile_pod_problem(pod, events)) is not None:
+                return ModelObservation(
+                    fit=fit, cache_key=key, compiling=job_name, blocked=(problem.reason, problem.message)
+                )
         return ModelObservation(fit=fit, cache_key=key, compiling=job_name)
     if outcome.state == "Succeeded":
         assert outcome.result is not None
-        reason = "CacheHit" if outcome.result.get("cached") else "Compiled"
+        reason = Reason.CACHE_HIT if outcome.result.get("cached") else Reason.COMPILED
         artifact = _artifact_status(model, outcome.result, uri, outcome.finished_at)
         return ModelObservation(fit=fit, cache_key=key, artifact=artifact, artifact_reason=reason)
     failure = {
-        "reason": outcome.reason or "CompileFailed",
+        "reason": (outcome.reason or Reason.COMPILE_FAILED).value,
         "message": outcome.message or "",
         "exitCode": outcome.exit_code,
         "time": (outcome.finished_at or ctx.clock()).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -204,32 +242,110 @@ async def _observe_parity(
     return found if found is not None else (previous if isinstance(previous, dict) else None)
 
 
+def _model_blocker(name: str, namespace: str, model_body: dict[str, Any] | None) -> tuple[Reason, str, bool] | None:
+    """Why the referenced NeuronModel cannot be served now: missing or failed (Stalled), compiling (not)."""
+    if model_body is None:
+        return Reason.MODEL_NOT_FOUND, f"NeuronModel {name} does not exist in {namespace}", True
+    mstatus = model_body.get("status") or {}
+    conditions = previous_conditions(model_body)
+    current = mstatus.get("observedGeneration") == model_body["metadata"].get("generation")
+    if current and mstatus.get("artifact") and is_true(conditions, "ArtifactReady"):
+        return None
+    stalled = get_condition(conditions, "Stalled")
+    if current and stalled is not None and stalled.status == "True":
+        return Reason.MODEL_FAILED, f"NeuronModel {name} is Stalled ({stalled.reason}): {stalled.message}", True
+    return Reason.MODEL_NOT_READY, f"NeuronModel {name} has no ready artifact for its current spec yet", False
+
+
+async def _rollout_plan(
+    ctx: Context,
+    dep: NeuronDeployment,
+    body: dict[str, Any],
+    desired: dict[str, Any],
+    existing: dict[str, Any] | None,
+    cores: int,
+) -> RolloutPlan | None:
+    """The update budget: explicit, kept from the running Deployment, or chosen from free capacity.
+
+    Capacity is read (nodes and pods, cluster-wide) only when the pod template changes, i.e. when a rollout
+    is about to start: a no-op pass reads nothing. None = keep the running Deployment's budget.
+    """
+    if (explicit := explicit_plan(dep.spec.rollout)) is not None:
+        return explicit
+    prev = (body.get("status") or {}).get("rollout") or {}
+    template_changed = existing is None or not is_subset(
+        desired["spec"]["template"], existing["spec"].get("template") or {}
+    )
+    if not template_changed and prev.get("strategy") not in (None, CUSTOM):
+        return None
+    pod_spec = desired["spec"]["template"]["spec"]
+    if cores == 0:
+        return plan_rollout(0, pod_spec, None, None)
+    try:
+        nodes = await ctx.kube.list("Node")
+        pods = await ctx.kube.list("Pod")
+    except Forbidden as exc:
+        return plan_rollout(cores, pod_spec, None, None, f"no read access to nodes or pods: {exc}")
+    return plan_rollout(cores, pod_spec, nodes, pods)
+
+
+async def _pod_events(ctx: Context, namespace: str, pods: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """kubelet's Events about ``pods`` (empty without the optional `events list` permission)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods:
+        try:
+            found[pod] = await ctx.kube.list("Event", namespace, fields={"involvedObject.name": pod})
+        except Forbidden as exc:
+            log.warning(
+                "cannot read the Events of pod %s/%s (%s): a start failure is reported without them",
+                namespace,
+                pod,
+                exc,
+            )
+            return {}
+    return found
+
+
 async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> DeploymentObservation:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+    prev_status = body.get("status") or {}
     try:
         dep = NeuronDeployment.model_validate(body)
     except ValidationError as exc:
-        return DeploymentObservation(blocked=("InvalidSpec", _fmt_errors(exc), True), selector=selector)
-    existing = await ctx.kube.get("Deployment", name, namespace)
-    base = DeploymentObservation(
-        selector=selector, deployment=existing, desired_replicas=0 if dep.spec.suspend else dep.spec.replicas
-    )
-    model_name = dep.spec.model_ref.name
-    model_body = await ctx.kube.get("NeuronModel", model_name, namespace)
-    if model_body is None:
+        existing = await ctx.kube.get("Deployment", name, namespace)
         return DeploymentObservation(
-            blocked=("ModelNotFound", f"NeuronModel {model_name} does not exist in {namespace}", False)
+            blocked=(Reason.INVALID_SPEC, _fmt_errors(exc), True),
+            selector=selector,
+            deployment=existing,
+            model=prev_status.get("model") if existing else None,
         )
+    existing = await ctx.kube.get("Deployment", name, namespace)
+    model_name = dep.spec.model_ref.name
+    # What serves now, reported while the spec cannot be realised (recompiling, model failed): the running
+    # Deployment's numbers, selector, endpoint and artifact, so `kubectl get`, the scale subresource and an HPA
+    # keep working.
+    base = DeploymentObservation(
+        selector=selector,
+        deployment=existing,
+        desired_replicas=0 if dep.spec.suspend else dep.spec.replicas,
+        suspended=dep.spec.suspend,
+        model=prev_status.get("model") if existing else None,
+        endpoint=endpoint(body, model_name) if existing else None,
+        cores=prev_status.get("coresPerReplica") if existing else None,
+    )
+    model_body = await ctx.kube.get("NeuronModel", model_name, namespace)
+    if (blocker := _model_blocker(model_name, namespace, model_body)) is not None:
+        return replace(base, blocked=blocker)
+    assert model_body is not None
     model = NeuronModel.model_validate(model_body)
     mstatus = model_body.get("status") or {}
-    current = mstatus.get("observedGeneration") == model_body["metadata"].get("generation")
-    art = mstatus.get("artifact")
-    if not (current and art and is_true(previous_conditions(model_body), "ArtifactReady")):
-        why = f"NeuronModel {model_name} has no ready artifact for its current spec"
-        if existing is not None:
-            why += "; the previous artifact keeps serving until the new one is ready"
-        return DeploymentObservation(blocked=("ModelNotReady", why, False))
+    art = mstatus["artifact"]
+    art_condition = get_condition(previous_conditions(model_body), "ArtifactReady")
+    artifact_reason = (
+        Reason.CACHE_HIT if art_condition and art_condition.reason == Reason.CACHE_HIT else Reason.COMPILED
+    )
+    base = replace(base, artifact_reason=artifact_reason)
     max_batch = dep.spec.batching.max_batch_size
     if max_batch > art.get("batchSize", max_batch) and not model.spec.dynamic_batch:
         message = (
@@ -237,7 +353,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
             f"{model_name} was traced with, and the model has no dynamicBatch: lower maxBatchSize or set "
             "dynamicBatch: true on the model"
         )
-        return replace(base, blocked=("InvalidSpec", message, True))
+        return replace(base, blocked=(Reason.INVALID_SPEC, message, True))
     version = NeuronCoreVersion(art["neuronCoreVersion"]) if art.get("neuronCoreVersion") else None
     cores = dep.spec.placement.cores_per_replica
     plan = plan_placement(version, cores, dep.spec.instance_types, dep.spec.scheduler_name, ctx.settings)
@@ -252,23 +368,59 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         claim=location.claim,
         directory=location.artifact_dir(ctx.settings.artifact_mount_path, mstatus["cacheKey"]),
     )
-    desired = build_deployment(body, served, plan, ctx.settings)
-    rolling = (
+    current_budget = ((existing or {}).get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
+    keep = (current_budget.get("maxSurge", 1), current_budget.get("maxUnavailable", 0))
+    desired = build_deployment(body, served, plan, ctx.settings, rollout=keep)
+    rollout = await _rollout_plan(ctx, dep, body, desired, existing, plan.cores)
+    if rollout is not None:
+        desired = build_deployment(
+            body, served, plan, ctx.settings, rollout=(rollout.max_surge, rollout.max_unavailable)
+        )
+    old_key = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY)
+    rolling = existing is not None and old_key != served.cache_key
+    events: list[Event] = []
+    try:
+        applied = await ctx.kube.apply(desired, existing)
+        for manifest in (build_service(body), build_pdb(body)):
+            observed = await ctx.kube.get(manifest["kind"], name, namespace)
+            await ctx.kube.apply(manifest, observed)
+    except Rejected as exc:
+        return replace(base, blocked=(Reason.APPLY_REJECTED, clip(str(exc)), True), cores=plan.cores)
+    template_changed = (
         existing is not None
-        and (existing["metadata"].get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY) != served.cache_key
+        and applied is not existing
+        and not is_subset(desired["spec"]["template"], existing["spec"].get("template") or {})
     )
-    applied = await ctx.kube.apply(desired, existing)
-    for manifest in (build_service(body), build_pdb(body)):
-        observed = await ctx.kube.get(manifest["kind"], name, namespace)
-        await ctx.kube.apply(manifest, observed)
+    if rolling and applied is not existing:
+        old_sha = (
+            (existing or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
+        ).get(names.ANNOTATION_ARTIFACT_SHA, "")
+        events.append(
+            Event(
+                "Normal",
+                Reason.ARTIFACT_CHANGED,
+                f"rolling out artifact {served.sha256[:12]} of NeuronModel {model_name} "
+                f"(cache key {served.cache_key}), replacing {old_sha[:12] or old_key}",
+            )
+        )
+    if template_changed and rollout is not None:
+        kind = "Warning" if rollout.strategy == IN_PLACE else "Normal"
+        events.append(
+            Event(kind, Reason(rollout.strategy) if rollout.strategy != CUSTOM else Reason.ROLLING_OUT, rollout.message)
+        )
     pods = await ctx.kube.list("Pod", namespace, labels=selector_labels(name))
     container = desired["spec"]["template"]["spec"]["containers"][0]
     failure = serving_failure(pods, container)
+    problem = None
+    if failure is None:
+        events_by_pod = await _pod_events(ctx, namespace, pods_waiting_for_mount(pods, container))
+        problem = serving_pod_problem(pods, container, events_by_pod)
     parity = None
     if dep.spec.validation.parity and failure is None:
         parity = await _observe_parity(ctx, namespace, ready_current_pods(pods, container), body)
     return DeploymentObservation(
         serving_failure=failure,
+        pod_problem=problem,
         parity=parity,
         model={"name": model_name, "sha256": served.sha256, "cacheKey": served.cache_key},
         cores=plan.cores,
@@ -278,4 +430,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         endpoint=endpoint(body, model_name),
         selector=selector,
         rolling_to_new_artifact=rolling,
+        artifact_reason=artifact_reason,
+        rollout=rollout,
+        events=tuple(events),
     )

@@ -96,6 +96,7 @@ def run_compile(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from neuron_runtime.config import CompileRequest
+    from neuron_runtime.reasons import CompileFailure
 
     log_path = termination_log_path(args.termination_log)
 
@@ -115,10 +116,14 @@ def run_compile(args: argparse.Namespace) -> int:
         elif COMPILE_REQUEST_ENV in os.environ:
             raw = os.environ[COMPILE_REQUEST_ENV]
         else:
-            return fail(EXIT_BAD_REQUEST, "BadRequest", f"give --request-json, --request or {COMPILE_REQUEST_ENV}")
+            return fail(
+                EXIT_BAD_REQUEST,
+                CompileFailure.BAD_REQUEST.value,
+                f"give --request-json, --request or {COMPILE_REQUEST_ENV}",
+            )
         request = CompileRequest.model_validate_json(raw)
     except (OSError, ValidationError) as exc:
-        return fail(EXIT_BAD_REQUEST, "BadRequest", f"invalid compile request: {exc}")
+        return fail(EXIT_BAD_REQUEST, CompileFailure.BAD_REQUEST.value, f"invalid compile request: {exc}")
 
     from neuron_runtime.compile import TraceError, compile_artifact
     from neuron_runtime.neuron import NeuronPackageMissing, UnsupportedArchitecture
@@ -127,15 +132,15 @@ def run_compile(args: argparse.Namespace) -> int:
     try:
         result = compile_artifact(request, args.output_root, progress)
     except NeuronPackageMissing as exc:
-        return fail(EXIT_NEURON_MISSING, "NeuronMissing", str(exc))
+        return fail(EXIT_NEURON_MISSING, CompileFailure.NEURON_MISSING.value, str(exc))
     except UnsupportedArchitecture as exc:
-        return fail(EXIT_UNSUPPORTED, "UnsupportedArchitecture", str(exc))
+        return fail(EXIT_UNSUPPORTED, CompileFailure.UNSUPPORTED_ARCHITECTURE.value, str(exc))
     except SourceError as exc:
-        return fail(EXIT_SOURCE, "SourceFailed", str(exc))
+        return fail(EXIT_SOURCE, CompileFailure.SOURCE_FAILED.value, str(exc))
     except TraceError as exc:
-        return fail(EXIT_TRACE, "TraceFailed", str(exc))
+        return fail(EXIT_TRACE, CompileFailure.TRACE_FAILED.value, str(exc))
     except Exception as exc:
-        return fail(EXIT_INTERNAL, "InternalError", f"{type(exc).__name__}: {exc}")
+        return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     manifest = result.manifest
     write_termination_message(
         log_path,

@@ -41,6 +41,7 @@ from neuron_runtime.config import ServeSettings
 from neuron_runtime.metrics import Metrics
 from neuron_runtime.model import ServedModel
 from neuron_runtime.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
+from neuron_runtime.reasons import ServeRefusal
 from neuron_runtime.tensors import OIP_DATATYPES
 
 log = logging.getLogger("neuron_runtime.server")
@@ -359,7 +360,7 @@ def serve_main(config: Path | None) -> int:
         settings = load_settings(config)
     except (ValidationError, ValueError, OSError) as exc:
         print(f"invalid serve settings: {exc}", file=sys.stderr)
-        return fail(EXIT_INVALID, "InvalidSettings", f"invalid serve settings: {exc}")
+        return fail(EXIT_INVALID, ServeRefusal.INVALID_SETTINGS.value, f"invalid serve settings: {exc}")
     if settings.termination_log is not None:
         log_path = settings.termination_log
     logging.basicConfig(
@@ -374,15 +375,15 @@ def serve_main(config: Path | None) -> int:
     try:
         return runner(serve(settings))
     except ArtifactError as exc:
-        return fail(EXIT_ARTIFACT, "ArtifactInvalid", str(exc))
+        return fail(EXIT_ARTIFACT, ServeRefusal.ARTIFACT_INVALID.value, str(exc))
     except IncompatibleRuntime as exc:
-        return fail(EXIT_INCOMPATIBLE, "IncompatibleRuntime", str(exc))
+        return fail(EXIT_INCOMPATIBLE, ServeRefusal.INCOMPATIBLE_RUNTIME.value, str(exc))
     except ParityFailed as exc:
         r = exc.report
         numbers = {"maxAbsError": _finite(r.max_abs_error), "atol": r.atol, "rtol": r.rtol}
-        return fail(EXIT_PARITY, "ParityFailed", str(exc), **numbers)
+        return fail(EXIT_PARITY, ServeRefusal.PARITY_FAILED.value, str(exc), **numbers)
     except (PlacementError, ConfigurationError) as exc:
-        return fail(EXIT_INVALID, "InvalidPlacement", str(exc))
+        return fail(EXIT_INVALID, ServeRefusal.INVALID_PLACEMENT.value, str(exc))
 
 
 def _finite(value: float) -> float | str:

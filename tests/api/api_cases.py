@@ -96,7 +96,7 @@ def _d(id: str, field: str, *edits: tuple[str, Any]) -> Invalid:
     return Invalid(id, obj, field)
 
 
-_TS = {"uri": "s3://bucket/model.pt"}
+_TS = {"uri": "https://models.example.com/model.pt"}
 
 INVALID: tuple[Invalid, ...] = (
     # NeuronModel.spec.source
@@ -187,6 +187,18 @@ INVALID: tuple[Invalid, ...] = (
     ),
     # storage, metadata, unknown fields
     _m("storage-both", "spec.storage", ("spec.storage", {"uri": "s3://b/p", "pvc": {"claimName": "c"}})),
+    # Not implemented yet: refused at admission, naming the field and the supported schemes.
+    _m("storage-uri-unsupported", "spec.storage.uri", ("spec.storage", {"uri": "s3://bucket/artifacts"})),
+    _m(
+        "torchscript-uri-s3-unsupported",
+        "spec.source.torchscript.uri",
+        ("spec.source", {"torchscript": {"uri": "s3://bucket/model.pt"}}),
+    ),
+    _m(
+        "weights-uri-hf-unsupported",
+        "spec.source.python.weightsUri",
+        ("spec.source", {"python": {"factory": "neuron_runtime.zoo:tiny_mlp", "weightsUri": "hf://org/model"}}),
+    ),
     _m(
         "storage-path-escape",
         "spec.storage.pvc.path",
@@ -289,7 +301,7 @@ def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
         "target": draw(st.sampled_from(["inf2", "cpu", "trn1", "inf1"])),
     }
     if draw(st.booleans()):
-        spec["source"] = {"torchscript": {"uri": "s3://bucket/m.pt"}}
+        spec["source"] = {"torchscript": {"uri": "https://models.example.com/m.pt"}}
     else:
         spec["source"] = {"python": {"factory": "neuron_runtime.zoo:tiny_mlp", "args": {"hidden": 8}}}
     if not valid_only and draw(st.integers(0, 9)) == 0:

@@ -162,7 +162,7 @@ def test_defaults_appear_after_create(crds: Cluster, ns: str) -> None:
         "NeuronModel",
         "defaults",
         {
-            "source": {"torchscript": {"uri": "s3://bucket/m.pt"}},
+            "source": {"torchscript": {"uri": "https://models.example.com/m.pt"}},
             "inputs": [{"name": "x", "shape": [1, 4]}],
             "target": "cpu",
         },
@@ -240,7 +240,7 @@ def full_model(name: str) -> NeuronModel:
                 python=PythonSource(
                     factory="neuron_runtime.zoo:bert_like",
                     args={"vocab": 1000, "d_model": 64, "nested": {"list": [1, "two", True]}},
-                    weights_uri="s3://bucket/weights.pt",
+                    weights_uri="https://models.example.com/weights.pt",
                     weights_sha256="b" * 64,
                 )
             ),

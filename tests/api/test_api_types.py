@@ -107,8 +107,8 @@ def test_defaults() -> None:
     assert dep.spec.batching.max_batch_size == 8
     assert dep.spec.batching.max_queue == 256
     assert dep.spec.server.port == 8080
-    assert dep.spec.rollout.max_surge == 0
-    assert dep.spec.rollout.max_unavailable == 1
+    assert dep.spec.rollout.max_surge is None  # capacity-aware (resources.capacity)
+    assert dep.spec.rollout.max_unavailable is None
     assert dep.spec.suspend is False
 
 

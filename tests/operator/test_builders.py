@@ -24,6 +24,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from pydantic import ValidationError
 import yaml
 
 from neuron_operator.api import NeuronModel
@@ -33,7 +34,6 @@ from neuron_operator.resources import names
 from neuron_operator.resources.compile import (
     COMPILE_CONTAINER,
     COMPILE_REQUEST_ENV,
-    StorageUnsupportedError,
     artifact_location,
     build_compile_job,
     compile_request,
@@ -504,7 +504,7 @@ def test_compile_image_per_target(model: Manifest, image: str) -> None:
 
 def test_object_store_storage_is_refused_naming_the_field() -> None:
     model = with_spec(CPU_CNN, storage={"uri": "s3://bucket/artifacts"})
-    with pytest.raises(StorageUnsupportedError, match=r"spec\.storage\.uri"):
+    with pytest.raises(ValidationError, match=r"spec\.storage\.uri: object storage .* not implemented"):
         build_compile_job(model, SETTINGS)
 
 

@@ -126,10 +126,14 @@ def test_reason_vocabulary_is_one_list_runtime_operator_and_crd() -> None:
     import inspect
 
     from neuron_runtime import server
+    from neuron_runtime.reasons import ServeRefusal
 
-    written = set(re.findall(r'fail\(EXIT_\w+, "(\w+)"', inspect.getsource(server.serve_main)))
-    assert written == set(SERVING_FAILURE_REASONS)
-    listed = DEPLOYMENT_CONDITIONS_DOC.split("Stalled (", 1)[1].split(")", 1)[0]
+    written = {
+        ServeRefusal[m].value
+        for m in re.findall(r"fail\(EXIT_\w+, ServeRefusal\.(\w+)\.value", inspect.getsource(server.serve_main))
+    }
+    assert written == set(SERVING_FAILURE_REASONS) == {r.value for r in ServeRefusal}
+    listed = DEPLOYMENT_CONDITIONS_DOC.split("Stalled reasons (Stalled=True): ", 1)[1]
     assert all(reason in listed for reason in SERVING_FAILURE_REASONS)
 
 

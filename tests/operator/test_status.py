@@ -332,7 +332,11 @@ MODEL_OBSERVATIONS = [
     ModelObservation(fit=FITS, cache_key=KEY, artifact=ARTIFACT, artifact_reason="CacheHit"),
     ModelObservation(fit=POOR, cache_key=KEY, compiling="compile-x"),
     ModelObservation(fit=UNSUPPORTED),
-    ModelObservation(fit=FITS, invalid=("StorageUnsupported", "spec.storage.uri: not implemented")),
+    ModelObservation(fit=FITS, invalid=("InvalidSpec", "spec.storage.uri: not implemented")),
+    ModelObservation(fit=FITS, cache_key=KEY, blocked=("ArtifactClaimMissing", "PersistentVolumeClaim x is missing")),
+    ModelObservation(
+        fit=FITS, cache_key=KEY, compiling="compile-x", blocked=("Unschedulable", "0/2 nodes: Insufficient cpu")
+    ),
 ]
 
 
@@ -358,11 +362,15 @@ def test_any_sequence_of_passes_is_idempotent_and_moves_times_only_on_flips(
         for type_, (status, time) in before.items():
             moved = after[type_]["lastTransitionTime"] != time
             assert moved == (after[type_]["status"] != status), type_
-        # Every Event reports a condition that flipped in this pass (or a new ArchitectureFit verdict).
+        # Every Event reports a condition that flipped in this pass, a new Stalled reason (another problem while
+        # stalled), a new ArchitectureFit verdict, or an artifact change.
         flipped = {t: c for t, c in after.items() if before.get(t, (None, None))[0] != c["status"]}
         for event in events:
-            assert any(c["reason"] == event.reason for c in flipped.values()) or (
-                after["ArchitectureFit"]["reason"] == event.reason
+            assert (
+                any(c["reason"] == event.reason for c in flipped.values())
+                or after["ArchitectureFit"]["reason"] == event.reason
+                or (after["Stalled"]["status"] == "True" and after["Stalled"]["reason"] == event.reason)
+                or event.reason == "ArtifactChanged"
             ), (event, flipped)
         p.assert_noop(MODEL_OBSERVATIONS[index])
 
@@ -380,7 +388,15 @@ def ndep(generation: int = 1) -> Body:
 
 
 def observed(
-    *, replicas: int, ready: int, updated: int, available: int, gen: int = 2, observed_gen: int = 2, **extra: Any
+    *,
+    replicas: int,
+    ready: int,
+    updated: int,
+    available: int,
+    gen: int = 2,
+    observed_gen: int = 2,
+    max_unavailable: int | str = 1,
+    **extra: Any,
 ) -> dict[str, Any]:
     status: dict[str, Any] = {
         "observedGeneration": observed_gen,
@@ -390,7 +406,8 @@ def observed(
         "availableReplicas": available,
         **extra,
     }
-    return {"metadata": {"name": "bert-serve", "generation": gen}, "status": status}
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": max_unavailable}}
+    return {"metadata": {"name": "bert-serve", "generation": gen}, "spec": {"strategy": strategy}, "status": status}
 
 
 SERVED = {"name": "bert", "sha256": SHA, "cacheKey": KEY}
@@ -463,7 +480,7 @@ def test_updated_below_desired_is_rolling_out() -> None:
     p = Passes(ndep(), kind="deployment")
     events = p.run(ROLLING)
     assert cond(p.body, "Reconciling") == ("True", "RollingOut")
-    assert cond(p.body, "Ready") == ("False", "ReplicasUnavailable")
+    assert cond(p.body, "Ready") == ("False", "RollingOut")
     assert cond(p.body, "Stalled") == ("False", "RollingOut")
     # maxUnavailable 1 of 3: two available replicas keep the deployment Available.
     assert cond(p.body, "Available") == ("True", "ReplicasReady")
@@ -508,7 +525,8 @@ def test_suspend_is_not_ready_with_reason_suspended() -> None:
     events = p.run(SUSPENDED)
     assert cond(p.body, "Ready") == ("False", "Suspended")
     assert cond(p.body, "Stalled") == ("False", "Suspended")
-    assert cond(p.body, "Reconciling") == ("False", "Scaling")  # already at zero
+    assert cond(p.body, "Reconciling") == ("False", "Suspended")  # already at zero
+    assert cond(p.body, "Available") == ("False", "Suspended")
     assert p.body["status"]["readySummary"] == "0/0"
     assert events == []  # Ready going False is not an Event-worthy flip; nothing is stalled
     p.assert_noop(SUSPENDED)

@@ -16,7 +16,6 @@ from neuron_operator.api.common import (
     ConditionType,
     Failure,
     ObjectMeta,
-    Reason,
     ResourceList,
     ResourceRequirements,
     Toleration,
@@ -57,6 +56,7 @@ from neuron_operator.api.model import (
     model_phase,
     parse_model,
 )
+from neuron_operator.api.reasons import Reason
 from neuron_operator.catalogue import NeuronCoreVersion, Target
 
 __all__ = [

@@ -36,8 +36,26 @@ DNS1123_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: Hex SHA-256 digest (64 lowercase hex characters, no ``sha256:`` prefix).
 SHA256_PATTERN: Final = r"^[a-f0-9]{64}$"
-#: Where models and artifacts may live: object stores, HTTP(S), Hugging Face, OCI registries, local paths.
-URI_PATTERN: Final = r"^(s3|gs|https?|hf|oci|file|pvc)://[^\s]+$"
+#: The shape of a URI (scheme://rest); which schemes are supported is a separate rule with its own message.
+URI_PATTERN: Final = r"^[a-z][a-z0-9+.-]*://[^\s]+$"
+#: The schemes the compile Job can fetch a model or weights from (``neuron_runtime.sources`` + pvc mounts).
+SOURCE_SCHEMES: Final = ("file", "http", "https", "pvc")
+SOURCE_SCHEME_CEL: Final = "^(" + "|".join(SOURCE_SCHEMES) + ")://"
+
+
+def source_scheme_message(field: str) -> str:
+    """The admission message for a source URI whose scheme is not implemented."""
+    return (
+        f"{field}: supported schemes are file://, http://, https:// and pvc://<claim>/<path> "
+        "(s3://, gs://, hf:// and oci:// sources are not implemented yet)"
+    )
+
+
+def check_source_scheme(uri: str | None, field: str) -> None:
+    if uri is not None and uri.split("://", 1)[0] not in SOURCE_SCHEMES:
+        raise ValueError(source_scheme_message(field))
+
+
 #: Container image reference (loose: registry/repo[:tag][@digest]); the kubelet does the strict check.
 IMAGE_PATTERN: Final = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$"
 
@@ -148,44 +166,6 @@ class ConditionType(StrEnum):
     AVAILABLE = "Available"
 
 
-class Reason(StrEnum):
-    """Machine-readable ``reason`` values (CamelCase) the operator writes into conditions and failures."""
-
-    # shared
-    RECONCILED = "Reconciled"
-    INVALID_SPEC = "InvalidSpec"
-    SUSPENDED = "Suspended"
-    # NeuronModel
-    PENDING = "Pending"
-    CACHE_HIT = "CacheHit"
-    COMPILING = "Compiling"
-    COMPILED = "Compiled"
-    COMPILE_FAILED = "CompileFailed"
-    COMPILE_TIMEOUT = "CompileTimeout"
-    SOURCE_UNAVAILABLE = "SourceUnavailable"
-    CHECKSUM_MISMATCH = "ChecksumMismatch"
-    FITS = "Fits"
-    POOR_FIT = "PoorFit"
-    UNSUPPORTED_ARCHITECTURE = "UnsupportedArchitecture"
-    # NeuronDeployment
-    MODEL_NOT_FOUND = "ModelNotFound"
-    MODEL_NOT_READY = "ModelNotReady"
-    INCOMPATIBLE_ARTIFACT = "IncompatibleArtifact"
-    INSUFFICIENT_NEURON_CORES = "InsufficientNeuronCores"
-    #: The Neuron scheduler extension refuses the replica's size on every allowed instance type large
-    #: enough (trn1.32xlarge/trn1n.32xlarge take only 1, 4, 8 or 16 devices per pod).
-    UNSUPPORTED_TOPOLOGY = "UnsupportedTopology"
-    UNKNOWN_INSTANCE_TYPE = "UnknownInstanceType"
-    STORAGE_UNSUPPORTED = "StorageUnsupported"
-    NO_RESULT = "NoResult"
-    ROLLING_OUT = "RollingOut"
-    SCALING = "Scaling"
-    REPLICAS_READY = "ReplicasReady"
-    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
-    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
-    CORE_ALLOCATION_FAILED = "CoreAllocationFailed"
-
-
 #: Kubernetes condition reason pattern (metav1.Condition).
 REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 #: Kubernetes condition type pattern (metav1.Condition), without the optional DNS prefix length check.
@@ -242,12 +222,12 @@ class Failure(CamelModel):
     reason: Str = Field(
         max_length=1024,
         pattern=REASON_PATTERN,
-        description="CamelCase reason, e.g. CompileFailed, CompileTimeout, CoreAllocationFailed.",
+        description="CamelCase reason: the Stalled reason it came from (see status.conditions).",
     )
     message: Str = Field(
         default="",
         max_length=32768,
-        description="Human-readable details (for compile failures, the tail of the compiler log).",
+        description="Human-readable details, the head of the failing component's own message.",
     )
     exit_code: Int | None = Field(
         default=None,

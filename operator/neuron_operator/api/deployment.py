@@ -38,6 +38,7 @@ from neuron_operator.api.common import (
     cel,
     validations,
 )
+from neuron_operator.api.reasons import DEPLOYMENT_STALLED, DEPLOYMENT_VOCABULARY, conditions_doc
 from neuron_operator.catalogue import INSTANCE_TYPES
 
 KIND: Final = "NeuronDeployment"
@@ -229,28 +230,43 @@ _ZERO_UNAVAILABLE = "(type(self.maxUnavailable) == int ? self.maxUnavailable == 
 
 
 class Rollout(CamelModel):
-    """Rolling-update budget. The default replaces pods in place, so an update needs no spare NeuronCores."""
+    """Rolling-update budget. Unset (the default): capacity-aware, chosen by the operator at each update.
+
+    Default: surge by one replica (maxSurge 1, maxUnavailable 0: no request is lost) when some node a replica
+    may run on has its NeuronCores free (cpu replicas always surge); otherwise replace pods in place
+    (maxSurge 0, maxUnavailable 1: capacity drops by one replica during the update). status.rollout says
+    which was chosen and why, and an Event (Surge or InPlace) is recorded. Setting either field uses the two
+    as given (the unset one is 0).
+    """
 
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                f"!({_ZERO_SURGE} && {_ZERO_UNAVAILABLE})",
+                f"!(has(self.maxSurge) && {_ZERO_SURGE} && (!has(self.maxUnavailable) || {_ZERO_UNAVAILABLE}))"
+                f" && !(has(self.maxUnavailable) && {_ZERO_UNAVAILABLE} && !has(self.maxSurge))",
                 "spec.rollout: maxSurge and maxUnavailable must not both be zero",
             )
         )
     )
 
-    max_surge: IntOrPercent = Field(
-        default=0,
-        description="Extra replicas (count or percentage) during an update; each needs free NeuronCores.",
+    max_surge: IntOrPercent | None = Field(
+        default=None,
+        description="Extra replicas (count or percentage) during an update; each needs free NeuronCores. "
+        "Unset with maxUnavailable unset: capacity-aware (see spec.rollout).",
     )
-    max_unavailable: IntOrPercent = Field(
-        default=1, description="Replicas (count or percentage) that may be down during an update."
+    max_unavailable: IntOrPercent | None = Field(
+        default=None,
+        description="Replicas (count or percentage) that may be down during an update. "
+        "Unset with maxSurge unset: capacity-aware (see spec.rollout).",
     )
 
     @model_validator(mode="after")
     def _progress(self) -> Rollout:
-        if _is_zero(self.max_surge) and _is_zero(self.max_unavailable):
+        if self.max_surge is None and self.max_unavailable is None:
+            return self
+        surge = 0 if self.max_surge is None else self.max_surge
+        unavailable = 0 if self.max_unavailable is None else self.max_unavailable
+        if _is_zero(surge) and _is_zero(unavailable):
             raise ValueError("spec.rollout: maxSurge and maxUnavailable must not both be zero")
         return self
 
@@ -419,23 +435,18 @@ class ParityStatus(CamelModel):
     model_copies: Int = Field(ge=0, description="Model copies checked (one per worker lane, i.e. per core).")
 
 
-DEPLOYMENT_CONDITIONS_DOC: Final = (
-    "Current state, one entry per type (Kubernetes conditions). Types: "
-    "Ready (True when readyReplicas == spec.replicas on the current artifact; reasons ReplicasReady, "
-    "ModelNotReady, ReplicasUnavailable, Suspended, or the Stalled reason); "
-    "Reconciling (True during a rollout or scale; reasons RollingOut, Scaling); "
-    "Stalled (True when progress needs a change; reasons InvalidSpec, ModelNotFound, "
-    "IncompatibleArtifact, InsufficientNeuronCores, UnsupportedTopology, ProgressDeadlineExceeded, "
-    "CoreAllocationFailed, and the serving runtime's refusals ParityFailed, IncompatibleRuntime, "
-    "ArtifactInvalid, InvalidPlacement, InvalidSettings); "
-    "ArtifactReady (the referenced NeuronModel has an artifact; reasons Compiled, CacheHit, ModelNotFound, "
-    "ModelNotReady); "
-    "ArchitectureFit (placement and batching suit the artifact; reasons Fits, PoorFit, InvalidSpec); "
-    "Schedulable (some allowed instance type holds one replica; reasons Fits, IncompatibleArtifact, "
-    "InsufficientNeuronCores, UnsupportedTopology); "
-    "Available (at least replicas - maxUnavailable replicas ready; reasons ReplicasReady, "
-    "ReplicasUnavailable)."
-)
+DEPLOYMENT_CONDITIONS_DOC: Final = conditions_doc(DEPLOYMENT_VOCABULARY, DEPLOYMENT_STALLED)
+
+
+class RolloutStatus(CamelModel):
+    """The rolling-update budget the operator chose for the latest update, and why."""
+
+    strategy: Literal["Surge", "InPlace", "Custom"] = Field(
+        description="Surge (one extra replica, none down), InPlace (one down, none extra) or Custom (spec.rollout)."
+    )
+    max_surge: IntOrPercent = Field(description="maxSurge of the runtime Deployment.")
+    max_unavailable: IntOrPercent = Field(description="maxUnavailable of the runtime Deployment.")
+    message: Str = Field(default="", max_length=1024, description="Why: the free NeuronCores found, or spec.rollout.")
 
 
 class NeuronDeploymentStatus(CamelModel):
@@ -472,6 +483,7 @@ class NeuronDeploymentStatus(CamelModel):
     parity: ParityStatus | None = Field(
         default=None, description="The parity gate as measured by a serving pod of the current pod template."
     )
+    rollout: RolloutStatus | None = Field(default=None, description="The update budget in use and why.")
 
 
 class NeuronDeployment(CamelModel):

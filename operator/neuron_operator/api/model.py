@@ -38,6 +38,7 @@ from neuron_operator.api.common import (
     DNS1123_SUBDOMAIN,
     IMAGE_PATTERN,
     SHA256_PATTERN,
+    SOURCE_SCHEME_CEL,
     TOLERATIONS_FIELD_DOC,
     URI_PATTERN,
     Bool,
@@ -55,8 +56,11 @@ from neuron_operator.api.common import (
     StringMap,
     Toleration,
     cel,
+    check_source_scheme,
+    source_scheme_message,
     validations,
 )
+from neuron_operator.api.reasons import MODEL_STALLED, MODEL_VOCABULARY, conditions_doc
 from neuron_operator.catalogue import NeuronCoreVersion, Target
 
 KIND: Final = "NeuronModel"
@@ -144,20 +148,36 @@ class ModelPhase(StrEnum):
 class TorchScriptSource(CamelModel):
     """A model already saved with ``torch.jit.save`` (scripted or traced on CPU)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                f"self.uri.matches('{SOURCE_SCHEME_CEL}')",
+                source_scheme_message("spec.source.torchscript.uri"),
+                fieldPath=".uri",
+            )
+        )
+    )
+
     uri: Str = Field(
         max_length=2048,
         pattern=URI_PATTERN,
         description=(
-            "Where the TorchScript file is: s3://, gs://, https://, hf://, oci://, file:// or pvc://<claim>/<path>."
+            "Where the TorchScript file is: https://, http://, file:// (inside the compile image) or "
+            "pvc://<claim>/<path> (a PersistentVolumeClaim in the model's namespace, mounted read-only)."
         ),
     )
     sha256: Str | None = Field(
         default=None,
         pattern=SHA256_PATTERN,
         description=(
-            "Expected SHA-256 of the file (64 hex characters); the compile fails with ChecksumMismatch otherwise."
+            "Expected SHA-256 of the file (64 hex characters); the compile fails with SourceFailed otherwise."
         ),
     )
+
+    @model_validator(mode="after")
+    def _scheme(self) -> TorchScriptSource:
+        check_source_scheme(self.uri, "spec.source.torchscript.uri")
+        return self
 
 
 class PythonSource(CamelModel):
@@ -169,7 +189,12 @@ class PythonSource(CamelModel):
                 "!has(self.weightsSha256) || has(self.weightsUri)",
                 "spec.source.python.weightsSha256 requires spec.source.python.weightsUri",
                 fieldPath=".weightsSha256",
-            )
+            ),
+            cel(
+                f"!has(self.weightsUri) || self.weightsUri.matches('{SOURCE_SCHEME_CEL}')",
+                source_scheme_message("spec.source.python.weightsUri"),
+                fieldPath=".weightsUri",
+            ),
         )
     )
 
@@ -205,6 +230,7 @@ class PythonSource(CamelModel):
     def _weights_digest_needs_uri(self) -> PythonSource:
         if self.weights_sha256 is not None and self.weights_uri is None:
             raise ValueError("spec.source.python.weightsSha256 requires spec.source.python.weightsUri")
+        check_source_scheme(self.weights_uri, "spec.source.python.weightsUri")
         return self
 
 
@@ -406,6 +432,12 @@ class PvcStorage(CamelModel):
     )
 
 
+STORAGE_URI_MESSAGE: Final = (
+    "spec.storage.uri: object storage for artifacts is not implemented yet; use spec.storage.pvc "
+    "(a ReadWriteMany PersistentVolumeClaim)"
+)
+
+
 class StorageSpec(CamelModel):
     """Where compiled artifacts are stored, as <location>/<cacheKey>/: exactly one of pvc or uri."""
 
@@ -414,7 +446,8 @@ class StorageSpec(CamelModel):
             cel(
                 "has(self.pvc) != has(self.uri)",
                 "spec.storage: set exactly one of spec.storage.pvc or spec.storage.uri",
-            )
+            ),
+            cel("!has(self.uri)", STORAGE_URI_MESSAGE, fieldPath=".uri"),
         )
     )
 
@@ -423,13 +456,15 @@ class StorageSpec(CamelModel):
         default=None,
         max_length=2048,
         pattern=URI_PATTERN,
-        description="An object-store or registry prefix, e.g. s3://bucket/neuron-artifacts.",
+        description="Reserved for object storage (e.g. s3://bucket/prefix); not implemented yet, so rejected.",
     )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageSpec:
         if (self.pvc is None) == (self.uri is None):
             raise ValueError("spec.storage: set exactly one of spec.storage.pvc or spec.storage.uri")
+        if self.uri is not None:
+            raise ValueError(STORAGE_URI_MESSAGE)
         return self
 
 
@@ -595,17 +630,7 @@ class ArtifactStatus(CamelModel):
     compile_seconds: Float | None = Field(default=None, ge=0, description="Wall-clock compile time in seconds.")
 
 
-MODEL_CONDITIONS_DOC: Final = (
-    "Current state, one entry per type (Kubernetes conditions). Types: "
-    "Ready (True once an artifact matching the spec is available; reasons Compiled, CacheHit, Compiling, "
-    "CompileFailed, InvalidSpec); "
-    "Reconciling (True while a compile Job for the latest generation runs; reasons Pending, Compiling); "
-    "Stalled (True when progress needs a spec change; reasons InvalidSpec, CompileFailed, CompileTimeout, "
-    "SourceUnavailable, ChecksumMismatch, UnsupportedArchitecture); "
-    "ArtifactReady (reasons CacheHit, Compiled, Compiling, CompileFailed); "
-    "ArchitectureFit (modelFamily and target suit NeuronCores; reasons Fits, PoorFit, "
-    "UnsupportedArchitecture)."
-)
+MODEL_CONDITIONS_DOC: Final = conditions_doc(MODEL_VOCABULARY, MODEL_STALLED)
 
 
 class NeuronModelStatus(CamelModel):

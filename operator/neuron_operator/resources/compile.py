@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from neuron_operator.api import NeuronModel
+from neuron_operator.api import NeuronModel, Reason
+from neuron_operator.api.reasons import COMPILE_FAILURES
 from neuron_operator.resources import names
+from neuron_operator.resources.podstate import PodProblem, clip, pod_problem, waits_for_mount
 from neuron_operator.settings import OperatorSettings
 from neuron_runtime.config import (
     Buckets as RuntimeBuckets,
@@ -118,7 +120,7 @@ def compile_request(model: NeuronModel, settings: OperatorSettings) -> CompileRe
     )
 
 
-def _source_claim_names(model: NeuronModel) -> list[str]:
+def source_claim_names(model: NeuronModel) -> list[str]:
     uris = []
     if model.spec.source.torchscript is not None:
         uris.append(model.spec.source.torchscript.uri)
@@ -154,7 +156,7 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
         {"name": "artifacts", "mountPath": settings.artifact_mount_path},
         {"name": "scratch", "mountPath": SCRATCH_MOUNT},
     ]
-    for i, claim in enumerate(_source_claim_names(model)):
+    for i, claim in enumerate(source_claim_names(model)):
         volumes.append({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True})
     node_selector = dict(compiler.node_selector or settings.compile_node_selector)
@@ -247,10 +249,19 @@ class CompileOutcome:
 
     state: str  # "Running" | "Succeeded" | "Failed"
     result: dict[str, Any] | None = None  # the runtime's termination message, parsed
-    reason: str | None = None
+    reason: Reason | None = None
     message: str | None = None
     exit_code: int | None = None
     finished_at: datetime | None = None
+
+
+def runtime_reason(value: object) -> Reason:
+    """The runtime's termination-message reason as a vocabulary member (an unknown one reads CompileFailed)."""
+    try:
+        reason = Reason(str(value))
+    except ValueError:
+        return Reason.COMPILE_FAILED
+    return reason if reason in COMPILE_FAILURES else Reason.COMPILE_FAILED
 
 
 def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -295,7 +306,7 @@ def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> CompileOutco
         if parsed is None or parsed.get("status") != "Succeeded":
             return CompileOutcome(
                 "Failed",
-                reason="NoResult",
+                reason=Reason.NO_RESULT,
                 message="the compile Job succeeded but left no result in its termination message",
                 exit_code=last.get("exitCode") if last else None,
                 finished_at=_time(complete.get("lastTransitionTime")),
@@ -305,17 +316,41 @@ def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> CompileOutco
     if failed is not None:
         job_reason = failed.get("reason") or "Failed"
         if job_reason == "DeadlineExceeded":
-            reason, message = "CompileTimeout", failed.get("message") or "compile exceeded its timeout"
+            reason, message = Reason.COMPILE_TIMEOUT, failed.get("message") or "compile exceeded its timeout"
         elif parsed is not None:
-            reason, message = str(parsed.get("reason") or "CompileFailed"), str(parsed.get("message") or "")
+            reason, message = runtime_reason(parsed.get("reason")), str(parsed.get("message") or "")
+            if reason is Reason.COMPILE_FAILED and parsed.get("reason") not in (None, "CompileFailed"):
+                message = f"{parsed.get('reason')}: {message}"
+        elif last is not None and last.get("reason") == "OOMKilled":
+            reason = Reason.OOM_KILLED
+            message = (
+                "the compile container was killed for exceeding its memory limit (OOMKilled): raise the compile memory"
+            )
         else:
-            reason = "CompileFailed"
+            reason = Reason.COMPILE_FAILED
             message = (last.get("message") if last else None) or failed.get("message") or job_reason
         return CompileOutcome(
             "Failed",
             reason=reason,
-            message=message.strip()[-1024:],
+            message=clip(message),
             exit_code=last.get("exitCode") if last else None,
             finished_at=_time(failed.get("lastTransitionTime")),
         )
     return CompileOutcome("Running")
+
+
+def running_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The compile Job's newest pod that has not finished (by creation time, then name)."""
+    live = [p for p in pods if _terminated(p) is None and not p.get("metadata", {}).get("deletionTimestamp")]
+    if not live:
+        return None
+    return max(live, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+
+
+def needs_events(pod: dict[str, Any]) -> bool:
+    return waits_for_mount(pod, COMPILE_CONTAINER)
+
+
+def compile_pod_problem(pod: dict[str, Any], events: list[dict[str, Any]] | None = None) -> PodProblem | None:
+    """Why the running compile pod cannot start (unschedulable, image, config, mount), or None."""
+    return pod_problem(pod, COMPILE_CONTAINER, events)

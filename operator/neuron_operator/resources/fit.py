@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neuron_operator.api import ModelFamily, NeuronCoreVersion, Target
+from neuron_operator.api import ModelFamily, NeuronCoreVersion, Reason, Target
 from neuron_operator.catalogue import (
     INSTANCE_TYPES,
     InstanceType,
@@ -29,12 +29,12 @@ class Fit:
     """The ArchitectureFit verdict: ``ok`` False blocks compilation; a warning alone does not."""
 
     ok: bool
-    reason: str  # Fits | PoorFit | UnsupportedArchitecture
+    reason: Reason  # Fits | PoorFit | UnsupportedArchitecture
     message: str
 
     @property
     def warning(self) -> bool:
-        return self.reason != "Fits"
+        return self.reason != Reason.FITS
 
 
 def architecture_fit(target: Target, family: ModelFamily) -> Fit:
@@ -42,17 +42,17 @@ def architecture_fit(target: Target, family: ModelFamily) -> Fit:
         if family in (ModelFamily.DECODER, ModelFamily.SEQ2SEQ):
             return Fit(
                 False,
-                "UnsupportedArchitecture",
+                Reason.UNSUPPORTED_ARCHITECTURE,
                 f"{family.value} models are not supported on inf1 (NeuronCore-v1); use target inf2 or trn1",
             )
         if family is ModelFamily.RCNN:
             return Fit(
                 True,
-                "PoorFit",
+                Reason.POOR_FIT,
                 "R-CNN models compile for inf1 with limitations (parts of the graph fall back to CPU); "
                 "inf2 or trn1 is a better fit",
             )
-    return Fit(True, "Fits", f"{family.value} models are supported on {target.value}")
+    return Fit(True, Reason.FITS, f"{family.value} models are supported on {target.value}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class PlacementPlan:
 class Infeasible:
     """Why no pod can ever be placed; the deployment is Stalled with this reason."""
 
-    reason: str  # IncompatibleArtifact | InsufficientNeuronCores | UnsupportedTopology | UnknownInstanceType
+    reason: Reason  # IncompatibleArtifact | InsufficientNeuronCores | UnsupportedTopology | UnknownInstanceType
     message: str
 
 
@@ -85,13 +85,13 @@ def plan_placement(
         return PlacementPlan(0, (), scheduler_override)
     unknown = sorted(set(allowed or ()) - set(INSTANCE_TYPES))
     if unknown:
-        return Infeasible("UnknownInstanceType", f"spec.instanceTypes: unknown instance types {unknown}")
+        return Infeasible(Reason.UNKNOWN_INSTANCE_TYPE, f"spec.instanceTypes: unknown instance types {unknown}")
     compatible = compatible_instance_types(core_version)
     if allowed is not None:
         compatible = [t for t in compatible if t.name in allowed]
         if not compatible:
             return Infeasible(
-                "IncompatibleArtifact",
+                Reason.INCOMPATIBLE_ARTIFACT,
                 f"the artifact is for NeuronCore-{core_version.value}; none of spec.instanceTypes "
                 f"{sorted(allowed)} has NeuronCore-{core_version.value} "
                 f"(compatible: {[t.name for t in compatible_instance_types(core_version)]})",
@@ -100,7 +100,7 @@ def plan_placement(
     if not eligible:
         biggest = max(compatible, key=lambda t: t.neuron_cores)
         return Infeasible(
-            "InsufficientNeuronCores",
+            Reason.INSUFFICIENT_NEURON_CORES,
             f"a replica needs {cores} NeuronCores (spec.placement workers x coresPerWorker) but the largest "
             f"allowed instance type, {biggest.name}, has {biggest.neuron_cores}",
         )
@@ -112,7 +112,7 @@ def plan_placement(
         if refused:
             eligible = [t for t in eligible if t.extension_accepts(cores)]
             if not eligible:
-                return Infeasible("UnsupportedTopology", _topology_message(cores, refused, scheduler))
+                return Infeasible(Reason.UNSUPPORTED_TOPOLOGY, _topology_message(cores, refused, scheduler))
             scheduler = _scheduler(cores, eligible, scheduler_override, settings)
     return PlacementPlan(cores, tuple(t.name for t in eligible), scheduler)
 

@@ -13,21 +13,18 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
+from neuron_operator.api import Reason
+from neuron_operator.api.reasons import SERVE_REFUSALS
+from neuron_operator.resources.podstate import PodProblem, pod_problem, waits_for_mount
 from neuron_operator.subset import is_subset
 
 #: Termination reasons of `neuron-runtime serve` that need a change (image, tolerance, spec) to progress.
-SERVING_FAILURE_REASONS: Final = (
-    "ParityFailed",
-    "IncompatibleRuntime",
-    "ArtifactInvalid",
-    "InvalidPlacement",
-    "InvalidSettings",
-)
+SERVING_FAILURE_REASONS: Final = tuple(r.value for r in SERVE_REFUSALS)
 
 
 @dataclass(frozen=True)
 class ServingFailure:
-    reason: str
+    reason: Reason
     message: str
     exit_code: int | None
     finished_at: str | None
@@ -119,7 +116,7 @@ def serving_failure(pods: list[dict[str, Any]], desired_container: dict[str, Any
                 message = str(parsed.get("message", ""))
                 found.append(
                     ServingFailure(
-                        reason=str(parsed["reason"]),
+                        reason=Reason(parsed["reason"]),
                         message=message,
                         exit_code=terminated.get("exitCode"),
                         finished_at=terminated.get("finishedAt"),
@@ -130,3 +127,26 @@ def serving_failure(pods: list[dict[str, Any]], desired_container: dict[str, Any
     if not found:
         return None
     return max(found, key=lambda f: (f.finished_at or "", f.pod))
+
+
+def current_pods(pods: list[dict[str, Any]], desired_container: dict[str, Any]) -> list[dict[str, Any]]:
+    """Not terminating pods of the current template, by name."""
+    live = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp") and is_current(p, desired_container)]
+    return sorted(live, key=lambda p: p["metadata"]["name"])
+
+
+def pods_waiting_for_mount(pods: list[dict[str, Any]], desired_container: dict[str, Any]) -> list[str]:
+    """Current pods whose container is not created yet (their Events say why)."""
+    name = desired_container["name"]
+    return [p["metadata"]["name"] for p in current_pods(pods, desired_container) if waits_for_mount(p, name)]
+
+
+def serving_pod_problem(
+    pods: list[dict[str, Any]], desired_container: dict[str, Any], events: dict[str, list[dict[str, Any]]]
+) -> PodProblem | None:
+    """The first current pod (by name) that cannot start or keeps crashing, with the reason."""
+    for pod in current_pods(pods, desired_container):
+        found = pod_problem(pod, desired_container["name"], events.get(pod["metadata"]["name"]))
+        if found is not None:
+            return found
+    return None

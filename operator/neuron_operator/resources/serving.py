@@ -117,9 +117,14 @@ def _affinity(dep: NeuronDeployment, plan: PlacementPlan) -> dict[str, Any] | No
 
 
 def build_deployment(
-    body: dict[str, Any], artifact: ServedArtifact, plan: PlacementPlan, settings: OperatorSettings
+    body: dict[str, Any],
+    artifact: ServedArtifact,
+    plan: PlacementPlan,
+    settings: OperatorSettings,
+    rollout: tuple[int | str, int | str] = (1, 0),
 ) -> dict[str, Any]:
-    """The runtime Deployment of the NeuronDeployment ``body``."""
+    """The runtime Deployment of the NeuronDeployment ``body``; ``rollout`` is (maxSurge, maxUnavailable), chosen
+    by the reconciler (``resources.capacity``)."""
     dep = NeuronDeployment.model_validate(body)
     spec, name = dep.spec, dep.metadata.name or ""
     pod_over = spec.pod
@@ -204,8 +209,8 @@ def build_deployment(
         "strategy": {
             "type": "RollingUpdate",
             "rollingUpdate": {
-                "maxSurge": spec.rollout.max_surge,
-                "maxUnavailable": spec.rollout.max_unavailable,
+                "maxSurge": rollout[0],
+                "maxUnavailable": rollout[1],
             },
         },
         "revisionHistoryLimit": 5,

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from neuron_operator.api import Condition, ConditionType
+from neuron_operator.api import Condition, ConditionType, Reason
 from neuron_operator.api.model import model_phase
+from neuron_operator.api.reasons import DEPLOYMENT_VOCABULARY, MODEL_VOCABULARY, Vocabulary, allowed
 from neuron_operator.conditions import get_condition, set_condition
+from neuron_operator.resources.capacity import RolloutPlan
 from neuron_operator.resources.fit import Fit
 from neuron_operator.resources.pods import ServingFailure
+from neuron_operator.resources.podstate import PodProblem
 
 Clock = Callable[[], datetime]
 C = ConditionType
@@ -36,12 +39,16 @@ class StatusBuilder:
     previous: list[Condition]
     generation: int | None
     clock: Clock
+    vocabulary: Vocabulary
     conditions: list[Condition] = field(init=False)
 
     def __post_init__(self) -> None:
         self.conditions = list(self.previous)
 
-    def set(self, type_: str, status: bool, reason: str, message: str) -> None:
+    def set(self, type_: str, status: bool, reason: Reason, message: str) -> None:
+        if not allowed(self.vocabulary, type_, reason):
+            # A programming error: the CRD description (generated from the vocabulary) would not list it.
+            raise ValueError(f"reason {reason!r} is not in the vocabulary of condition {type_}")
         self.conditions = set_condition(
             self.conditions,
             type_,
@@ -58,6 +65,16 @@ class StatusBuilder:
         old = get_condition(self.previous, type_)
         if new is not None and new.status == status and (old is None or old.status != status):
             return new
+        return None
+
+    def stalled_event(self) -> Event | None:
+        """A Warning when Stalled becomes True, or stays True with another reason (a new problem)."""
+        new = get_condition(self.conditions, C.STALLED)
+        old = get_condition(self.previous, C.STALLED)
+        if new is None or new.status != "True":
+            return None
+        if old is None or old.status != "True" or old.reason != new.reason:
+            return Event("Warning", new.reason, new.message)
         return None
 
     def dump(self) -> list[dict[str, Any]]:
@@ -86,17 +103,18 @@ class ModelObservation:
 
     fit: Fit
     cache_key: str | None = None
-    invalid: tuple[str, str] | None = None  # (reason, message): cannot even compute a key
+    invalid: tuple[Reason, str] | None = None  # (reason, message): cannot even compute a key
     artifact: dict[str, Any] | None = None  # status.artifact when the artifact is ready
-    artifact_reason: str = "Compiled"  # Compiled | CacheHit
+    artifact_reason: Reason = Reason.COMPILED  # Compiled | CacheHit
     compiling: str | None = None  # the compile Job's name, while it runs
+    blocked: tuple[Reason, str] | None = None  # the compile cannot start (claim missing, pod cannot start)
     failure: dict[str, Any] | None = None  # status.lastFailure of this attempt
 
 
 def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> tuple[dict[str, Any], list[Event]]:
     prev = body.get("status") or {}
     gen = body["metadata"].get("generation")
-    b = StatusBuilder(previous_conditions(body), gen, clock)
+    b = StatusBuilder(previous_conditions(body), gen, clock, MODEL_VOCABULARY)
     events: list[Event] = []
     b.set(C.ARCHITECTURE_FIT, obs.fit.ok, obs.fit.reason, obs.fit.message)
     status: dict[str, Any] = {"observedGeneration": gen, "cacheKey": obs.cache_key}
@@ -109,26 +127,33 @@ def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> t
     elif obs.artifact is not None:
         msg = f"artifact {obs.artifact['shortDigest']} at {obs.artifact['uri']}"
         b.set(C.ARTIFACT_READY, True, obs.artifact_reason, msg)
-        b.set(C.RECONCILING, False, "Reconciled", "the artifact is current")
-        b.set(C.STALLED, False, "Reconciled", "")
+        b.set(C.RECONCILING, False, Reason.RECONCILED, "the artifact is current")
+        b.set(C.STALLED, False, Reason.RECONCILED, "")
         b.set(C.READY, True, obs.artifact_reason, msg)
         status["artifact"] = obs.artifact
     elif obs.failure is not None:
-        reason, message = obs.failure["reason"], obs.failure["message"]
+        reason, message = Reason(obs.failure["reason"]), obs.failure["message"]
         b.set(C.ARTIFACT_READY, False, reason, message)
         b.set(C.RECONCILING, False, reason, "edit the spec to retry")
         b.set(C.STALLED, True, reason, message)
         b.set(C.READY, False, reason, message)
+    elif obs.blocked is not None:
+        # Not a compile failure: the operator retries by itself once the cause is gone (claim created, pod placed).
+        reason, message = obs.blocked
+        b.set(C.ARTIFACT_READY, False, reason, message)
+        b.set(C.RECONCILING, False, reason, "waiting for the cause to be fixed; retried automatically")
+        b.set(C.STALLED, True, reason, message)
+        b.set(C.READY, False, reason, message)
     else:
         what = f"compile Job {obs.compiling} is running" if obs.compiling else "waiting for a compile Job"
-        b.set(C.ARTIFACT_READY, False, "Compiling", what)
-        b.set(C.RECONCILING, True, "Compiling", what)
-        b.set(C.STALLED, False, "Compiling", "")
-        b.set(C.READY, False, "Compiling", what)
+        b.set(C.ARTIFACT_READY, False, Reason.COMPILING, what)
+        b.set(C.RECONCILING, True, Reason.COMPILING, what)
+        b.set(C.STALLED, False, Reason.COMPILING, "")
+        b.set(C.READY, False, Reason.COMPILING, what)
     # A failure stays visible until the next success (it explains the last attempt).
     if obs.failure is not None:
         status["lastFailure"] = obs.failure
-    elif obs.artifact is None and prev.get("lastFailure") and obs.compiling:
+    elif obs.artifact is None and prev.get("lastFailure") and (obs.compiling or obs.blocked):
         status["lastFailure"] = prev["lastFailure"]
     status["conditions"] = b.dump()
     status["phase"] = model_phase(b.conditions).value
@@ -138,8 +163,18 @@ def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> t
         events.append(Event("Warning", obs.fit.reason, obs.fit.message))
     if (c := b.flipped_to(C.READY, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
-    if (c := b.flipped_to(C.STALLED, "True")) is not None:
-        events.append(Event("Warning", c.reason, c.message))
+    elif obs.artifact is not None and (old := prev.get("artifact")) and old.get("sha256") != obs.artifact["sha256"]:
+        # Ready stays True but the artifact changed (e.g. a Git revert to inputs compiled before).
+        events.append(
+            Event(
+                "Normal",
+                Reason.ARTIFACT_CHANGED,
+                f"artifact {obs.artifact['shortDigest']} (cache key {obs.cache_key}, {obs.artifact_reason}) "
+                f"replaces {str(old.get('sha256', ''))[:12]}",
+            )
+        )
+    if (e := b.stalled_event()) is not None:
+        events.append(e)
     if (c := b.flipped_to(C.RECONCILING, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
     return _with_removals(prev, status), events
@@ -173,17 +208,35 @@ def status_changed(body: dict[str, Any], patch: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class DeploymentObservation:
-    blocked: tuple[str, str, bool] | None = None  # (reason, message, stalled)
-    model: dict[str, Any] | None = None  # status.model
+    blocked: tuple[Reason, str, bool] | None = None  # (reason, message, stalled)
+    model: dict[str, Any] | None = None  # status.model: the artifact the replicas run (the old one while blocked)
     cores: int | None = None
-    deployment: dict[str, Any] | None = None  # the observed runtime Deployment (after apply)
+    deployment: dict[str, Any] | None = None  # the observed runtime Deployment (after apply; the old one if blocked)
     desired_replicas: int = 0
     suspended: bool = False
     endpoint: str | None = None
     selector: str | None = None
     rolling_to_new_artifact: bool = False
     serving_failure: ServingFailure | None = None  # a current pod's runtime refused to serve
+    pod_problem: PodProblem | None = None  # a current pod cannot start or keeps crashing
     parity: dict[str, Any] | None = None  # status.parity, as measured by a pod of the current template
+    artifact_reason: Reason = Reason.COMPILED  # the model's ArtifactReady reason (Compiled | CacheHit)
+    rollout: RolloutPlan | None = None  # the update budget chosen in this pass (None: keep status.rollout)
+    events: tuple[Event, ...] = ()  # Events decided by the reconciler (artifact change, rollout budget)
+
+
+def _int_or_percent(value: Any, total: int, round_up: bool) -> int:
+    """A Deployment's maxSurge/maxUnavailable as a count (percentages as the Deployment controller rounds them)."""
+    if isinstance(value, str) and value.endswith("%"):
+        scaled = int(value[:-1]) * total
+        return -(-scaled // 100) if round_up else scaled // 100
+    return int(value or 0)
+
+
+def _min_available(deployment: dict[str, Any] | None, want: int) -> int:
+    rolling = (((deployment or {}).get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
+    down = _int_or_percent(rolling.get("maxUnavailable", 0), want, round_up=False)
+    return max(1, want - down)
 
 
 def deployment_status(
@@ -191,7 +244,7 @@ def deployment_status(
 ) -> tuple[dict[str, Any], list[Event]]:
     prev = body.get("status") or {}
     gen = body["metadata"].get("generation")
-    b = StatusBuilder(previous_conditions(body), gen, clock)
+    b = StatusBuilder(previous_conditions(body), gen, clock, DEPLOYMENT_VOCABULARY)
     status: dict[str, Any] = {"observedGeneration": gen, "selector": obs.selector}
     dstat = (obs.deployment or {}).get("status", {})
     replicas = int(dstat.get("replicas", 0))
@@ -209,24 +262,21 @@ def deployment_status(
         "model": obs.model,
         "endpoint": obs.endpoint,
     }
+    serving = f"{available} replica(s) of the previous spec keep serving" if available else "no replica serves"
     if obs.blocked is not None:
         reason, message, stalled = obs.blocked
+        if obs.deployment is not None:
+            message += f" ({serving})"
         b.set(C.READY, False, reason, message)
         b.set(C.STALLED, stalled, reason, message if stalled else "")
         b.set(C.RECONCILING, not stalled, reason, "" if stalled else message)
-        if reason in ("ModelNotFound", "ModelNotReady"):
+        if reason in (Reason.MODEL_NOT_FOUND, Reason.MODEL_NOT_READY, Reason.MODEL_FAILED):
             b.set(C.ARTIFACT_READY, False, reason, message)
         else:
-            b.set(C.ARTIFACT_READY, True, "Compiled", "the model's artifact is ready")
-            b.set(C.SCHEDULABLE, not stalled, reason, message)
+            b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
+            b.set(C.SCHEDULABLE, not stalled, reason if stalled else Reason.FITS, message)
     else:
-        b.set(C.ARTIFACT_READY, True, "Compiled", "the model's artifact is ready")
-        b.set(
-            C.SCHEDULABLE,
-            True,
-            "Fits",
-            f"{obs.cores or 0} NeuronCores per replica fit the allowed instance types",
-        )
+        b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
         d = obs.deployment or {}
         current = int(dstat.get("observedGeneration", 0)) >= int(d.get("metadata", {}).get("generation", 1))
         deadline = next(
@@ -238,51 +288,83 @@ def deployment_status(
             None,
         )
         rolled_out = current and updated == want and available == want and replicas == want and ready == want
+        problem = obs.pod_problem if not rolled_out else None
+        if problem is not None and problem.reason is Reason.UNSCHEDULABLE:
+            b.set(C.SCHEDULABLE, False, Reason.UNSCHEDULABLE, problem.message)
+        else:
+            b.set(
+                C.SCHEDULABLE,
+                True,
+                Reason.FITS,
+                f"{obs.cores or 0} NeuronCores per replica fit the allowed instance types",
+            )
         if obs.suspended:
-            b.set(C.READY, False, "Suspended", "spec.suspend is true: scaled to zero")
-            b.set(C.RECONCILING, not rolled_out, "Scaling", f"{replicas} pods left")
-            b.set(C.STALLED, False, "Suspended", "")
+            b.set(C.READY, False, Reason.SUSPENDED, "spec.suspend is true: scaled to zero")
+            b.set(
+                C.RECONCILING,
+                not rolled_out,
+                Reason.SUSPENDED if rolled_out else Reason.SCALING,
+                f"{replicas} pods left",
+            )
+            b.set(C.STALLED, False, Reason.SUSPENDED, "")
         elif (failure := obs.serving_failure) is not None and not rolled_out:
-            message = f"pod {failure.pod}: {failure.message}"
-            if available:
-                message += f" ({available} replica(s) of the previous spec keep serving)"
+            message = f"pod {failure.pod}: {failure.message} ({serving})"
             b.set(C.READY, False, failure.reason, message)
             b.set(C.RECONCILING, False, failure.reason, "")
             b.set(C.STALLED, True, failure.reason, message)
-            last = {"reason": failure.reason, "message": message, "exitCode": failure.exit_code}
+            last = {"reason": failure.reason.value, "message": message, "exitCode": failure.exit_code}
             last["time"] = failure.finished_at or (prev.get("lastFailure") or {}).get("time") or _now(clock)
             status["lastFailure"] = {k: v for k, v in last.items() if v is not None}
+        elif problem is not None:
+            message = f"{problem.message} ({serving})"
+            b.set(C.READY, False, problem.reason, message)
+            b.set(C.RECONCILING, False, problem.reason, "")
+            b.set(C.STALLED, True, problem.reason, message)
+            if problem.reason is not Reason.UNSCHEDULABLE:
+                same = (prev.get("lastFailure") or {}).get("reason") == problem.reason.value
+                last_time = (prev.get("lastFailure") or {}).get("time") if same else None
+                status["lastFailure"] = {
+                    "reason": problem.reason.value,
+                    "message": message,
+                    "time": last_time or _now(clock),
+                }
         elif deadline is not None:  # after the runtime's own reason, which says why it never progressed
-            b.set(C.READY, False, "ProgressDeadlineExceeded", deadline.get("message", ""))
-            b.set(C.RECONCILING, False, "ProgressDeadlineExceeded", "")
-            b.set(C.STALLED, True, "ProgressDeadlineExceeded", deadline.get("message", ""))
+            b.set(C.READY, False, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline.get("message", ""))
+            b.set(C.RECONCILING, False, Reason.PROGRESS_DEADLINE_EXCEEDED, "")
+            b.set(C.STALLED, True, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline.get("message", ""))
         elif rolled_out:
-            b.set(C.READY, True, "ReplicasReady", f"{ready}/{want} replicas ready on the current artifact")
-            b.set(C.RECONCILING, False, "Reconciled", "")
-            b.set(C.STALLED, False, "Reconciled", "")
+            b.set(C.READY, True, Reason.REPLICAS_READY, f"{ready}/{want} replicas ready on the current artifact")
+            b.set(C.RECONCILING, False, Reason.RECONCILED, "")
+            b.set(C.STALLED, False, Reason.RECONCILED, "")
         else:
-            reason = "RollingOut" if obs.rolling_to_new_artifact or updated < want else "Scaling"
+            reason = Reason.ROLLING_OUT if obs.rolling_to_new_artifact or updated < want else Reason.SCALING
             msg = f"{updated}/{want} updated, {ready} ready, {available} available, {replicas} pods"
-            b.set(C.READY, False, "ReplicasUnavailable", msg)
+            b.set(C.READY, False, reason if reason is Reason.ROLLING_OUT else Reason.REPLICAS_UNAVAILABLE, msg)
             b.set(C.RECONCILING, True, reason, msg)
             b.set(C.STALLED, False, reason, "")
-        min_available = 0 if want == 0 else want - 1
+    # Available agrees with the numbers in every state: enough replicas available to serve, never at zero.
+    if want == 0:
+        why = Reason.SUSPENDED if obs.suspended else Reason.SCALED_TO_ZERO
+        b.set(C.AVAILABLE, False, why, f"{available} available; spec asks for 0 replicas")
+    else:
+        enough = available >= _min_available(obs.deployment, want)
         b.set(
             C.AVAILABLE,
-            available >= min_available and (want == 0 or available > 0),
-            "ReplicasReady" if available else "ReplicasUnavailable",
-            f"{available} available",
+            enough,
+            Reason.REPLICAS_READY if enough else Reason.REPLICAS_UNAVAILABLE,
+            f"{available} of {want} replicas available",
         )
     # While blocked (e.g. the model recompiles) the pods of the last template still describe what serves.
     status["parity"] = obs.parity if obs.parity is not None or obs.blocked is None else prev.get("parity")
+    status["rollout"] = obs.rollout.status() if obs.rollout is not None else prev.get("rollout")
     if "lastFailure" not in status and prev.get("lastFailure") and not is_ready(b):
         status["lastFailure"] = prev["lastFailure"]  # kept until the next success, as on NeuronModel
     status["conditions"] = b.dump()
-    events: list[Event] = []
+    events: list[Event] = list(obs.events)
     if (c := b.flipped_to(C.READY, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
-    if (c := b.flipped_to(C.STALLED, "True")) is not None:
-        events.append(Event("Warning", c.reason, c.message))
+    if (e := b.stalled_event()) is not None:
+        events.append(e)
     if (c := b.flipped_to(C.RECONCILING, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
     return _with_removals(prev, status), events
