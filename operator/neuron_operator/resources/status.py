@@ -14,7 +14,7 @@ from typing import Any
 
 from neuron_operator.api import Condition, ConditionType, Reason
 from neuron_operator.api.model import model_phase
-from neuron_operator.api.reasons import DEPLOYMENT_VOCABULARY, MODEL_VOCABULARY, Vocabulary, allowed
+from neuron_operator.api.reasons import DEPLOYMENT_VOCABULARY, INFEASIBLE, MODEL_VOCABULARY, Vocabulary, allowed
 from neuron_operator.conditions import get_condition, set_condition
 from neuron_operator.resources.capacity import RolloutPlan
 from neuron_operator.resources.fit import Fit
@@ -274,7 +274,8 @@ def deployment_status(
             b.set(C.ARTIFACT_READY, False, reason, message)
         else:
             b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
-            b.set(C.SCHEDULABLE, not stalled, reason if stalled else Reason.FITS, message)
+            if reason in INFEASIBLE or reason is Reason.INVALID_SPEC:  # placement is what failed
+                b.set(C.SCHEDULABLE, False, reason, message)
     else:
         b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
         d = obs.deployment or {}
