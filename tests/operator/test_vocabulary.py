@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ from neuron_operator.catalogue import NeuronCoreVersion
 from neuron_operator.resources import status as status_module
 from neuron_operator.resources.compile import job_outcome
 from neuron_operator.resources.fit import Infeasible, plan_placement
-from neuron_operator.resources.podstate import pod_problem
 from neuron_operator.resources.pods import ServingFailure
+from neuron_operator.resources.podstate import pod_problem
 from neuron_operator.resources.status import DeploymentObservation, ModelObservation, deployment_status, model_status
 from neuron_operator.settings import OperatorSettings
 from neuron_runtime.reasons import CompileFailure, ServeRefusal
@@ -46,7 +45,7 @@ ARTIFACT = {"uri": "pvc://a/k", "sha256": SHA, "shortDigest": SHA[:12]}
 
 
 @pytest.fixture
-def produced(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[tuple[str, str]]]:
+def produced(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
     """Every (condition type, reason) a StatusBuilder sets while the test runs."""
     seen: set[tuple[str, str]] = set()
     original = status_module.StatusBuilder.set
@@ -56,7 +55,7 @@ def produced(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[tuple[str, str]]]:
         original(self, type_, status, reason, message)
 
     monkeypatch.setattr(status_module.StatusBuilder, "set", recording)
-    yield seen
+    return seen
 
 
 def documented(vocabulary: Vocabulary) -> set[tuple[str, str]]:
@@ -156,7 +155,6 @@ def infeasible() -> list[Infeasible]:
     plans = [
         plan_placement(NeuronCoreVersion.V2, 1, ["not-a-type"], None, settings),
         plan_placement(NeuronCoreVersion.V1, 1, ["inf2.xlarge"], None, settings),
-        plan_placement(NeuronCoreVersion.V2, 2, ["inf2.xlarge"], None, settings) if False else None,
         plan_placement(NeuronCoreVersion.V2, 999, ["inf2.xlarge"], None, settings),
         plan_placement(NeuronCoreVersion.V2, 3, ["trn1.32xlarge"], None, settings),
     ]
