@@ -72,7 +72,12 @@ def _selected(node: dict[str, Any], pod_spec: dict[str, Any]) -> bool:
         or {}
     ).get("nodeSelectorTerms")
     if required:
-        return any(all(_matches_expression(labels, e) for e in term.get("matchExpressions") or []) for term in required)
+        fields = {"metadata.name": node["metadata"]["name"]}
+        return any(
+            all(_matches_expression(labels, e) for e in term.get("matchExpressions") or [])
+            and all(_matches_expression(fields, e) for e in term.get("matchFields") or [])
+            for term in required
+        )
     return True
 
 
@@ -106,15 +111,20 @@ def eligible(node: dict[str, Any], pod_spec: dict[str, Any]) -> bool:
     )
 
 
+def _container_request(container: dict[str, Any], resource: str) -> float:
+    res = container.get("resources") or {}
+    amount = quantity_value((res.get("requests") or {}).get(resource, (res.get("limits") or {}).get(resource)))
+    return float(amount) if amount is not None else 0.0
+
+
 def _requested(pod: dict[str, Any], resource: str) -> float:
-    total = 0.0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        res = c.get("resources") or {}
-        value = (res.get("requests") or {}).get(resource, (res.get("limits") or {}).get(resource))
-        amount = quantity_value(value)
-        if amount is not None:
-            total += float(amount)
-    return total
+    """What the scheduler charges a pod: max(sum of containers and sidecars, the largest plain init container)."""
+    spec = pod.get("spec") or {}
+    inits = spec.get("initContainers") or []
+    sidecars = [c for c in inits if c.get("restartPolicy") == "Always"]
+    running = sum(_container_request(c, resource) for c in [*(spec.get("containers") or []), *sidecars])
+    plain = [_container_request(c, resource) for c in inits if c.get("restartPolicy") != "Always"]
+    return max([running, *plain])
 
 
 def free_cores(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], pod_spec: dict[str, Any]) -> dict[str, int]:

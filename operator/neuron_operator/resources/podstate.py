@@ -65,7 +65,9 @@ def pod_problem(pod: dict[str, Any], container: str, events: list[dict[str, Any]
         return PodProblem(Reason.CONTAINER_START_FAILED, clip(f"pod {name}: {reason}: {detail}"), name)
     last = ((status or {}).get("lastState") or {}).get("terminated") or {}
     now = ((status or {}).get("state") or {}).get("terminated") or {}
-    for term in (now, last):
+    running = bool(((status or {}).get("state") or {}).get("running"))
+    # lastState is kept until the next termination: it explains a container that is not running now only.
+    for term in (now,) if running else (now, last):
         if term.get("reason") == "OOMKilled":
             return PodProblem(
                 Reason.OOM_KILLED,
