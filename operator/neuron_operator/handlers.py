@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient, KubeConfig
 
+from neuron_operator import metrics
 from neuron_operator.kube import Kube
 from neuron_operator.reconcile import Context, reconcile_deployment, reconcile_model
 from neuron_operator.resources import names
@@ -108,6 +109,7 @@ async def deployment_event(event: dict[str, Any], namespace: str, name: str, mem
     rt = runtime(memo)
     if event.get("type") == "DELETED":
         rt.queue.forget("NeuronDeployment", namespace, name)
+        metrics.forget(namespace, name)
     else:
         rt.queue.trigger("NeuronDeployment", namespace, name)
 

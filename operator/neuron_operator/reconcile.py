@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from neuron_operator import logs, metrics
 from neuron_operator.api import NeuronDeployment, NeuronModel, Reason
 from neuron_operator.catalogue import NeuronCoreVersion
 from neuron_operator.conditions import get_condition, is_true, utc_now
@@ -30,6 +31,7 @@ from neuron_operator.resources.compile import (
     needs_events,
     running_pod,
     source_claim_names,
+    storage_id,
 )
 from neuron_operator.resources.fit import Fit, Infeasible, architecture_fit, plan_placement
 from neuron_operator.resources.pods import (
@@ -114,12 +116,67 @@ def _artifact_status(model: NeuronModel, result: dict[str, Any], uri: str, finis
     return {k: v for k, v in art.items() if v is not None}
 
 
+def _condition_of(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def _log_decision(body: dict[str, Any], patch: dict[str, Any], events: list[Event], state: str) -> None:
+    """One structured line per pass that changes something (status or Events); a no-op pass logs at DEBUG."""
+    meta = body["metadata"]
+    changed = status_changed(body, patch)
+    new = {**(body.get("status") or {}), **{k: v for k, v in patch.items() if v is not None}}
+    stalled = _condition_of(new, "Stalled")
+    reason = stalled.get("reason") if stalled.get("status") == "True" else _condition_of(new, "Ready").get("reason")
+    what = sorted(k for k, v in patch.items() if (body.get("status") or {}).get(k) != v)
+    if not changed and not events:
+        log.debug("no-op pass over %s %s/%s", body["kind"], meta["namespace"], meta["name"])
+        return
+    logs.decision(
+        log,
+        kind=body["kind"],
+        namespace=meta["namespace"],
+        name=meta["name"],
+        decision=state,
+        changed=changed,
+        reason=str(reason or ""),
+        fields=",".join(what),
+        events=",".join(e.reason for e in events),
+        generation=meta.get("generation"),
+    )
+
+
+def _deployment_state(status: dict[str, Any]) -> str:
+    """The rollout state exported as neuron_operator_rollout_state."""
+    if _condition_of(status, "Stalled").get("status") == "True":
+        return "Stalled"
+    ready = _condition_of(status, "Ready")
+    if ready.get("status") == "True":
+        return "Ready"
+    if ready.get("reason") == Reason.SUSPENDED:
+        return "Suspended"
+    reconciling = _condition_of(status, "Reconciling")
+    if reconciling.get("reason") in (Reason.ROLLING_OUT, Reason.SCALING):
+        return str(reconciling["reason"])
+    return "Pending"
+
+
 async def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
     body = await ctx.kube.get("NeuronModel", name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     obs = await _observe_model(ctx, body)
     patch, events = model_status(body, obs, ctx.clock)
+    prev = body.get("status") or {}
+    if obs.artifact is not None and (prev.get("cacheKey") != obs.cache_key or not prev.get("artifact")):
+        metrics.observe_compile(obs.artifact_reason.value, obs.artifact.get("compileSeconds"))
+    elif obs.failure is not None and prev.get("lastFailure") != obs.failure:
+        metrics.observe_compile(str(obs.failure["reason"]), None)
+    state = (
+        "Ready"
+        if obs.artifact is not None
+        else ("Failed" if obs.failure or obs.invalid or obs.blocked else "Compiling")
+    )
+    _log_decision(body, patch, events, state)
     await _write_status(ctx, body, patch, events)
 
 
@@ -172,7 +229,7 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
         if other.get("uri") == uri:
             return ModelObservation(fit=fit, cache_key=key, artifact=other, artifact_reason=Reason.CACHE_HIT)
     # 3. The compile Job for this key (created now, running, or finished earlier: a Git revert lands here).
-    job_name = names.compile_job_name(key)
+    job_name = names.compile_job_name(key, storage_id(model))
     job = await ctx.kube.get("Job", job_name, namespace)
     if job is None:
         failed_here = (
@@ -222,6 +279,10 @@ async def reconcile_deployment(ctx: Context, namespace: str, name: str) -> None:
         return
     obs = await _converge_deployment(ctx, body)
     patch, events = deployment_status(body, obs, ctx.clock)
+    new = {**(body.get("status") or {}), **{k: v for k, v in patch.items() if v is not None}}
+    state = _deployment_state(new)
+    metrics.set_rollout_state(namespace, name, state)
+    _log_decision(body, patch, events, state)
     await _write_status(ctx, body, patch, events)
 
 

@@ -36,6 +36,7 @@ from neuron_operator.resources.compile import (
     COMPILE_REQUEST_ENV,
     artifact_location,
     build_compile_job,
+    storage_id,
     compile_request,
 )
 from neuron_operator.resources.fit import PlacementPlan, plan_placement
@@ -425,7 +426,10 @@ def test_operator_and_runtime_agree_on_the_cache_key(case: str) -> None:
     key = job["metadata"]["annotations"][names.ANNOTATION_CACHE_KEY]
     assert request.cache_key() == key
     assert key == compile_request(NeuronModel.model_validate(MODELS[case]), SETTINGS).cache_key()
-    assert job["metadata"]["name"] == f"compile-{key[:20]}"
+    model = NeuronModel.model_validate(MODELS[case])
+    assert job["metadata"]["name"] == names.compile_job_name(key, storage_id(model))
+    # The default claim keeps the short name; other storage adds its digest (two storages never share a Job).
+    assert (job["metadata"]["name"] == f"compile-{key[:20]}") == (model.spec.storage is None)
     assert job["metadata"]["labels"][names.LABEL_CACHE_KEY] == key[:20]
     assert len(job["metadata"]["labels"][names.LABEL_CACHE_KEY]) <= 63
 

@@ -71,6 +71,12 @@ def artifact_location(model: NeuronModel, settings: OperatorSettings) -> Artifac
     return ArtifactLocation(storage.pvc.claim_name, storage.pvc.path or "")
 
 
+def storage_id(model: NeuronModel) -> str:
+    """"" for the operator's default artifact claim, else "<claim>/<path>" (part of the compile Job's name)."""
+    pvc = model.spec.storage.pvc if model.spec.storage else None
+    return f"{pvc.claim_name}/{pvc.path or ''}" if pvc is not None else ""
+
+
 def compile_image(model: NeuronModel, settings: OperatorSettings) -> str:
     return model.spec.compiler.image or settings.image_for_target(model.spec.target.value)
 
@@ -207,7 +213,7 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": names.compile_job_name(key),
+            "name": names.compile_job_name(key, storage_id(model)),
             "namespace": body["metadata"]["namespace"],
             "labels": labels,
             "annotations": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 from neuron_operator.api import API_VERSION
@@ -20,10 +21,14 @@ ANNOTATION_MODEL: Final = "neuron.dev/model"
 KEY_PREFIX_LEN: Final = 20
 
 
-def compile_job_name(cache_key: str) -> str:
-    """The compile Job's name depends on the cache key only: identical inputs share one Job, and a retry
-    or an operator restart hits AlreadyExists instead of creating a duplicate."""
-    return f"compile-{cache_key[:KEY_PREFIX_LEN]}"
+def compile_job_name(cache_key: str, storage: str = "") -> str:
+    """The compile Job's name depends on the cache key and where the artifact goes: identical inputs with the same
+    storage share one Job, and a retry or an operator restart hits AlreadyExists instead of creating a duplicate.
+    ``storage`` is "" for the operator's default claim, else "<claim>/<path>" of spec.storage.pvc (a model with
+    other storage must not read another storage's Job as its own)."""
+    if not storage:
+        return f"compile-{cache_key[:KEY_PREFIX_LEN]}"
+    return f"compile-{cache_key[:KEY_PREFIX_LEN - 6]}-{hashlib.sha256(storage.encode()).hexdigest()[:5]}"
 
 
 def cache_key_label(cache_key: str) -> str:
