@@ -24,8 +24,8 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from pydantic import ValidationError
 import yaml
+from pydantic import ValidationError
 
 from neuron_operator.api import NeuronModel
 from neuron_operator.catalogue import INSTANCE_TYPE_LABEL, NEURON_TAINT_KEY, NEURONCORE_RESOURCE
@@ -36,8 +36,8 @@ from neuron_operator.resources.compile import (
     COMPILE_REQUEST_ENV,
     artifact_location,
     build_compile_job,
-    storage_id,
     compile_request,
+    storage_id,
 )
 from neuron_operator.resources.fit import PlacementPlan, plan_placement
 from neuron_operator.resources.serving import (
