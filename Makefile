@@ -25,12 +25,16 @@ demo-down: ## Tear the demo down
 
 ##@ Development
 .PHONY: test
-test: setup lint ## Lint, then every test (unit, images, local kind cluster); what CI runs
+test: setup lint mutation ## Lint, the mutation check, then every test (unit, images, local kind cluster); what CI runs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: ## Only the tests that need no cluster and no image build
 	$(PY) -m pytest -m "not cluster and not images" $(PYTEST_ARGS)
+
+.PHONY: mutation
+mutation: ## Disable each decision-core rule in .ci/mutations.toml in turn: the fast tests must fail every time
+	$(PY) .ci/mutations.py
 
 .PHONY: lint
 lint: ## ruff, mypy --strict (and the runtime against Python 3.10), import-linter, hadolint, CRDs up to date
@@ -79,5 +83,5 @@ docker-down: ## Stop the project's private Docker engine (images and build cache
 	bash e2e/kind/docker-engine.sh stop
 
 .PHONY: build-tools
-build-tools: ## Build (or locate cached) etcd, kube-*, kubectl, kwok, helm from Go modules
+build-tools: ## Build (or locate cached) etcd, kube-*, kubectl, kwok, helm, promtool from Go modules
 	bash e2e/localcluster/build-tools.sh
