@@ -5,13 +5,15 @@
 # one directory per component *and version*; a directory with a `.complete` stamp is never rebuilt,
 # so a warm run costs a few stat() calls and changing a pin below builds only that component.
 #
-# Usage: build-tools.sh [component...]   components: k8s etcd kwok helm (default: all)
+# Usage: build-tools.sh [component...]   components: k8s etcd kwok helm promtool (default: all)
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.34.4}"     # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-0.7.0}"
 HELM_VERSION="${HELM_VERSION:-3.19.5}"
+# promtool (chart alerts): module v0.3MM.P is Prometheus v3.MM.P; remove_all_sd = no SD plugins.
+PROMTOOL_VERSION="${PROMTOOL_VERSION:-0.316.0}"
 
 CACHE="${NEURON_OPERATOR_CACHE:-$HOME/.cache/neuron-operator}"
 TOOLS="$CACHE/tools"
@@ -103,17 +105,27 @@ build_helm() {
   "$2/helm" version --short
 }
 
+build_promtool() {
+  local minor=${1#0.}
+  minor=$((${minor%%.*} - 300))
+  GOBIN="$2" go install -trimpath -tags remove_all_sd \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=3.$minor.${1##*.}" \
+    "github.com/prometheus/prometheus/cmd/promtool@v$1"
+  "$2/promtool" --version
+}
+
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kwok helm k8s)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kwok helm promtool k8s)
 for c in "${components[@]}"; do
   case $c in
     k8s) done_or_build k8s "$K8S_VERSION" build_k8s ;;
     etcd) done_or_build etcd "$ETCD_VERSION" build_etcd ;;
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
     helm) done_or_build helm "$HELM_VERSION-k8s$K8S_VERSION" build_helm ;;
+    promtool) done_or_build promtool "$PROMTOOL_VERSION" build_promtool ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done
 # One line per tool, machine-readable, for the Python side.
-printf 'K8S=%s\nETCD=%s\nKWOK=%s\nHELM=%s\n' "$TOOLS/k8s-v$K8S_VERSION" "$TOOLS/etcd-v$ETCD_VERSION" \
-  "$TOOLS/kwok-v$KWOK_VERSION" "$TOOLS/helm-v$HELM_VERSION-k8s$K8S_VERSION"
+printf 'K8S=%s\nETCD=%s\nKWOK=%s\nHELM=%s\nPROMTOOL=%s\n' "$TOOLS/k8s-v$K8S_VERSION" "$TOOLS/etcd-v$ETCD_VERSION" \
+  "$TOOLS/kwok-v$KWOK_VERSION" "$TOOLS/helm-v$HELM_VERSION-k8s$K8S_VERSION" "$TOOLS/promtool-v$PROMTOOL_VERSION"

@@ -168,7 +168,8 @@ async def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
     patch, events = model_status(body, obs, ctx.clock)
     prev = body.get("status") or {}
     if obs.artifact is not None and (prev.get("cacheKey") != obs.cache_key or not prev.get("artifact")):
-        metrics.observe_compile(obs.artifact_reason.value, obs.artifact.get("compileSeconds"))
+        seconds = obs.artifact.get("compileSeconds") if obs.artifact_reason is Reason.COMPILED else None
+        metrics.observe_compile(obs.artifact_reason.value, seconds)  # a cache hit ran no compile
     elif obs.failure is not None and prev.get("lastFailure") != obs.failure:
         metrics.observe_compile(str(obs.failure["reason"]), None)
     state = (

@@ -91,6 +91,13 @@ class OperatorSettings(BaseSettings):
     health_port: int = 8081
     metrics_port: int = 8080
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the operator's own loggers (HTTP clients stay at WARNING above DEBUG)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: for people; json: one object per line, for log pipelines."
+    )
+
     def runtime_identity(self) -> dict[str, Any]:
         """runAsNonRoot, runAsUser and runAsGroup of serving pods (pod securityContext)."""
         if self.runtime_run_as_root:

@@ -4,6 +4,11 @@ Watch events (of the object or of its children) only *trigger* a worker; the wor
 level-triggered reconcile at most once at a time per object, again after ``resync`` seconds (drift repair,
 missed events), and after an exponential backoff on failure — never in a hot loop. Independent of kopf
 and of Kubernetes, so it is tested with a fake clock.
+
+Every pass is measured on the loop's clock (``neuron_operator_reconcile_duration_seconds``; failures also
+count in ``neuron_operator_reconcile_errors_total``), and the queue's depth is read at scrape time
+(``neuron_operator.metrics``). ``current_pass()`` tells a running reconcile its pass number (for its
+decision log line).
 """
 
 from __future__ import annotations
@@ -11,14 +16,30 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from neuron_operator.logs import fields
+from neuron_operator.metrics import METRICS, OperatorMetrics, error_reason
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 Reconcile = Callable[[str, str], Awaitable[None]]
+
+_current_pass: contextvars.ContextVar[int] = contextvars.ContextVar("neuron_operator_pass", default=0)
+
+
+def current_pass() -> int:
+    """Number (from 1) of the reconcile pass running in this task for its object; 0 outside a pass."""
+    return _current_pass.get()
+
+
+def describe_error(exc: BaseException) -> str:
+    """``str(exc)``, or ``repr(exc)`` when that is empty (``TimeoutError()`` has no message)."""
+    return str(exc) or repr(exc)
 
 
 @dataclass
@@ -42,6 +63,7 @@ class _Worker:
     task: asyncio.Task[None]
     backoff: Backoff
     passes: int = 0
+    running: bool = False
 
 
 @dataclass
@@ -53,11 +75,20 @@ class WorkQueue:
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     on_error: Callable[[Key, BaseException], None] | None = None
+    #: Where pass durations and errors are recorded (the process-wide default registry's, unless a test
+    #: passes its own); the queue's depth is read from ``depth()``/``running()``/``worker_count()``.
+    metrics: OperatorMetrics = field(default=METRICS, repr=False)
     _workers: dict[Key, _Worker] = field(default_factory=dict)
     #: Completed passes per kind (successful or not), exported as a metric.
     total_passes: collections.Counter[str] = field(default_factory=collections.Counter)
+    _stopped: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.metrics.track_queue(self)
 
     def trigger(self, kind: str, namespace: str, name: str) -> None:
+        if self._stopped:  # after stop() (e.g. leadership lost) nothing reconciles again
+            return
         key = (kind, namespace, name)
         worker = self._workers.get(key)
         if worker is None or worker.task.done():
@@ -76,7 +107,28 @@ class WorkQueue:
         worker = self._workers.get((kind, namespace, name))
         return worker.passes if worker else 0
 
+    def depth(self) -> dict[str, int]:
+        """Objects per kind triggered and waiting for their pass (behind a running pass or a backoff)."""
+        return self._count(lambda w: w.trigger.is_set())
+
+    def running(self) -> dict[str, int]:
+        """Passes running now, per kind."""
+        return self._count(lambda w: w.running)
+
+    def worker_count(self) -> dict[str, int]:
+        """Objects with a live worker, per kind."""
+        return self._count(lambda w: not w.task.done())
+
+    def _count(self, predicate: Callable[[_Worker], bool]) -> dict[str, int]:
+        counts = dict.fromkeys(self.reconcilers, 0)  # every kind, so a series exists before its first object
+        for (kind, _, _), worker in list(self._workers.items()):  # a copy: scrapes run in another thread
+            if predicate(worker):
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     async def stop(self) -> None:
+        """Cancel every worker; triggers are ignored from now on (idempotent)."""
+        self._stopped = True
         tasks = [w.task for w in self._workers.values()]
         for t in tasks:
             t.cancel()
@@ -94,22 +146,40 @@ class WorkQueue:
             worker = self._workers.get(key)
             if worker is None:
                 return
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            worker.running = True
+            token = _current_pass.set(worker.passes + 1)
+            error: Exception | None = None
             try:
                 await reconcile(namespace, name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: log, back off, retry (level-triggered)
-                worker.passes += 1
-                self.total_passes[kind] += 1
+                error = exc
+            finally:
+                worker.running = False
+                _current_pass.reset(token)
+            self.metrics.observe_reconcile(kind, loop.time() - started, error)
+            worker.passes += 1
+            self.total_passes[kind] += 1
+            if error is not None:
                 delay = worker.backoff.next()
-                log.warning("reconcile %s/%s/%s failed (retry in %.1fs): %s", kind, namespace, name, delay, exc)
+                message = describe_error(error)
+                log.warning(
+                    "reconcile %s/%s/%s failed (retry in %.1fs): %s",
+                    kind,
+                    namespace,
+                    name,
+                    delay,
+                    message,
+                    extra=fields(kind=kind, namespace=namespace, name=name, reason=error_reason(error), retry_in=delay),
+                )
                 if self.on_error is not None:
-                    self.on_error(key, exc)
+                    self.on_error(key, error)
                 # Triggers during the backoff are coalesced into the retry, never a hot loop.
                 await asyncio.sleep(delay)
             else:
-                worker.passes += 1
-                self.total_passes[kind] += 1
                 worker.backoff.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(trigger.wait(), timeout=self.resync)
