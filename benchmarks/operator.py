@@ -56,21 +56,37 @@ def passes(port: int) -> float:
     return sum(v for k, v in metrics(port).items() if "reconcile_passes_total" in k)
 
 
+def _lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deployments", type=int, default=10)
+    parser.add_argument("--replicas", type=int, default=2, help="replicas per NeuronDeployment (kwok pods)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="reuse a running local kind cluster (e.g. .cluster) instead of creating one"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neuron-opbench-", dir="/var/tmp"))
-    cluster = KindCluster(KindConfig(name=f"neuron-bench-{os.getpid()}", state_dir=tmp / "state")).up()
+    if args.state_dir:
+        from localcluster.__main__ import cluster_for
+
+        cluster = cluster_for(args.state_dir, "")
+        cluster.ensure_images()
+    else:
+        cluster = KindCluster(KindConfig(name=f"neuron-bench-{os.getpid()}", state_dir=tmp / "state")).up()
+    namespace = f"opbench-{os.getpid()}"
+    cluster.kubectl("create", "namespace", namespace)
     op = None
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         for crd in ("neuronmodels.neuron.dev", "neurondeployments.neuron.dev"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
-        art = cluster.shared_dir / "artifacts"
+        art = cluster.shared_dir / f"{namespace}-artifacts"
         art.mkdir()
         art.chmod(0o777)  # compile Jobs run as uid 65532
-        storage = hostpath_claim("default", "neuron-artifacts", art)
+        storage = hostpath_claim(namespace, "neuron-artifacts", art)
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": storage}))
         mport = free_port()
         env = {
@@ -83,6 +99,9 @@ def main() -> int:
             "NEURON_OPERATOR_RESYNC_SECONDS": "2",
             "NEURON_OPERATOR_METRICS_PORT": str(mport),
             "NEURON_OPERATOR_HEALTH_PORT": str(free_port()),
+            "NEURON_OPERATOR_NAMESPACES": json.dumps([namespace]),
+            "NEURON_OPERATOR_LEADER_ELECTION_LEASE": namespace,
+            "NEURON_OPERATOR_LOG_LEVEL": "INFO",
         }
         log = (tmp / "operator.log").open("wb")
         op = subprocess.Popen([sys.executable, "-m", "neuron_operator.cli", "run"], env=env, stdout=log, stderr=log)
@@ -90,7 +109,7 @@ def main() -> int:
         model = {
             "apiVersion": "neuron.dev/v1alpha1",
             "kind": "NeuronModel",
-            "metadata": {"name": "mlp", "namespace": "default"},
+            "metadata": {"name": "mlp", "namespace": namespace},
             "spec": {
                 "source": {"python": {"factory": "neuron_runtime.zoo:tiny_mlp"}},
                 "inputs": [{"name": "x", "shape": [4, 256], "dtype": "float32"}],
@@ -103,7 +122,7 @@ def main() -> int:
         cluster.kubectl("apply", "-f", "-", input=json.dumps(model))
 
         def ready(kind: str, name: str) -> bool:
-            obj = json.loads(cluster.kubectl("get", kind, name, "-o", "json").stdout)
+            obj = json.loads(cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json").stdout)
             return any(
                 c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", [])
             )
@@ -115,17 +134,19 @@ def main() -> int:
             nd = {
                 "apiVersion": "neuron.dev/v1alpha1",
                 "kind": "NeuronDeployment",
-                "metadata": {"name": f"nd-{i}", "namespace": "default"},
+                "metadata": {"name": f"nd-{i}", "namespace": namespace},
                 "spec": {
                     "modelRef": {"name": "mlp"},
-                    "replicas": 2,
+                    "replicas": args.replicas,
                     "pod": {"nodeSelector": {"node.kubernetes.io/instance-type": "m5.xlarge"}},
                 },
             }
             cluster.kubectl("apply", "-f", "-", input=json.dumps(nd))
             start = time.monotonic()
             until(
-                lambda i=i: cluster.kubectl("get", "deployment", f"nd-{i}", check=False).returncode == 0,
+                lambda i=i: (
+                    cluster.kubectl("get", "-n", namespace, "deployment", f"nd-{i}", check=False).returncode == 0
+                ),
                 timeout=60,
                 interval=0.01,
                 what="the Deployment",
@@ -133,9 +154,17 @@ def main() -> int:
             to_deployment.append(time.monotonic() - start)
             until(lambda i=i: ready("nd", f"nd-{i}"), timeout=60, interval=0.02, what="Ready")
             to_ready.append(time.monotonic() - start)
+        log.flush()
+        lines0, t_idle = _lines(tmp / "operator.log"), time.monotonic()
         w0, p0 = writes(mport), passes(mport)
-        until(lambda: passes(mport) >= p0 + 3 * (args.deployments + 1), timeout=60, what="three resyncs of everything")
+        until(
+            lambda: passes(mport) >= p0 + 3 * (args.deployments + 1),
+            timeout=max(60, args.deployments),
+            what="three resyncs of everything",
+        )
         idle_writes, idle_passes = writes(mport) - w0, passes(mport) - p0
+        idle_seconds = time.monotonic() - t_idle
+        idle_lines = _lines(tmp / "operator.log") - lines0
         ms = lambda xs: f"p50 {statistics.median(xs) * 1000:7.1f} ms  max {max(xs) * 1000:7.1f} ms"  # noqa: E731
         print(f"compile (cpu tiny MLP, Job on the kind node) apply -> NeuronModel Ready: {compile_s:.1f} s")
         print(f"apply NeuronDeployment -> Deployment exists   ({args.deployments} runs): {ms(to_deployment)}")
@@ -144,6 +173,11 @@ def main() -> int:
             f"idle resync: {idle_passes:.0f} reconcile passes, {idle_writes:.0f} API writes "
             f"({idle_writes / max(idle_passes, 1):.2f} writes/pass)"
         )
+        print(
+            f"operator log at INFO, idle with {args.deployments + 1} objects: {idle_lines} lines in "
+            f"{idle_seconds:.1f} s ({idle_lines / idle_seconds:.2f} lines/s); "
+            f"whole run: {_lines(tmp / 'operator.log')} lines"
+        )
         totals = {k.split("{")[1].rstrip("}"): v for k, v in metrics(mport).items() if "api_writes_total" in k}
         print("all writes so far by verb/kind:", json.dumps(totals, sort_keys=True))
         return 0
@@ -151,7 +185,10 @@ def main() -> int:
         if op is not None:
             op.terminate()
             op.wait(timeout=20)
-        cluster.down()
+        if args.state_dir:
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        else:
+            cluster.down()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
