@@ -2,7 +2,8 @@
 
 ``neuron-operator run`` starts the controllers: settings from ``NEURON_OPERATOR_*`` env vars (what the
 Helm chart sets) overridden by flags; leader election on a Lease (so ``replicas: 2`` has one active
-reconciler); kopf's liveness endpoint on ``/healthz``; Prometheus metrics (API writes, reconcile passes).
+reconciler and a standby); ``/healthz`` (liveness) and ``/readyz`` (readiness) on the health port from the
+start, standby or leader; Prometheus metrics (API writes, reconcile passes, ``neuron_operator_leader``).
 ``neuron-operator crds`` prints the generated CRDs.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -22,6 +24,8 @@ from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
 from neuron_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 
 class _OperatorCollector:
@@ -62,71 +66,163 @@ def _settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     return OperatorSettings(**overrides)
 
 
+class _Health:
+    """What ``/healthz`` and ``/readyz`` answer; served from start, whether or not we hold the Lease."""
+
+    def __init__(self) -> None:
+        self.lost = False  # leadership lost: liveness fails, so a leader stuck in shutdown is restarted
+        self.stopping = False
+        self.leading = False
+
+
+async def _serve_health(port: int, health: _Health) -> Any:
+    """``/healthz`` (liveness: the event loop answers; 500 once leadership is lost) and ``/readyz`` (ready as a
+    standby and as the leader; 503 while shutting down) on ``port``. Returns the aiohttp runner to clean up."""
+    from aiohttp import web
+
+    async def healthz(_: web.Request) -> web.Response:
+        if health.lost:
+            return web.Response(status=500, text="leadership lost\n")
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if health.lost or health.stopping:
+            return web.Response(status=503, text="stopping\n")
+        return web.Response(text="ok: leader\n" if health.leading else "ok: standby\n")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # the kubelet probes the pod IP
+    return runner
+
+
 async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> int:
-    """Run the operator until ``stop`` is set or leadership is lost (exit code 1)."""
+    """Run the operator until ``stop`` is set (exit code 0) or leadership is lost (exit code 1).
+
+    The health endpoints answer from the start. With leader election a standby waits for the Lease and
+    never starts kopf; the leader renews it while kopf reconciles. Leadership lost: the work queue stops at
+    once (no pass starts again), then kopf. ``stop`` (SIGTERM/SIGINT): the queue stops and the Lease is
+    released at once, so a standby takes over without waiting for kopf's graceful shutdown or for the Lease to
+    expire (once the queue is stopped this process writes nothing: kopf's handlers only trigger the queue).
+    """
     import kopf  # imported late: `neuron-operator --help` stays fast
 
     from neuron_operator import handlers
-    from neuron_operator.leader import LeaderElector
+    from neuron_operator.leader import LEADER, LeaderElector
 
+    stop = stop or asyncio.Event()
     runtime = await handlers.make_runtime(settings)
     with contextlib.suppress(ValueError):  # already registered (tests run several operators in-process)
         REGISTRY.register(_OperatorCollector(runtime))
-    stop = stop or asyncio.Event()
-    lost = False
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    health = _Health()
+    server = await _serve_health(settings.health_port, health)
+    elector: LeaderElector | None = None
     holder: asyncio.Task[None] | None = None
-    if settings.leader_election:
-        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaderElector(
-            runtime.kube,
-            settings.leader_election_namespace,
-            settings.leader_election_lease,
-            identity,
-            lease_duration=settings.lease_duration_seconds,
-            renew_deadline=settings.renew_deadline_seconds,
-            retry_period=settings.retry_period_seconds,
-        )
-        acquire = asyncio.ensure_future(elector.acquire())
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if not acquire.done():
-            acquire.cancel()
-            return 0
+    lost = False
 
-        async def watch_lease() -> None:
-            nonlocal lost
-            await elector.hold()
-            lost = True
+    async def wind_down() -> None:
+        """Once stopping: stop reconciling, then hand the Lease over (unless it was lost)."""
+        await stop.wait()
+        health.stopping, health.leading = True, False
+        await runtime.queue.stop()
+        if not lost and holder is not None:
+            holder.cancel()  # no renewal after the release (it would take the Lease back, or make it conflict)
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder
+        if elector is not None and not lost:
+            await elector.release()  # logs, never raises; nothing to do unless we hold the Lease
+        if not settings.leader_election:
+            LEADER.labels(identity).set(0)
+
+    # Created before kopf starts, so kopf's shutdown leaves it alone (it cancels the tasks it saw appear).
+    winding = asyncio.ensure_future(wind_down())
+    try:
+        if settings.leader_election:
+            elector = LeaderElector(
+                runtime.kube,
+                settings.leader_election_namespace,
+                settings.leader_election_lease,
+                identity,
+                lease_duration=settings.lease_duration_seconds,
+                renew_deadline=settings.renew_deadline_seconds,
+                retry_period=settings.retry_period_seconds,
+            )
+            log.info("standby as %s: waiting for the leader lease", identity)
+            acquire = asyncio.ensure_future(elector.acquire())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+                return 0  # (an attempt that won just before the cancel is released on the way out)
+            acquire.result()
+
+            async def watch_lease() -> None:
+                nonlocal lost
+                assert elector is not None
+                try:
+                    await elector.hold()
+                except Exception:  # hold() does not raise; if it ever did, that is a lost leadership too
+                    log.exception("leader election failed")
+                lost = health.lost = True
+                health.leading = False
+                stop.set()  # kopf stops...
+                await runtime.queue.stop()  # ...but reconciling stops now, not after kopf's graceful shutdown
+
+            holder = asyncio.ensure_future(watch_lease())
+        else:
+            LEADER.labels(identity).set(1)
+        health.leading = True
+
+        @kopf.on.startup()
+        def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.peering.standalone = True  # leader election is ours (a Lease), not kopf's peering
+            # No cluster-wide scanning of namespaces and CRDs: resources are resolved once at start-up (the
+            # chart installs the CRDs first), so the operator needs no read access to namespaces or CRDs.
+            settings.scanning.disabled = True
+            settings.posting.level = logging.WARNING
+            settings.watching.server_timeout = 300
+            settings.networking.request_timeout = 60
+
+        # kopf replaces our SIGTERM/SIGINT handlers with its own while it runs; a signal then stops kopf, whose
+        # cleanup (early in its shutdown) sets `stop`: the Lease is handed over before kopf has finished.
+        @kopf.on.cleanup(id=f"neuron-operator-stopping-{id(stop)}")
+        async def _stopping(**_: Any) -> None:
             stop.set()
 
-        holder = asyncio.ensure_future(watch_lease())
-
-    @kopf.on.startup()
-    def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.peering.standalone = True  # leader election is ours (a Lease), not kopf's peering
-        # No cluster-wide scanning of namespaces and CRDs: resources are resolved once at start-up (the
-        # chart installs the CRDs first), so the operator needs no read access to namespaces or CRDs.
-        settings.scanning.disabled = True
-        settings.posting.level = logging.WARNING
-        settings.watching.server_timeout = 300
-        settings.networking.request_timeout = 60
-
-    try:
-        await kopf.operator(
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            memo=kopf.Memo(runtime=runtime),
-            stop_flag=stop,
-            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
-            standalone=True,
-        )
+        if not stop.is_set():
+            await kopf.operator(
+                clusterwide=not settings.namespaces,
+                namespaces=settings.namespaces,
+                memo=kopf.Memo(runtime=runtime),
+                stop_flag=stop,
+                standalone=True,
+            )
+        return 1 if lost else 0
     finally:
+        stop.set()
+        await winding
         if holder is not None:
             holder.cancel()
-        await runtime.queue.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder
         await runtime.kube.client.close()
-    return 1 if lost else 0
+        await server.cleanup()
+
+
+async def _run_until_signalled(settings: OperatorSettings) -> int:
+    """``run`` with SIGTERM/SIGINT setting its stop event (graceful: stop reconciling, release the Lease)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await run(settings, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--runtime-image")
     run_p.add_argument("--compile-node-selector", help='JSON object, e.g. {"kubernetes.io/os":"linux"}')
     run_p.add_argument("--no-leader-election", action="store_true")
-    run_p.add_argument("--verbose", action="store_true")
+    run_p.add_argument("--verbose", action="store_true", help="log at DEBUG, HTTP clients included")
+    run_p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    run_p.add_argument("--log-format", choices=["text", "json"], help="default: text; json = one object a line")
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     args = parser.parse_args(argv)
     if args.command == "crds":
@@ -145,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write("---\n".join(crdgen.render().values()))
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from neuron_operator import logs
+
     settings = _settings_from_args(args)
+    log_flags = {"log_level": "DEBUG" if args.verbose else args.log_level, "log_format": args.log_format}
+    settings = settings.model_copy(update={k: v for k, v in log_flags.items() if v is not None})
+    logs.configure(settings.log_level, settings.log_format)
     start_http_server(settings.metrics_port)
-    return asyncio.run(run(settings))
+    return asyncio.run(_run_until_signalled(settings))
 
 
 if __name__ == "__main__":

@@ -298,7 +298,10 @@ class ServeSettings(BaseSettings):
         None, description="where a refusal to serve is written for kubelet; default /dev/termination-log if present"
     )
     shutdown_delay_s: float = Field(
-        0.0, ge=0.0, description="after SIGTERM: keep serving this long while endpoints drop the pod"
+        0.0,
+        ge=0.0,
+        description="after SIGTERM: keep serving this long (not ready; every answer closes its connection, so "
+        "kept-alive clients reconnect through the Service) while endpoints drop the pod",
     )
     drain_timeout_s: float = Field(60.0, ge=0.0, description="after SIGTERM: longest wait for in-flight requests")
     pin_cpu_threads: bool = Field(True, description="cpu target: pin each worker to its cores")

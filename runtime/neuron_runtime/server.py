@@ -55,6 +55,7 @@ JSON = "application/json"
 class ServerState:
     ready: bool = False
     accepting: bool = True
+    stopping: bool = False  # SIGTERM seen: every answer closes its connection so clients reconnect elsewhere
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -84,7 +85,20 @@ async def _errors_as_json(
 
 
 def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, state: ServerState) -> web.Application:
-    app = web.Application(client_max_size=settings.max_request_bytes, middlewares=[_errors_as_json])
+    @web.middleware
+    async def _close_when_stopping(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """After SIGTERM, answer with `Connection: close`: a kept-alive client's next request then opens a new
+        connection, which the Service sends to a ready pod (the endpoints no longer list this one)."""
+        response = await handler(request)
+        if state.stopping:
+            response.force_close()
+        return response
+
+    app = web.Application(
+        client_max_size=settings.max_request_bytes, middlewares=[_close_when_stopping, _errors_as_json]
+    )
     name = model.name
     input_dtypes = {spec.name: spec.dtype for spec in model.manifest.inputs}
     output_names = [o.name for o in model.manifest.outputs]
@@ -156,7 +170,7 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
         if not state.accepting:
             metrics.rejections.labels("shutting_down").inc()
             return _error(503, "the server is shutting down", {"Retry-After": "1"})
-        if not state.ready:
+        if not state.ready and not state.stopping:
             return _error(503, f"model {name!r} is not ready yet", {"Retry-After": "1"})
         state.in_flight += 1
         metrics.in_flight.inc()
@@ -306,6 +320,7 @@ async def serve(
         on_ready(port)
     await stop.wait()
     log.info("stopping: not ready; draining %d in-flight request(s)", state.in_flight)
+    state.stopping = True
     state.ready = False
     if settings.shutdown_delay_s:
         with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11

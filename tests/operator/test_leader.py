@@ -5,20 +5,28 @@
 one fails with the 409 Conflict ``ApiError`` lightkube raises, ``create`` of an existing name with 409
 AlreadyExists. Races are made deterministic with a barrier that holds every candidate after its read until
 all have read.
+
+Outages are what lightkube lets through from its HTTP client, httpx2 (lightkube 1.x; a fork of httpx with its
+own exception classes): each candidate reaches the apiserver over its own ``Link``, which can refuse
+connections (``httpx2.ConnectError``, as raised for ECONNREFUSED), raise ``OSError``, or hang (the request
+awaits an ``asyncio.Event`` that never fires: under looptime only the elector's own bound can end it).
+``FakeLeaseApi.broken`` is the apiserver answering 500 to everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from lightkube import ApiError
+from prometheus_client import REGISTRY
 
 from neuron_operator.kube import Kube
 from neuron_operator.leader import LeaderElector
@@ -32,7 +40,7 @@ pytestmark = pytest.mark.looptime
 
 def api_error(code: int, reason: str, message: str) -> ApiError:
     """An ApiError built the way lightkube builds one: from the apiserver's Status response."""
-    request = httpx.Request("PUT", f"https://apiserver.test/apis/coordination.k8s.io/v1/namespaces/{NS}/leases")
+    request = httpx2.Request("PUT", f"https://apiserver.test/apis/coordination.k8s.io/v1/namespaces/{NS}/leases")
     status = {
         "kind": "Status",
         "apiVersion": "v1",
@@ -42,7 +50,7 @@ def api_error(code: int, reason: str, message: str) -> ApiError:
         "reason": reason,
         "code": code,
     }
-    return ApiError(request=request, response=httpx.Response(code, json=status, request=request))
+    return ApiError(request=request, response=httpx2.Response(code, json=status, request=request))
 
 
 class FakeLeaseApi:
@@ -106,6 +114,47 @@ class FakeLeaseApi:
         return self.objects[(NS, NAME)]["spec"]
 
 
+def connect_error() -> httpx2.ConnectError:
+    """What httpx2 raises (and lightkube lets through) when the apiserver refuses the connection."""
+    request = httpx2.Request("GET", f"https://apiserver.test/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{NAME}")
+    return httpx2.ConnectError("[Errno 111] Connection refused", request=request)
+
+
+class Link:
+    """One candidate's path to the apiserver: the AsyncClient calls, unless cut (``error``) or hung."""
+
+    def __init__(self, api: FakeLeaseApi) -> None:
+        self.api = api
+        self.error: Exception | None = None  # raised by every request (connection refused, reset, ...)
+        self.hung = False  # every request hangs: no answer, no error
+        self.calls = 0
+        self.abandoned = 0  # hung requests cancelled by the caller (its own timeout)
+        self._never = asyncio.Event()
+
+    async def _check(self) -> None:
+        self.calls += 1
+        if self.hung:
+            try:
+                await self._never.wait()
+            except asyncio.CancelledError:
+                self.abandoned += 1
+                raise
+        if self.error is not None:
+            raise self.error
+
+    async def get(self, res: Any, name: str, namespace: str | None = None) -> Any:
+        await self._check()
+        return await self.api.get(res, name, namespace=namespace)
+
+    async def create(self, obj: Any, namespace: str | None = None) -> Any:
+        await self._check()
+        return await self.api.create(obj, namespace=namespace)
+
+    async def replace(self, obj: Any, name: str, namespace: str | None = None, **kw: Any) -> Any:
+        await self._check()
+        return await self.api.replace(obj, name, namespace=namespace, **kw)
+
+
 @dataclass
 class FakeClock:
     now: datetime = T0
@@ -121,9 +170,11 @@ class FakeClock:
 class World:
     api: FakeLeaseApi = field(default_factory=FakeLeaseApi)
     clock: Callable[[], datetime] = field(default_factory=FakeClock)
+    links: dict[str, Link] = field(default_factory=dict)
 
     def candidate(self, identity: str, **kw: Any) -> LeaderElector:
-        kube = Kube(self.api)  # type: ignore[arg-type]  # duck-typed AsyncClient
+        self.links[identity] = Link(self.api)
+        kube = Kube(self.links[identity])  # type: ignore[arg-type]  # duck-typed AsyncClient
         kw.setdefault("lease_duration", 15.0)
         kw.setdefault("renew_deadline", 10.0)
         kw.setdefault("retry_period", 2.0)
@@ -290,6 +341,193 @@ async def test_hold_renews_and_returns_once_renewal_fails_past_the_deadline() ->
     last_renewal = datetime.strptime(world.api.lease()["renewTime"], MICRO).replace(tzinfo=UTC)
     async with asyncio.timeout(60):
         await holding  # leadership lost: hold returns so the process can exit
-    # It gives up at the first failed retry more than renew_deadline (10 s) after the last renewal.
-    assert 10 < (world.clock() - last_renewal).total_seconds() <= 10 + 2
+    # It gives up renew_deadline (10 s) after the start of the last successful renewal, not later.
+    assert 10 <= (world.clock() - last_renewal).total_seconds() <= 10 + 2
     assert world.api.lease()["holderIdentity"] == "operator-a"  # nobody else took it meanwhile
+    assert not a.is_leader
+
+
+# ------------------------------------------------------------ outages: every failure counts, none is fatal
+
+#: What a candidate's requests can run into; lightkube lets httpx2's and the OS's exceptions through unchanged.
+FAILURES: dict[str, Callable[[Link], None]] = {
+    "connection refused": lambda link: setattr(link, "error", connect_error()),
+    "OSError": lambda link: setattr(link, "error", ConnectionResetError(104, "Connection reset by peer")),
+    "apiserver 500": lambda link: setattr(link, "error", api_error(500, "InternalError", "etcdserver: timeout")),
+    "request hangs": lambda link: setattr(link, "hung", True),
+    "unexpected error": lambda link: setattr(link, "error", RuntimeError("a bug, not an outage")),
+}
+
+
+def heal(link: Link) -> None:
+    link.error, link.hung = None, False
+
+
+def leader_gauge(identity: str) -> float | None:
+    return REGISTRY.get_sample_value("neuron_operator_leader", {"identity": identity})
+
+
+def renewed_at(world: World) -> datetime:
+    return datetime.strptime(world.api.lease()["renewTime"], MICRO).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_renewal_failing_then_recovering_before_the_deadline_keeps_leadership(failure: str) -> None:
+    world = World(clock=loop_clock())
+    a, b = world.candidate("operator-a"), world.candidate("operator-b")
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    await asyncio.sleep(11)  # renewals at 2, 4, ..., 10
+    assert renewed_at(world) == T0 + timedelta(seconds=10)
+    acquiring = asyncio.create_task(b.acquire())  # a healthy standby watches the Lease throughout
+    FAILURES[failure](world.links["operator-a"])
+    await asyncio.sleep(6.5)  # a's attempts fail (a hung one is abandoned at its attempt timeout, 5 s)
+    assert renewed_at(world) == T0 + timedelta(seconds=10)
+    assert not holding.done()
+    assert a.is_leader
+    heal(world.links["operator-a"])  # t = 17.5: back before the deadline (t = 20)
+    await asyncio.sleep(30)
+    assert not holding.done(), "leadership kept: the renewal succeeded within the renew deadline"
+    assert a.is_leader
+    assert leader_gauge("operator-a") == 1
+    assert renewed_at(world) >= world.clock() - timedelta(seconds=2)
+    assert not acquiring.done(), "the Lease never expired, so the standby never took it"
+    assert not b.is_leader
+    assert leader_gauge("operator-b") == 0
+    for task in (holding, acquiring):
+        task.cancel()
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_renewal_failing_past_the_deadline_ends_leadership_before_the_lease_expires(failure: str) -> None:
+    world = World(clock=loop_clock())
+    loop = asyncio.get_running_loop()
+    a, b = world.candidate("operator-a"), world.candidate("operator-b")
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    await asyncio.sleep(11)
+    last_renewal = loop.time() - 1  # t = 10
+    assert renewed_at(world) == T0 + timedelta(seconds=10)
+    FAILURES[failure](world.links["operator-a"])  # a is cut off; the standby b still reaches the apiserver
+    acquiring = asyncio.create_task(b.acquire())
+    async with asyncio.timeout(60):
+        await holding  # returns (leadership lost) instead of raising or renewing forever
+    lost_at = loop.time()
+    assert 10 <= lost_at - last_renewal <= 10 + 2, "within renew_deadline + retry_period of the last renewal"
+    assert not a.is_leader
+    assert leader_gauge("operator-a") == 0
+    if failure == "request hangs":
+        assert world.links["operator-a"].abandoned >= 1
+    async with asyncio.timeout(60):
+        await acquiring
+    # b took the Lease only once it expired (renewTime + 15 s), after a had stopped: never two leaders.
+    assert loop.time() - last_renewal > 15
+    assert lost_at < loop.time()
+    assert world.api.lease()["holderIdentity"] == "operator-b"
+    assert b.is_leader
+    assert leader_gauge("operator-b") == 1
+
+
+async def test_a_hung_renewal_ends_leadership_at_the_deadline() -> None:
+    world = World(clock=loop_clock())
+    loop = asyncio.get_running_loop()
+    a = world.candidate("operator-a")
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    await asyncio.sleep(11)
+    world.links["operator-a"].hung = True  # every request from now on gets no answer at all
+    async with asyncio.timeout(60):
+        await holding
+    assert loop.time() == pytest.approx(20)  # last renewal at 10 + renew_deadline 10: not a moment later
+    # The attempt of t = 12 was abandoned at its timeout (17), the one of t = 19 at the deadline.
+    assert world.links["operator-a"].abandoned == 2
+
+
+@pytest.mark.parametrize("failure", ["connection refused", "request hangs", "apiserver 500"])
+async def test_a_standby_whose_requests_fail_keeps_trying_and_never_leads(failure: str) -> None:
+    world = World(clock=loop_clock())
+    a, b = world.candidate("operator-a"), world.candidate("operator-b")
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    FAILURES[failure](world.links["operator-b"])  # b's very first request fails
+    acquiring = asyncio.create_task(b.acquire())
+    await asyncio.sleep(60)
+    assert not acquiring.done(), "acquire() returns only with the Lease"
+    assert not b.is_leader
+    assert leader_gauge("operator-b") == 0
+    assert world.links["operator-b"].calls >= 8  # it kept trying (every retry period, or attempt timeout)
+    heal(world.links["operator-b"])
+    await asyncio.sleep(60)  # b reaches the apiserver again: a holds a fresh Lease, b stays a standby
+    assert not acquiring.done()
+    assert not b.is_leader
+    assert world.api.lease()["holderIdentity"] == "operator-a"
+    holding.cancel()
+    assert await a.release()
+    async with asyncio.timeout(2 + 1):  # b's next attempt
+        await acquiring
+    assert b.is_leader
+
+
+async def test_release_on_shutdown_hands_over_at_once() -> None:
+    world = World(clock=loop_clock())
+    loop = asyncio.get_running_loop()
+    a, b = world.candidate("operator-a"), world.candidate("operator-b")
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    acquiring = asyncio.create_task(b.acquire())  # attempts at 0, 2, 4, ...
+    await asyncio.sleep(31)
+    holding.cancel()  # graceful shutdown: stop renewing, then release
+    with contextlib.suppress(asyncio.CancelledError):
+        await holding
+    released_at = loop.time()
+    assert await a.release() is True
+    assert world.api.lease() == {
+        "holderIdentity": "",
+        "leaseDurationSeconds": 1,
+        "acquireTime": micro(world.clock()),
+        "renewTime": micro(world.clock()),
+        "leaseTransitions": 0,
+    }
+    assert not a.is_leader
+    assert leader_gauge("operator-a") == 0
+    async with asyncio.timeout(60):
+        await acquiring
+    assert loop.time() - released_at <= 2, "b's next attempt took it, not one lease duration (15 s) later"
+    assert world.api.lease()["holderIdentity"] == "operator-b"
+    assert world.api.lease()["leaseTransitions"] == 1
+    assert await a.release() is False  # a second release does nothing
+
+
+async def test_release_without_holding_the_lease_writes_nothing(world: World) -> None:
+    clock = fake_clock(world)
+    a, b = world.candidate("operator-a"), world.candidate("operator-b")
+    assert await a.release() is False  # never acquired: not even a request
+    assert world.links["operator-a"].calls == 0
+    await a.acquire()
+    clock.advance(16)  # a was partitioned without noticing; b took over the expired Lease
+    assert await b.try_acquire_or_renew()
+    writes = world.api.writes
+    assert await a.release() is False
+    assert world.api.writes == writes
+    assert world.api.lease()["holderIdentity"] == "operator-b"
+
+
+@pytest.mark.parametrize("failure", ["connection refused", "request hangs", "apiserver 500"])
+async def test_release_failing_is_logged_not_raised(failure: str, caplog: pytest.LogCaptureFixture) -> None:
+    world = World(clock=loop_clock())
+    loop = asyncio.get_running_loop()
+    a = world.candidate("operator-a")
+    await a.acquire()
+    FAILURES[failure](world.links["operator-a"])
+    start = loop.time()
+    assert await a.release() is False
+    assert loop.time() - start <= 10  # bounded by renew_deadline even when the request hangs
+    assert "could not release" in caplog.text
+    assert world.api.lease()["holderIdentity"] == "operator-a"  # expires on its own after lease_duration
+
+
+def test_timings_that_allow_two_leaders_are_refused(world: World) -> None:
+    with pytest.raises(ValueError, match="lease_duration"):
+        world.candidate("operator-a", lease_duration=10.0, renew_deadline=10.0)
+    with pytest.raises(ValueError, match="renew_deadline"):
+        world.candidate("operator-a", renew_deadline=2.0, retry_period=2.0)

@@ -85,6 +85,9 @@ CUSTOM: dict[str, Any] = {
     "priorityClassName": "system-cluster-critical",
     "imagePullSecrets": ["regcred"],
     "argocd": {"healthChecks": True},
+    "logLevel": "DEBUG",
+    "logFormat": "text",
+    "prometheus": {"rules": {"enabled": True}, "podMonitor": {"enabled": True, "labels": {"release": "prom"}}},
 }
 
 
@@ -135,10 +138,12 @@ def test_default_render(default_objects: list[dict[str, Any]]) -> None:
             "Service",
             "ClusterRole",
             "ClusterRoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "Role",
             "RoleBinding",
         ]
-    ), "defaults: operator, SA, metrics Service, cluster-wide RBAC, leader-election Role; nothing optional"
+    ), "defaults: operator, SA, metrics Service, cluster-wide + capacity RBAC, leader-election Role; nothing optional"
     deployment = one(default_objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -204,7 +209,8 @@ def test_namespaced_objects_name_their_namespace(custom_objects: list[dict[str, 
 
 
 def test_optional_objects_are_off_by_default(default_objects: list[dict[str, Any]]) -> None:
-    for kind in ("ServiceMonitor", "PodDisruptionBudget", "PersistentVolumeClaim", "ConfigMap"):
+    optional = ("ServiceMonitor", "PodDisruptionBudget", "PersistentVolumeClaim", "ConfigMap", "PrometheusRule")
+    for kind in (*optional, "PodMonitor"):
         assert not find(default_objects, kind), f"{kind} rendered although not enabled"
 
 
@@ -241,12 +247,26 @@ def test_restricted_security_context(default_objects: list[dict[str, Any]]) -> N
     assert pod["containers"][0]["resources"]["limits"]["memory"]
 
 
-def test_probes_hit_healthz_on_the_health_port(custom_objects: list[dict[str, Any]]) -> None:
+def test_probes_hit_healthz_and_readyz_on_the_health_port(custom_objects: list[dict[str, Any]]) -> None:
+    """Liveness /healthz, readiness /readyz: both served by `neuron-operator run` from start-up, standby or
+    leader (tests/operator/test_cli_leader.py), so a standby is Ready and never killed for lacking the Lease."""
     container = one(custom_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/healthz"
         assert ports[container[probe]["httpGet"]["port"]] == CUSTOM["health"]["port"]
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_upgrades_roll_one_new_pod_at_a_time_without_dropping_below_replicas(helm: Path, replicas: int) -> None:
+    """A new pod starts next to the old ones and becomes Ready as a standby; only then does an old pod stop
+    (and release the Lease). tests/packaging/test_chart_upgrade_on_kind.py runs it on the kind cluster."""
+    deployment = one(helm_template(helm, {"replicas": replicas}), "Deployment")
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
 
 
 def test_downward_api_pod_identity(default_objects: list[dict[str, Any]]) -> None:
@@ -281,12 +301,15 @@ def test_rbac_rules_file_is_the_only_source(
     assert set(rules) == set(RULE_SETS)
     roles = {(o["kind"], o["metadata"]["name"]): o["rules"] for o in default_objects if "rules" in o}
     assert roles == {
-        ("ClusterRole", "neuron-operator"): rules["workload"],
+        ("ClusterRole", "neuron-operator"): rules["workload"] + rules["diagnostics"],
+        ("ClusterRole", "neuron-operator-capacity"): rules["capacity"],
         ("Role", "neuron-operator-leader-election"): rules["leaderElection"],
     }
     per_namespace = find(custom_objects, "Role", "neuron-operator")
     assert sorted(r["metadata"]["namespace"] for r in per_namespace) == ["team-a", "team-b"]
-    assert all(r["rules"] == rules["workload"] for r in per_namespace)
+    assert all(r["rules"] == rules["workload"] + rules["diagnostics"] for r in per_namespace)
+    # Capacity-aware rollouts read nodes and pods cluster-wide, also when watching some namespaces only.
+    assert one(custom_objects, "ClusterRole", "neuron-operator-capacity")["rules"] == rules["capacity"]
     assert not find(custom_objects, "ClusterRole", "neuron-operator"), "no cluster-wide workload rules"
     bindings = find(custom_objects, "RoleBinding", "neuron-operator")
     assert {b["metadata"]["namespace"] for b in bindings} == {"team-a", "team-b"}
@@ -302,13 +325,12 @@ def test_rbac_rules_file_is_the_only_source(
 def test_rbac_rule_set() -> None:
     """The proven rule set (tests/operator/test_rbac.py removes each rule and watches the scenario fail);
     a change here is deliberate and must be proven there too."""
-    flat = {
-        (group, resource): sorted(rule["verbs"])
-        for rules in rbac_rules().values()
-        for rule in rules
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-    }
+    flat: dict[tuple[str, str], list[str]] = {}
+    for rules in rbac_rules().values():
+        for rule in rules:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    flat[(group, resource)] = sorted({*flat.get((group, resource), []), *rule["verbs"]})
     assert flat == {
         ("neuron.dev", "neuronmodels"): ["get", "list", "watch"],
         ("neuron.dev", "neurondeployments"): ["get", "list", "watch"],
@@ -320,7 +342,9 @@ def test_rbac_rule_set() -> None:
         ("policy", "poddisruptionbudgets"): sorted(["get", "create", "patch"]),
         ("", "pods"): ["list", "watch"],
         ("", "pods/log"): ["get"],
-        ("", "events"): ["create"],
+        ("", "events"): ["create", "list"],
+        ("", "persistentvolumeclaims"): ["get"],
+        ("", "nodes"): ["list"],
         ("coordination.k8s.io", "leases"): sorted(["get", "create", "update"]),
     }
 
@@ -331,7 +355,7 @@ def test_one_rule_can_be_dropped(helm: Path, tmp_path: Path) -> None:
     objects = helm_template(helm, chart=chart)
     workload = one(objects, "ClusterRole", "neuron-operator")["rules"]
     assert removed not in workload
-    assert len(workload) == len(rbac_rules()["workload"]) - 1
+    assert len(workload) == len(rbac_rules()["workload"]) + len(rbac_rules()["diagnostics"]) - 1
 
 
 def test_leader_election_off_drops_the_lease_role(helm: Path) -> None:
@@ -372,6 +396,12 @@ def test_leader_election_off_drops_the_lease_role(helm: Path) -> None:
         (["--set", "leaderElection.enabled=yes-please"], "enabled"),
         (["--set", "runtimeRunAsRoot=yes-please"], "runtimeRunAsRoot"),
         (["--set", "affinity.nodeAfinity.x=1"], "nodeAfinity"),
+        (["--set", "logLevel=TRACE"], "logLevel"),
+        (["--set", "logFormat=xml"], "logFormat"),
+        (["--set", "grafana.dashboard.unknown=1"], "unknown"),
+        (["--set", "prometheus.rules.servingErrorRatio=2"], "servingErrorRatio"),
+        (["--set", "prometheus.rules.servingLatencyP99Seconds=0"], "servingLatencyP99Seconds"),
+        (["--set", "prometheus.podMonitor.interval=soon"], "interval"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, args: list[str], message: str) -> None:
@@ -490,10 +520,11 @@ def test_every_env_var_is_a_settings_field(default_objects: list[dict[str, Any]]
 
 
 def test_chart_defaults_are_the_operator_defaults(helm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Release `neuron-operator` in `default`: the chart configures exactly OperatorSettings' defaults."""
+    """Release `neuron-operator` in `default`: the chart configures exactly OperatorSettings' defaults, but for
+    the log format: json in a cluster (log pipelines parse it), text on a terminal."""
     parsed = _settings_from(helm_template(helm, namespace="default"), monkeypatch)
     _clear_settings_env(monkeypatch)
-    assert parsed.model_dump() == OperatorSettings().model_dump()
+    assert parsed.model_dump() == OperatorSettings().model_dump() | {"log_format": "json"}
 
 
 def test_custom_values_reach_the_operator(
@@ -519,6 +550,7 @@ def test_custom_values_reach_the_operator(
     assert (s.leader_election_namespace, s.leader_election_lease) == (RELEASE_NS, "custom-lease")
     assert s.lease_duration_seconds == 30
     assert (s.health_port, s.metrics_port) == (9091, 9090)
+    assert (s.log_level, s.log_format) == ("DEBUG", "text")
 
 
 # ------------------------------------------------------------------------------------- Argo CD, NOTES

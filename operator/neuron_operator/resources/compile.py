@@ -72,7 +72,7 @@ def artifact_location(model: NeuronModel, settings: OperatorSettings) -> Artifac
 
 
 def storage_id(model: NeuronModel) -> str:
-    """"" for the operator's default artifact claim, else "<claim>/<path>" (part of the compile Job's name)."""
+    """The empty string for the default artifact claim, else "<claim>/<path>" (part of the compile Job name)."""
     pvc = model.spec.storage.pvc if model.spec.storage else None
     return f"{pvc.claim_name}/{pvc.path or ''}" if pvc is not None else ""
 

@@ -28,7 +28,7 @@ def compile_job_name(cache_key: str, storage: str = "") -> str:
     other storage must not read another storage's Job as its own)."""
     if not storage:
         return f"compile-{cache_key[:KEY_PREFIX_LEN]}"
-    return f"compile-{cache_key[:KEY_PREFIX_LEN - 6]}-{hashlib.sha256(storage.encode()).hexdigest()[:5]}"
+    return f"compile-{cache_key[: KEY_PREFIX_LEN - 6]}-{hashlib.sha256(storage.encode()).hexdigest()[:5]}"
 
 
 def cache_key_label(cache_key: str) -> str:
