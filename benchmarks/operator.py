@@ -67,13 +67,13 @@ def main() -> int:
     parser.add_argument(
         "--state-dir", type=Path, help="reuse a running local kind cluster (e.g. .cluster) instead of creating one"
     )
+    parser.add_argument("--runtime-image", help="runtime image already in the nodes (default: the cluster's own)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neuron-opbench-", dir="/var/tmp"))
     if args.state_dir:
         from localcluster.__main__ import cluster_for
 
-        cluster = cluster_for(args.state_dir, "")
-        cluster.ensure_images()
+        cluster = cluster_for(args.state_dir, "")  # no image re-import: pass --runtime-image of a loaded one
     else:
         cluster = KindCluster(KindConfig(name=f"neuron-bench-{os.getpid()}", state_dir=tmp / "state")).up()
     namespace = f"opbench-{os.getpid()}"
@@ -93,7 +93,7 @@ def main() -> int:
             **cluster.env(),
             "NEURON_OPERATOR_COMPILE_NODE_SELECTOR": json.dumps(EXEC),
             "NEURON_OPERATOR_COMPILE_TOLERATIONS": json.dumps(EXEC_TOL),
-            "NEURON_OPERATOR_RUNTIME_IMAGE": cluster.images["runtime"],
+            "NEURON_OPERATOR_RUNTIME_IMAGE": args.runtime_image or cluster.images["runtime"],
             "NEURON_OPERATOR_COMPILE_CPU": "500m",
             "NEURON_OPERATOR_COMPILE_MEMORY": "2Gi",
             "NEURON_OPERATOR_RESYNC_SECONDS": "2",

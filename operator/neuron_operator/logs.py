@@ -29,7 +29,16 @@ LogFormat = Literal["text", "json"]
 #: httpx: one line per API request; httpcore: connection-level detail; kopf.objects: "Handler '...'
 #: succeeded" for every watch event (and "... is processed"); kopf.activities: "Activity ... succeeded"
 #: of kopf's start-up/probe activities; aiohttp.access: every liveness probe of kopf's health endpoint.
-QUIET_LOGGERS: Final = ("httpx", "httpcore", "kopf.objects", "kopf.activities", "aiohttp.access")
+#: lightkube >= 1.0 talks HTTP through httpx2/httpcore2 (a fork with its own logger names).
+QUIET_LOGGERS: Final = (
+    "httpx",
+    "httpcore",
+    "httpx2",
+    "httpcore2",
+    "kopf.objects",
+    "kopf.activities",
+    "aiohttp.access",
+)
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
 _RECORD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}

@@ -7,11 +7,12 @@ write at all. Callers (the kopf handlers) decide *when* to run a pass; this modu
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -78,6 +79,12 @@ class Context:
     settings: OperatorSettings
     clock: Callable[[], datetime] = utc_now
     artifacts: ArtifactLookup = field(default=lambda ns, key: [])
+    #: Pods whose log had no parity line (a runtime without the gate, or no log at all): not read again.
+    parity_misses: collections.OrderedDict[tuple[str, str], None] = field(default_factory=collections.OrderedDict)
+
+
+#: Pods remembered in ``Context.parity_misses`` (oldest forgotten first).
+PARITY_MISS_MEMORY: Final = 4096
 
 
 def _fmt_errors(exc: ValidationError) -> str:
@@ -299,8 +306,15 @@ async def _observe_parity(
     template = (pod["metadata"].get("labels") or {}).get(TEMPLATE_HASH_LABEL)
     if isinstance(previous, dict) and previous.get("podTemplateHash") == template:
         return previous
+    miss = (namespace, pod["metadata"]["name"])
+    if miss in ctx.parity_misses:  # its log was read once and had no parity line: a no-op pass reads nothing
+        return previous if isinstance(previous, dict) else None
     line = await ctx.kube.log_line(pod["metadata"]["name"], namespace, RUNTIME_CONTAINER, PARITY_LOG_PREFIX)
     found = parity_status(line, pod) if line else None
+    if found is None:
+        ctx.parity_misses[miss] = None
+        while len(ctx.parity_misses) > PARITY_MISS_MEMORY:
+            ctx.parity_misses.popitem(last=False)
     return found if found is not None else (previous if isinstance(previous, dict) else None)
 
 
