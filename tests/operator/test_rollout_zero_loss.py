@@ -20,7 +20,10 @@ them alive (which isolates what kept-alive connections add). The modes (``ROLLOU
 - ``default``: no ``spec.rollout``; the default must resolve to a surge here (the node has spare capacity)
   and lose nothing;
 - ``in-place``: ``{maxSurge: 0, maxUnavailable: 1}``, the fallback without spare capacity: with one replica
-  there is a gap with no ready pod, so loss must be REPORTED; that proves the client sees loss at all.
+  there is a gap with no ready pod. Its loss is measured and printed, not asserted: before the runtime kept
+  serving through its shutdown delay it lost 355-362 requests per rollout here; since, kube-proxy's fallback to
+  terminating endpoints while none is ready bridges a gap this short (the small model is ready in seconds), and
+  it lost 0 on the kind cluster. The clients' reconnections (one per answer with `Connection: close`) are asserted.
 
 How the rollout resolved is read from the child Deployment's ``spec.strategy`` (what the Deployment controller
 acts on), not from the NeuronDeployment's spec. ``test_load_client_counts_every_failure`` (no cluster) holds
@@ -508,9 +511,8 @@ def test_rollout_loss(
             assert m.lost == 0, f"{m.line()}\n{m.evidence()}"
         else:
             assert m.resolved == "in-place", m.line()
-            # One replica replaced in place leaves a gap with no ready pod: a client that reports no loss here
-            # cannot see loss at all.
-            assert m.lost > 0, f"the load client saw no loss across an in-place rollout of 1 replica\n{m.line()}"
+            # The old pod, terminating while no other is ready, answered with `Connection: close`: clients moved.
+            assert m.result["connections"] > 2 * LOAD_CONCURRENCY, m.line()
         r = m.result
         assert r["total"] == r["ok"] + sum(r["errors"].values()), r
 
