@@ -259,7 +259,7 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
         if pod is not None:
             pod_name = pod["metadata"]["name"]
             events = (await _pod_events(ctx, namespace, [pod_name])).get(pod_name) if needs_events(pod) else None
-            if (problem := compile_pod_problem(pod, events)) is not None:
+            if (problem := compile_pod_problem(pod, events, ctx.clock())) is not None:
                 return ModelObservation(
                     fit=fit, cache_key=key, compiling=job_name, blocked=(problem.reason, problem.message)
                 )
@@ -490,7 +490,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     problem = None
     if failure is None:
         events_by_pod = await _pod_events(ctx, namespace, pods_waiting_for_mount(pods, container))
-        problem = serving_pod_problem(pods, container, events_by_pod)
+        problem = serving_pod_problem(pods, container, events_by_pod, ctx.clock())
     parity = None
     if dep.spec.validation.parity and failure is None:
         parity = await _observe_parity(ctx, namespace, ready_current_pods(pods, container), body)

@@ -568,3 +568,17 @@ def test_waits_for_mount_reads_the_named_container() -> None:
     )
     assert waits_for_mount(body, CONTAINER)  # ours has no status yet
     assert not waits_for_mount(body, "sidecar")
+
+
+def test_an_unschedulable_pod_is_a_problem_only_after_the_grace() -> None:
+    """A surge pod waiting for the cores of a terminating pod, or for a node an autoscaler adds, is not Stalled."""
+    from datetime import UTC, datetime, timedelta
+
+    from neuron_operator.resources.podstate import UNSCHEDULABLE_GRACE_SECONDS
+
+    since = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)  # T0, the condition's lastTransitionTime
+    p = unschedulable_pod()
+    assert pod_problem(p, "runtime", now=since + timedelta(seconds=UNSCHEDULABLE_GRACE_SECONDS - 1)) is None
+    late = pod_problem(p, "runtime", now=since + timedelta(seconds=UNSCHEDULABLE_GRACE_SECONDS))
+    assert late is not None
+    assert late.reason == "Unschedulable"

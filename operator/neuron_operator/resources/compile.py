@@ -357,6 +357,8 @@ def needs_events(pod: dict[str, Any]) -> bool:
     return waits_for_mount(pod, COMPILE_CONTAINER)
 
 
-def compile_pod_problem(pod: dict[str, Any], events: list[dict[str, Any]] | None = None) -> PodProblem | None:
-    """Why the running compile pod cannot start (unschedulable, image, config, mount), or None."""
-    return pod_problem(pod, COMPILE_CONTAINER, events)
+def compile_pod_problem(
+    pod: dict[str, Any], events: list[dict[str, Any]] | None = None, now: datetime | None = None
+) -> PodProblem | None:
+    """Why the running compile pod cannot start (unschedulable past a grace, image, config, mount), or None."""
+    return pod_problem(pod, COMPILE_CONTAINER, events, now)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from neuron_operator.api import Reason
@@ -142,11 +143,14 @@ def pods_waiting_for_mount(pods: list[dict[str, Any]], desired_container: dict[s
 
 
 def serving_pod_problem(
-    pods: list[dict[str, Any]], desired_container: dict[str, Any], events: dict[str, list[dict[str, Any]]]
+    pods: list[dict[str, Any]],
+    desired_container: dict[str, Any],
+    events: dict[str, list[dict[str, Any]]],
+    now: datetime | None = None,
 ) -> PodProblem | None:
     """The first current pod (by name) that cannot start or keeps crashing, with the reason."""
     for pod in current_pods(pods, desired_container):
-        found = pod_problem(pod, desired_container["name"], events.get(pod["metadata"]["name"]))
+        found = pod_problem(pod, desired_container["name"], events.get(pod["metadata"]["name"]), now)
         if found is not None:
             return found
     return None

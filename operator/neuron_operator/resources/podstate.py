@@ -9,6 +9,7 @@ itself only says ``ContainerCreating``). Messages keep the head of long text (``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from neuron_operator.api import Reason
@@ -37,22 +38,35 @@ def _container(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((s for s in statuses if s.get("name") == name), None)
 
 
-def _unschedulable(pod: dict[str, Any]) -> str | None:
+#: A pod unschedulable for less than this is not a problem yet: during a surge the new pod may wait for the cores
+#: of a pod that is terminating, and a cluster autoscaler needs a minute or so to add a node.
+UNSCHEDULABLE_GRACE_SECONDS: Final = 60.0
+
+
+def _unschedulable(pod: dict[str, Any], now: datetime | None) -> str | None:
     for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            since = c.get("lastTransitionTime")
+            if now is not None and since:
+                waited = (now - datetime.fromisoformat(str(since).replace("Z", "+00:00"))).total_seconds()
+                if waited < UNSCHEDULABLE_GRACE_SECONDS:
+                    return None
             return str(c.get("message") or "the scheduler found no node for the pod")
     return None
 
 
-def pod_problem(pod: dict[str, Any], container: str, events: list[dict[str, Any]] | None = None) -> PodProblem | None:
+def pod_problem(
+    pod: dict[str, Any], container: str, events: list[dict[str, Any]] | None = None, now: datetime | None = None
+) -> PodProblem | None:
     """The reason ``container`` of ``pod`` does not run, or None when nothing is wrong (yet).
 
-    ``events`` are the pod's Events (only needed to explain a pod stuck in ContainerCreating).
+    ``events`` are the pod's Events (only needed to explain a pod stuck in ContainerCreating). With ``now``, a pod
+    unschedulable for less than ``UNSCHEDULABLE_GRACE_SECONDS`` is not reported yet.
     """
     name = pod["metadata"]["name"]
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return None
-    if (why := _unschedulable(pod)) is not None:
+    if (why := _unschedulable(pod, now)) is not None:
         return PodProblem(Reason.UNSCHEDULABLE, clip(f"pod {name}: {why}"), name)
     status = _container(pod, container)
     waiting = ((status or {}).get("state") or {}).get("waiting") or {}
@@ -64,10 +78,10 @@ def pod_problem(pod: dict[str, Any], container: str, events: list[dict[str, Any]
     if reason in _START:
         return PodProblem(Reason.CONTAINER_START_FAILED, clip(f"pod {name}: {reason}: {detail}"), name)
     last = ((status or {}).get("lastState") or {}).get("terminated") or {}
-    now = ((status or {}).get("state") or {}).get("terminated") or {}
+    ended = ((status or {}).get("state") or {}).get("terminated") or {}
     running = bool(((status or {}).get("state") or {}).get("running"))
     # lastState is kept until the next termination: it explains a container that is not running now only.
-    for term in (now,) if running else (now, last):
+    for term in (ended,) if running else (ended, last):
         if term.get("reason") == "OOMKilled":
             return PodProblem(
                 Reason.OOM_KILLED,
