@@ -338,7 +338,7 @@ async def _rollout_plan(
     dep: NeuronDeployment,
     body: dict[str, Any],
     desired: dict[str, Any],
-    existing: dict[str, Any] | None,
+    template_changed: bool,
     cores: int,
 ) -> RolloutPlan | None:
     """The update budget: explicit, kept from the running Deployment, or chosen from free capacity.
@@ -349,9 +349,6 @@ async def _rollout_plan(
     if (explicit := explicit_plan(dep.spec.rollout)) is not None:
         return explicit
     prev = (body.get("status") or {}).get("rollout") or {}
-    template_changed = existing is None or not is_subset(
-        desired["spec"]["template"], existing["spec"].get("template") or {}
-    )
     if not template_changed and prev.get("strategy") not in (None, CUSTOM):
         return None
     pod_spec = desired["spec"]["template"]["spec"]
@@ -447,7 +444,11 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     current_budget = ((existing or {}).get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
     keep = (current_budget.get("maxSurge", 1), current_budget.get("maxUnavailable", 0))
     desired = build_deployment(body, served, plan, ctx.settings, rollout=keep)
-    rollout = await _rollout_plan(ctx, dep, body, desired, existing, plan.cores)
+    # The budget is not part of the pod template: whether a rollout starts is known before choosing it.
+    template_changed = existing is None or not is_subset(
+        desired["spec"]["template"], existing["spec"].get("template") or {}
+    )
+    rollout = await _rollout_plan(ctx, dep, body, desired, template_changed, plan.cores)
     if rollout is not None:
         desired = build_deployment(
             body, served, plan, ctx.settings, rollout=(rollout.max_surge, rollout.max_unavailable)
@@ -462,11 +463,6 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
             await ctx.kube.apply(manifest, observed)
     except Rejected as exc:
         return replace(base, blocked=(Reason.APPLY_REJECTED, clip(str(exc)), True), cores=plan.cores)
-    template_changed = (
-        existing is not None
-        and applied is not existing
-        and not is_subset(desired["spec"]["template"], existing["spec"].get("template") or {})
-    )
     if rolling and applied is not existing:
         old_sha = (
             (existing or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
@@ -479,7 +475,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
                 f"(cache key {served.cache_key}), replacing {old_sha[:12] or old_key}",
             )
         )
-    if template_changed and rollout is not None:
+    if existing is not None and template_changed and rollout is not None:
         kind = "Warning" if rollout.strategy == IN_PLACE else "Normal"
         events.append(
             Event(kind, Reason(rollout.strategy) if rollout.strategy != CUSTOM else Reason.ROLLING_OUT, rollout.message)
