@@ -511,8 +511,9 @@ def test_rollout_loss(
             assert m.lost == 0, f"{m.line()}\n{m.evidence()}"
         else:
             assert m.resolved == "in-place", m.line()
-            # The old pod, terminating while no other is ready, answered with `Connection: close`: clients moved.
-            assert m.result["connections"] > 2 * LOAD_CONCURRENCY, m.line()
+            # The old pod, terminating while no other is ready, answered with `Connection: close`: each client
+            # opened its first connection and at least one more after that answer (8 seen on kind with 4 clients).
+            assert m.result["connections"] >= 2 * LOAD_CONCURRENCY, m.line()
         r = m.result
         assert r["total"] == r["ok"] + sum(r["errors"].values()), r
 
