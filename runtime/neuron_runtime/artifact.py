@@ -1,5 +1,5 @@
-"""The compiled artifact on disk: a directory `<root>/<cache_key>/` with one TorchScript file per bucket and a
-`manifest.json` that pins every file's sha256.
+"""The compiled artifact on disk: a directory `<root>/<cache_key>/` with one TorchScript file per (batch size,
+bucket) and a `manifest.json` that pins every file's sha256.
 
 The *artifact digest* is the sha256 of the manifest bytes, so pinning it (as the operator does through
 `ServeSettings.expected_sha256`) pins every graph. Writers go through `write_atomically` (temp dir + rename, so a
@@ -17,12 +17,17 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neuron_runtime.config import ARTIFACT_FORMAT_VERSION, MANIFEST_NAME, DType, TensorSpec
 
 _CHUNK = 1 << 20
+
+READABLE_FORMAT_VERSIONS = (2, ARTIFACT_FORMAT_VERSION)
+"""Manifest formats this runtime reads. Format 2 (one batch size) lacks `batch_sizes` and the per-file
+`batch_size`; they are filled in from its `batch_size`, so its artifacts keep serving under their cache key."""
 
 
 class ArtifactError(RuntimeError):
@@ -43,17 +48,20 @@ class GraphFile(BaseModel):
 
     file: str
     bucket: int | None
+    batch_size: int = Field(description="the batch size this graph was traced at")
     sha256: str
     size_bytes: int
 
 
 class ReferenceFile(BaseModel):
-    """Reference cases of one bucket: inputs and the eager model's outputs (`torch.save` of plain tensors)."""
+    """Reference cases of one graph (bucket and batch size): inputs and the eager model's outputs (`torch.save` of
+    plain tensors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     file: str
     bucket: int | None
+    batch_size: int
     sha256: str
     cases: int
 
@@ -68,7 +76,8 @@ class Manifest(BaseModel):
     request: dict[str, object]
     inputs: list[TensorSpec]
     outputs: list[OutputSpec]
-    batch_size: int
+    batch_size: int = Field(description="the largest traced batch size (dynamic-batch chunks use it)")
+    batch_sizes: list[int] = Field(description="every traced batch size, ascending; the last is batch_size")
     buckets: dict[str, object] | None
     bucket_axis: int | None
     bucketed_inputs: list[str]
@@ -77,7 +86,7 @@ class Manifest(BaseModel):
     neuron_core_version: str | None
     graphs: list[GraphFile]
     references: list[ReferenceFile] = Field(
-        description="per bucket: reference inputs and eager outputs, for the serving pod's parity gate"
+        description="per graph: reference inputs and eager outputs, for the serving pod's parity gate"
     )
     files: dict[str, str] = Field(description="file name -> sha256 of every file besides the manifest")
     torch_version: str
@@ -89,6 +98,19 @@ class Manifest(BaseModel):
     )
     compile_seconds: float
     created_at: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_format_2(cls, data: Any) -> Any:
+        """A format 2 manifest traced one batch size: it is every graph's and reference's `batch_size`."""
+        if not isinstance(data, dict) or data.get("format_version") != 2 or "batch_size" not in data:
+            return data
+        size = data["batch_size"]
+        data = {**data, "batch_sizes": [size]}
+        for field in ("graphs", "references"):
+            if isinstance(data.get(field), list):
+                data[field] = [{"batch_size": size, **f} if isinstance(f, dict) else f for f in data[field]]
+        return data
 
     def to_bytes(self) -> bytes:
         """Deterministic serialisation: sorted keys, fixed separators, trailing newline."""
@@ -135,14 +157,21 @@ def verify(directory: Path, expected_sha256: str | None = None) -> tuple[Manifes
             f"artifact digest mismatch: {manifest_path} has sha256 {digest}, expected {expected_sha256}"
         )
     try:
-        manifest = Manifest.model_validate_json(raw)
+        data = json.loads(raw)
     except ValueError as exc:
         raise ArtifactError(f"{manifest_path} is not a valid manifest: {exc}") from exc
-    if manifest.format_version != ARTIFACT_FORMAT_VERSION:
+    # The version first: a newer format's fields would otherwise read as a schema error.
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version not in READABLE_FORMAT_VERSIONS:
         raise ArtifactError(
-            f"{manifest_path} has format version {manifest.format_version}, "
-            f"this runtime reads {ARTIFACT_FORMAT_VERSION}"
+            f"{manifest_path} has format version {version}, this runtime reads "
+            f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (compiled by a newer or older runtime: recompile "
+            "with this runtime's image)"
         )
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValueError as exc:
+        raise ArtifactError(f"{manifest_path} is not a valid manifest: {exc}") from exc
     for name, expected in sorted(manifest.files.items()):
         path = directory / name
         if Path(name).name != name:

@@ -1,10 +1,11 @@
 """`neuron-runtime compile`: turn a `CompileRequest` into a verified artifact directory, or reuse the cached one.
 
 Steps: cache lookup (no torch import on a hit) → load the source (TorchScript file, or a Python factory plus an
-optional state-dict file, sha256-checked) → one trace per bucket at the traced batch size (`torch.jit.trace` on
-`cpu`, `neuron.trace` on Neuron targets) → reference data per bucket: the example inputs plus a few seeded random
-inputs, with the *eager* model's outputs for each → on `cpu` only, check traced vs eager output on them → write
-the directory atomically with a manifest pinning every file (graphs and references).
+optional state-dict file, sha256-checked) → one trace per (batch size, bucket): every size of `batch_sizes` (or
+just `batch_size`) with every bucket (`torch.jit.trace` on `cpu`, `neuron.trace` on Neuron targets) → reference
+data per graph: the example inputs plus a few seeded random inputs, with the *eager* model's outputs for each → on
+`cpu` only, check traced vs eager output on them → write the directory atomically with a manifest pinning every
+file (graphs and references).
 
 A Neuron-compiled graph is never called here: it can only execute on a NeuronCore (the `torch_neuronx.trace`
 reference, "CPU compilation": trace with `cpu_backend=True`, then move model.pt to a Neuron instance), and the
@@ -46,7 +47,7 @@ HEARTBEAT_S = 30.0
 
 
 REFERENCE_RANDOM_CASES = 2
-"""Seeded random inputs per bucket stored as reference cases, besides the example inputs."""
+"""Seeded random inputs per graph stored as reference cases, besides the example inputs."""
 
 
 class TraceError(RuntimeError):
@@ -131,8 +132,10 @@ def load_source(request: CompileRequest, scratch: Path, progress: Progress) -> A
     return model.eval()
 
 
-def example_inputs(request: CompileRequest, bucket: int | None, case: int = 0) -> list[Any]:
-    """Deterministic inputs at the traced batch size (bucket axis set to `bucket`).
+def example_inputs(
+    request: CompileRequest, bucket: int | None, case: int = 0, batch_size: int | None = None
+) -> list[Any]:
+    """Deterministic inputs at `batch_size` (default: the largest, `request.batch_size`), bucket axis at `bucket`.
 
     Case 0 (the example inputs traced with): floating inputs are seeded normals; integer and bool inputs are ones
     (a valid token id / "keep" mask). Cases 1..: other seeds, and integer/bool inputs drawn from {0, 1} (still
@@ -147,6 +150,8 @@ def example_inputs(request: CompileRequest, bucket: int | None, case: int = 0) -
     tensors = []
     for spec in request.inputs:
         shape = list(spec.shape)
+        if batch_size is not None:
+            shape[0] = batch_size
         if bucket is not None and spec.name in bucketed:
             assert request.buckets is not None
             shape[request.buckets.axis] = bucket
@@ -182,19 +187,22 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
     from neuron_runtime.tensors import dtype_name, flatten_outputs
 
     buckets: list[int | None] = list(request.buckets.sizes) if request.buckets else [None]
+    sizes = request.traced_batch_sizes()
+    # The largest batch size first: every smaller one's outputs are checked against it as soon as it is traced.
+    plan = [(size, bucket) for size in reversed(sizes) for bucket in buckets]
     graphs: list[artifact.GraphFile] = []
     references: list[artifact.ReferenceFile] = []
     on_cpu = request.target == "cpu"
     max_error: float | None = 0.0 if on_cpu else None
-    output_shapes: list[list[list[int]]] = []
+    eager_shapes: dict[tuple[int, int | None], list[list[int]]] = {}
     output_dtypes: list[str] = []
     if request.target == "inf1":
-        size = neuron.check_inf1_model_size(model)
-        progress(f"serialized model is {size} bytes (inf1 limit {neuron.INF1_MAX_MODEL_BYTES})")
-    for index, bucket in enumerate(buckets, start=1):
-        label = f"batch {request.batch_size}" + ("" if bucket is None else f", bucket {bucket}")
-        cases = [example_inputs(request, bucket, case) for case in range(REFERENCE_RANDOM_CASES + 1)]
-        with _heartbeat(progress, f"tracing {label} ({index}/{len(buckets)})"), torch.inference_mode(False):
+        model_bytes = neuron.check_inf1_model_size(model)
+        progress(f"serialized model is {model_bytes} bytes (inf1 limit {neuron.INF1_MAX_MODEL_BYTES})")
+    for index, (size, bucket) in enumerate(plan, start=1):
+        label = f"batch {size}" + ("" if bucket is None else f", bucket {bucket}")
+        cases = [example_inputs(request, bucket, case, size) for case in range(REFERENCE_RANDOM_CASES + 1)]
+        with _heartbeat(progress, f"tracing {label} ({index}/{len(plan)})"), torch.inference_mode(False):
             try:
                 with torch.no_grad():
                     expected = [flatten_outputs(model(*inputs)) for inputs in cases]
@@ -218,9 +226,10 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
                     if e.numel():
                         assert max_error is not None
                         max_error = max(max_error, float((g.float() - e.float()).abs().max()))
-        output_shapes.append([list(e.shape) for e in eager])
+        eager_shapes[(size, bucket)] = [list(e.shape) for e in eager]
+        _check_batch_axis(eager_shapes, size, bucket, request.batch_size)
         output_dtypes = [dtype_name(e.dtype) for e in eager]
-        name = artifact.graph_file_name(request.batch_size, bucket)
+        name = artifact.graph_file_name(size, bucket)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.save(traced, str(tmp / name))
@@ -228,18 +237,26 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
             artifact.GraphFile(
                 file=name,
                 bucket=bucket,
+                batch_size=size,
                 sha256=artifact.sha256_file(tmp / name),
                 size_bytes=(tmp / name).stat().st_size,
             )
         )
-        ref_name = artifact.reference_file_name(request.batch_size, bucket)
+        ref_name = artifact.reference_file_name(size, bucket)
         torch.save({"inputs": [list(c) for c in cases], "outputs": [list(o) for o in expected]}, str(tmp / ref_name))
         references.append(
             artifact.ReferenceFile(
-                file=ref_name, bucket=bucket, sha256=artifact.sha256_file(tmp / ref_name), cases=len(cases)
+                file=ref_name,
+                bucket=bucket,
+                batch_size=size,
+                sha256=artifact.sha256_file(tmp / ref_name),
+                cases=len(cases),
             )
         )
         progress(f"traced {label} in {time.monotonic() - started:.1f}s total")
+    graphs.sort(key=lambda g: (g.batch_size, g.bucket or 0))
+    references.sort(key=lambda r: (r.batch_size, r.bucket or 0))
+    output_shapes = [eager_shapes[(request.batch_size, bucket)] for bucket in buckets]  # specs: the largest size
     versions = neuron.versions(request.target)
     files = {g.file: g.sha256 for g in graphs} | {r.file: r.sha256 for r in references}
     return artifact.Manifest(
@@ -248,6 +265,7 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
         inputs=list(request.inputs),
         outputs=_output_specs(output_shapes, output_dtypes, buckets),
         batch_size=request.batch_size,
+        batch_sizes=sizes,
         buckets=request.buckets.model_dump(mode="json") if request.buckets else None,
         bucket_axis=request.buckets.axis if request.buckets else None,
         bucketed_inputs=sorted(request.bucketed_inputs()),
@@ -264,6 +282,23 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
         compile_seconds=round(time.monotonic() - started, 3),
         created_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+
+
+def _check_batch_axis(
+    shapes: dict[tuple[int, int | None], list[list[int]]], size: int, bucket: int | None, largest: int
+) -> None:
+    """With several batch sizes, the eager outputs at `size` may differ from those at the largest size only in
+    dimension 0 (the batch): the server splits every output by rows."""
+    if size == largest:
+        return
+    got = shapes[(size, bucket)]
+    want = [[size, *s[1:]] for s in shapes[(largest, bucket)]]
+    if got != want:
+        where = "" if bucket is None else f", bucket {bucket}"
+        raise TraceError(
+            f"the eager model's outputs at batch {size}{where} have shapes {got}, expected {want}: with "
+            "batch_sizes, dimension 0 of every output must be the batch"
+        )
 
 
 def _output_specs(

@@ -18,11 +18,25 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ARTIFACT_FORMAT_VERSION = 2
-"""Bumped whenever the artifact layout or the manifest schema changes; part of every cache key."""
+ARTIFACT_FORMAT_VERSION = 3
+"""Bumped whenever the artifact layout or the manifest schema changes (3: one graph per batch size as well)."""
+
+CACHE_KEY_VERSION = 2
+"""Prefix of every cache key. It stays put while this runtime still reads the artifacts older runtimes wrote
+(format 2 manifests are read as single-batch-size artifacts), so existing artifacts keep their key; bump it when
+a request must compile anew."""
 
 MANIFEST_NAME = "manifest.json"
 
@@ -65,9 +79,10 @@ class Placement(_Strict):
 class Batching(_Strict):
     """Server-side dynamic batching (per model, per input-shape bucket).
 
-    A batch is dispatched when it holds `max_batch_size` rows (or exactly a preferred size) or when its oldest
-    request has waited `max_delay_ms`. `max_queue` bounds the queued *rows* (a request of shape [k, ...] is k rows);
-    beyond it requests get 429. `timeout_ms` is the per-request deadline (504 after it).
+    A batch is dispatched when it holds `max_batch_size` rows (or exactly a preferred size), when its oldest request has
+    waited `max_delay_ms`, or (`idle_dispatch`) at once when a worker is idle. `max_queue` bounds the queued *rows* (a
+    request of shape [k, ...] is k rows); beyond it requests get 429. `timeout_ms` is the per-request deadline (504
+    after it).
     """
 
     max_batch_size: int = Field(8, ge=1)
@@ -75,6 +90,11 @@ class Batching(_Strict):
     max_queue: int = Field(256, ge=1)
     timeout_ms: int = Field(30000, ge=1)
     preferred_batch_sizes: list[int] = Field(default_factory=list)
+    idle_dispatch: bool = Field(
+        True,
+        description="send a partial batch at once when a worker is idle instead of waiting max_delay_ms for it to "
+        "fill (requests that arrive while every worker is busy still batch up)",
+    )
 
     @field_validator("preferred_batch_sizes")
     @classmethod
@@ -213,11 +233,40 @@ class CompileRequest(_Strict):
     source: Source
     inputs: list[TensorSpec] = Field(min_length=1)
     batch_size: int = Field(ge=1, le=4096)
+    batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="batch sizes to trace (one graph each, with every bucket), ascending, the largest equal to "
+        "batch_size; empty: batch_size only. Left out of the serialised request (and the cache key) when empty.",
+    )
     buckets: Buckets | None = None
     target: Target
     dynamic_batch: bool = False
     compiler: CompilerOptions = Field(default_factory=CompilerOptions)
     runtime_image: str | None = None
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"every batch size must be >= 1, got {value}")
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"batch sizes must be ascending and unique, got {value}")
+        batch_size = info.data.get("batch_size")
+        if value and batch_size is not None and value[-1] != batch_size:
+            raise ValueError(f"the largest batch size {value[-1]} must equal batch_size={batch_size}")
+        # [batch_size] alone is today's single graph: the same request, hence the same cache key.
+        return [] if value == [batch_size] else value
+
+    @model_serializer(mode="wrap")
+    def _omit_default_batch_sizes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.batch_sizes:
+            data.pop("batch_sizes", None)  # requests that do not use it keep their JSON, hence their cache key
+        return data
+
+    def traced_batch_sizes(self) -> list[int]:
+        """Every batch size a graph is traced at, ascending (the largest is `batch_size`)."""
+        return list(self.batch_sizes) or [self.batch_size]
 
     @model_validator(mode="after")
     def _consistent(self) -> CompileRequest:
@@ -261,11 +310,12 @@ class CompileRequest(_Strict):
         return {self.buckets.input}
 
     def canonical_json(self) -> str:
-        """Canonical JSON of every field (sorted keys, no whitespace): the input of `cache_key`."""
+        """Canonical JSON of every field (sorted keys, no whitespace; `batch_sizes` only when set): the input of
+        `cache_key`."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def cache_key(self) -> str:
-        payload = f"v{ARTIFACT_FORMAT_VERSION}:{self.canonical_json()}"
+        payload = f"v{CACHE_KEY_VERSION}:{self.canonical_json()}"
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -303,7 +353,39 @@ class ServeSettings(BaseSettings):
         description="after SIGTERM: keep serving this long (not ready; every answer closes its connection, so "
         "kept-alive clients reconnect through the Service) while endpoints drop the pod",
     )
-    drain_timeout_s: float = Field(60.0, ge=0.0, description="after SIGTERM: longest wait for in-flight requests")
+    drain_timeout_s: float = Field(
+        20.0,
+        ge=0.0,
+        description="after SIGTERM (and shutdown_delay_s): longest wait for in-flight requests; the operator keeps "
+        "shutdown_delay_s + drain_timeout_s + 5 s below the pod's terminationGracePeriodSeconds",
+    )
+    grpc_port: int = Field(8001, ge=0, le=65535, description="OIP v2 gRPC (KServe v2 GRPCInferenceService) port")
+    read_timeout_s: float = Field(
+        15.0,
+        gt=0.0,
+        description="longest time a client may take to send a request's body once its headers arrived (a slow or "
+        "stalled client gets 408 and does not hold the drain)",
+    )
+    idle_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="a connection with no request in progress (idle keep-alive, or headers still incomplete) is "
+        "closed after this",
+    )
+    max_json_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="largest JSON request (tensor data in JSON); bigger tensors go as binary data "
+        "(Inference-Header-Content-Length), up to max_request_bytes",
+    )
+    worker_restarts: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="worker deaths tolerated within worker_restart_window_s; one more ends the process with a "
+        "termination message (reason WorkerCrashLoop) so Kubernetes restarts the pod",
+    )
+    worker_restart_window_s: float = Field(300.0, gt=0.0)
     pin_cpu_threads: bool = Field(True, description="cpu target: pin each worker to its cores")
     worker_backend: Literal["auto", "thread", "process"] = Field(
         "auto",

@@ -5,8 +5,9 @@ serialiser) against a few us for a numpy array, and a worker process exchanges o
 `torch.from_numpy` / `.numpy()` are zero-copy, so thread workers pay nothing for the detour. bfloat16 (no numpy
 dtype) travels as its int16 bit pattern.
 
-`BatchJob` is a whole batch that fits one traced call: concatenate, pad, run, split per request, crop (all on the
-worker, off the event loop). `GraphJob` is one call on an already shaped chunk (dynamic-batch chunks, warm-up).
+`BatchJob` is a whole batch that fits one traced call: concatenate, pad to the chosen traced batch size, run that
+size's graph, split per request, crop (all on the worker, off the event loop). `GraphJob` is one call on an
+already shaped chunk (dynamic-batch chunks, warm-up, parity).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 from neuron_runtime.batching import collate
 from neuron_runtime.tensors import flatten_outputs
 
-Graphs = dict[int | None, torch.jit.ScriptModule]
-"""Loaded graphs of one model copy, by bucket size (None without buckets)."""
+Graphs = dict[tuple[int | None, int], torch.jit.ScriptModule]
+"""Loaded graphs of one model copy, by (bucket size or None without buckets, traced batch size)."""
 
 # npt.NDArray, not np.ndarray[...]: this alias is evaluated at import, and ndarray is subscriptable only from numpy
 # 1.22, newer than the numpy neuron-cc pins in the inf1 image (aws-neuron/aws-neuron-sdk#762).
@@ -52,19 +53,22 @@ def tensors_from_wire(wires: Sequence[Wire]) -> list[torch.Tensor]:
 
 @dataclass(frozen=True)
 class GraphJob:
-    """Run one bucket's graph on tensors already at the traced batch size."""
+    """Run the graph of one bucket and batch size on tensors already at that batch size."""
 
     bucket: int | None
     inputs: list[Wire]
+    batch_size: int | None = None  # None: the inputs' rows (dim 0)
 
     def __call__(self, graphs: Graphs) -> list[Wire]:
-        outputs = flatten_outputs(graphs[self.bucket](*tensors_from_wire(self.inputs)))
+        size = self.batch_size if self.batch_size is not None else int(self.inputs[0][0].shape[0])
+        outputs = flatten_outputs(graphs[(self.bucket, size)](*tensors_from_wire(self.inputs)))
         return tensors_to_wire(outputs)
 
 
 @dataclass(frozen=True)
 class BatchJob:
-    """Run a batch of requests (total rows <= traced size) in one traced call; one output list per request."""
+    """Run a batch of requests (total rows <= `size`, a traced batch size) in one call of that size's graph; one
+    output list per request."""
 
     bucket: int | None
     requests: list[list[Wire]]
@@ -87,7 +91,7 @@ class BatchJob:
     def __call__(self, graphs: Graphs) -> list[list[Wire]]:
         joined = collate.concat([tensors_from_wire(r) for r in self.requests])
         padded = [collate.pad_rows(t, self.size) for t in joined]
-        outputs = flatten_outputs(graphs[self.bucket](*padded))
+        outputs = flatten_outputs(graphs[(self.bucket, self.size)](*padded))
         total = sum(self.rows)
         per_request = collate.split([o[:total] for o in outputs], self.rows)
         return [

@@ -27,6 +27,12 @@ class Metrics:
         self.requests = Counter(
             "neuron_runtime_requests_total", "Inference requests by HTTP status code", ["code"], registry=r
         )
+        self.grpc_requests = Counter(
+            "neuron_runtime_grpc_requests_total",
+            "gRPC ModelInfer requests by gRPC status code name (OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...)",
+            ["code"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "neuron_runtime_queue_wait_seconds",
             "Time a request waited in the batch queue",
@@ -77,6 +83,23 @@ class Metrics:
         self.parity_max_abs_error = Gauge(
             "neuron_runtime_parity_max_abs_error",
             "Largest absolute error of any graph vs the eager reference, measured by the parity gate at start-up",
+            registry=r,
+        )
+        self.worker_deaths = Counter(
+            "neuron_runtime_worker_deaths_total",
+            "Worker processes that died unexpectedly (OOM kill, crash); each is replaced on the same cores",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "neuron_runtime_worker_restarts_total",
+            "Replacement workers started, loaded and warmed after a worker died",
+            ["worker"],
+            registry=r,
+        )
+        self.isolations = Counter(
+            "neuron_runtime_batch_isolations_total",
+            "Batches that failed and were re-run in parts to find the request(s) that made the graph raise",
             registry=r,
         )
         self.in_flight = Gauge("neuron_runtime_requests_in_flight", "Inference requests being handled", registry=r)

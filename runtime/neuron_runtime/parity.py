@@ -1,10 +1,11 @@
 """Parity gate: before a serving pod becomes ready, every graph must reproduce the eager model's outputs.
 
-The compile Job stores reference cases per bucket (the example inputs plus seeded random inputs, and what the
-*eager* model returned for them; see `compile`). A Neuron graph cannot run in the compile Job (no NeuronCore), so
-this is where its numbers are first checked: on the device, on every worker (every model copy, hence every
-core), during warm-up. A failure keeps the pod unready and ends it with a `ParityFailed` termination message
-carrying the measured error; the operator shows it as `Stalled/ParityFailed` while the old replicas keep serving.
+The compile Job stores reference cases per graph, i.e. per bucket and batch size (the example inputs plus seeded
+random inputs, and what the *eager* model returned for them; see `compile`). A Neuron graph cannot run in the
+compile Job (no NeuronCore), so this is where its numbers are first checked: on the device, on every worker (every
+model copy, hence every core), during warm-up. A failure keeps the pod unready and ends it with a `ParityFailed`
+termination message carrying the measured error; the operator shows it as `Stalled/ParityFailed` while the old
+replicas keep serving.
 
 Tolerance: an element passes when |got - expected| <= atol + rtol * |expected| (the rule of `torch.allclose`).
 When the NeuronDeployment does not set them, the defaults follow the compiler's auto-cast setting, i.e. the
@@ -91,12 +92,16 @@ def tolerance(manifest: Manifest, atol: float | None, rtol: float | None) -> tup
     return (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol), precision
 
 
-def load_references(directory: Path, manifest: Manifest) -> dict[int | None, tuple[list[list[torch.Tensor]], ...]]:
-    """bucket -> (inputs per case, expected outputs per case), read with `weights_only` (no pickled code)."""
-    loaded: dict[int | None, tuple[list[list[torch.Tensor]], ...]] = {}
+References = dict[tuple[int | None, int], tuple[list[list[torch.Tensor]], ...]]
+"""(bucket, batch size) -> (inputs per case, expected outputs per case): keyed like `jobs.Graphs`."""
+
+
+def load_references(directory: Path, manifest: Manifest) -> References:
+    """Every graph's reference cases, read with `weights_only` (no pickled code)."""
+    loaded: References = {}
     for ref in manifest.references:
         data = torch.load(str(directory / ref.file), map_location="cpu", weights_only=True)
-        loaded[ref.bucket] = (data["inputs"], data["outputs"])
+        loaded[(ref.bucket, ref.batch_size)] = (data["inputs"], data["outputs"])
     return loaded
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import torch
 
+from neuron_runtime.errors import BadRequest
 from neuron_runtime.tensors import ITEM_SIZES, NUMPY_DTYPES, OIP_DATATYPES, TORCH_DTYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -26,7 +27,7 @@ DTYPE_OF_DATATYPE = {v: k for k, v in OIP_DATATYPES.items()}
 MAX_ELEMENTS = 1 << 28
 
 
-class ProtocolError(ValueError):
+class ProtocolError(BadRequest):
     """The request is not a valid v2 inference request for this model (HTTP 400)."""
 
 
@@ -155,9 +156,38 @@ def _shape(value: Any, where: str) -> list[int]:
         raise ProtocolError(f"{where}: 'shape' must be a list of integers")
     if any(d < 0 for d in value):
         raise ProtocolError(f"{where}: shape {value} has a negative dimension")
-    if math.prod(value) > MAX_ELEMENTS:
-        raise ProtocolError(f"{where}: shape {value} is too large")
+    if any(d == 0 for d in value):
+        raise ProtocolError(f"{where}: shape {value} has a zero dimension (every dimension must be >= 1)")
+    if any(d > MAX_ELEMENTS for d in value) or math.prod(value) > MAX_ELEMENTS:
+        raise ProtocolError(f"{where}: shape {value} is too large (at most {MAX_ELEMENTS} elements)")
     return value
+
+
+def check_values(source: np.ndarray[Any, Any], dtype: str, where: str) -> None:
+    """Refuse values the model's datatype cannot hold, before any conversion could wrap or overflow them.
+
+    Integers outside the datatype's range (INT64 2**63, UINT8 300) and finite numbers too large for a
+    floating-point datatype (FP32 1e39 would become inf) raise `ProtocolError`; `source` is the array as the client
+    sent it (e.g. numpy's int64/uint64/float64 from JSON, or gRPC's wider typed contents)."""
+    if source.size == 0:
+        return
+    kind = source.dtype.kind
+    if dtype in ("int64", "int32", "int8", "uint8") and kind in "iu":
+        info = np.iinfo(NUMPY_DTYPES[dtype])
+        low, high = source.min(), source.max()
+        if int(low) < info.min or int(high) > info.max:
+            bad = int(low) if int(low) < info.min else int(high)
+            raise ProtocolError(
+                f"{where}: value {bad} is outside the range of {OIP_DATATYPES[dtype]} [{info.min}, {info.max}]"
+            )
+    elif dtype in ("float32", "float16", "bfloat16") and kind == "f":
+        limit = float(torch.finfo(TORCH_DTYPES[dtype]).max)
+        finite = source[np.isfinite(source)]
+        if finite.size and float(np.abs(finite).max()) > limit:
+            raise ProtocolError(
+                f"{where}: value {float(np.abs(finite).max()):g} is too large for {OIP_DATATYPES[dtype]} "
+                f"(largest finite value {limit:g})"
+            )
 
 
 def _from_bytes(data: memoryview, dtype: str, shape: list[int]) -> torch.Tensor:
@@ -183,9 +213,10 @@ def _from_json(data: Any, dtype: str, shape: list[int], where: str) -> torch.Ten
             raise ValueError(f"floating-point values for an integer datatype {OIP_DATATYPES[dtype]}")
         if np_dtype.kind == "b" and array.dtype.kind != "b":
             raise ValueError("BOOL data must be true/false")
-        array = array.astype(np_dtype, copy=False)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"{where}: 'data' is not a valid {OIP_DATATYPES[dtype]} tensor ({exc})") from None
+    check_values(array, dtype, where)
+    array = array.astype(np_dtype, copy=False)
     if array.size != math.prod(shape):
         raise ProtocolError(f"{where}: 'data' has {array.size} elements but shape {shape} needs {math.prod(shape)}")
     tensor = torch.from_numpy(array.reshape(shape))

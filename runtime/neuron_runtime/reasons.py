@@ -22,10 +22,11 @@ class CompileFailure(str, Enum):
 
 
 class ServeRefusal(str, Enum):
-    """Why ``neuron-runtime serve`` refused to start serving (the pod restarts and is never ready)."""
+    """Why ``neuron-runtime serve`` refused to serve, or stopped (the pod restarts)."""
 
     INVALID_SETTINGS = "InvalidSettings"
     ARTIFACT_INVALID = "ArtifactInvalid"
     INCOMPATIBLE_RUNTIME = "IncompatibleRuntime"
     PARITY_FAILED = "ParityFailed"
     INVALID_PLACEMENT = "InvalidPlacement"
+    WORKER_CRASH_LOOP = "WorkerCrashLoop"  # worker processes died more often than `worker_restarts` allows

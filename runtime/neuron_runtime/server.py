@@ -1,5 +1,6 @@
 """`neuron-runtime serve`: the Open Inference Protocol v2 REST server (aiohttp) and its lifecycle.
 
+OIP v2 gRPC (`grpc_server`) listens on `grpc_port` next to it, on the same model, queue, drain and metrics.
 Endpoints: `/v2/health/live`, `/v2/health/ready`, `/v2`, `/v2/models/{m}[/versions/{v}]`, `.../ready`,
 `.../infer`, and `/metrics` (Prometheus). Health answers carry JSON bodies (the kserve client parses them);
 every error is `{"error": "..."}` with a 4xx status for anything the client did wrong (never 500), 429 +
@@ -23,24 +24,26 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+import aiohttp
+from aiohttp import web, web_protocol, web_request, web_server
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from neuron_runtime import __version__
-from neuron_runtime.batching.collate import RequestError
-from neuron_runtime.batching.queue import QueueFull, ShuttingDown
 from neuron_runtime.config import ServeSettings
+from neuron_runtime.errors import InferenceError, PayloadTooLarge, RequestTimeout, Unavailable
+from neuron_runtime.lifecycle import ServerState
 from neuron_runtime.metrics import Metrics
 from neuron_runtime.model import ServedModel
-from neuron_runtime.protocol import HEADER_LENGTH, ProtocolError, decode_request, encode_response, error_body
+from neuron_runtime.protocol import HEADER_LENGTH, decode_request, encode_response, error_body
 from neuron_runtime.reasons import ServeRefusal
 from neuron_runtime.tensors import OIP_DATATYPES
 
@@ -51,13 +54,10 @@ SWITCH_INTERVAL_S = 0.0002
 JSON = "application/json"
 
 
-@dataclass
-class ServerState:
-    ready: bool = False
-    accepting: bool = True
-    stopping: bool = False  # SIGTERM seen: every answer closes its connection so clients reconnect elsewhere
-    in_flight: int = 0
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
+#: JSON bodies above this are decoded on a worker thread, so one big request does not stall every other one.
+DECODE_OFF_LOOP_BYTES = 256 * 1024
+#: after the drain, how long aiohttp may wait for handlers still running before it closes their connections.
+CLEANUP_TIMEOUT_S = 2.0
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -66,6 +66,61 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=error_body(message), content_type=JSON, headers=headers)
+
+
+def _inference_error(exc: InferenceError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return _error(exc.http_status, str(exc), headers)
+
+
+class _JsonErrorsRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's own answers to requests it cannot parse (bad request line, headers too long, ...) as
+    `{"error": ...}` like every other error, logged at DEBUG (a client's mistake is not the server's error)."""
+
+    def handle_error(
+        self,
+        request: web_request.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        log.debug("unparseable request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        text = message or (str(exc) if exc is not None else HTTPStatus(status).phrase)
+        response = web.Response(status=status, body=error_body(f"malformed HTTP request: {text}"), content_type=JSON)
+        response.force_close()
+        return response
+
+
+class _JsonErrorsServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorsRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refused early when its declared length is over `limit` (413), cut off at `limit` while
+    streaming (chunked bodies), and abandoned with 408 when it takes longer than `timeout_s` to arrive."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body too large: {request.content_length} bytes, the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body too large: over the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:  # not the builtin before Python 3.11
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    return b"".join(chunks)
 
 
 @web.middleware
@@ -115,8 +170,12 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
     async def live(_request: web.Request) -> web.Response:
         return _json(200, {"live": True})
 
+    def is_ready() -> bool:
+        return state.ready and model.healthy
+
     async def ready(_request: web.Request) -> web.Response:
-        return _json(200 if state.ready else 503, {"ready": state.ready})
+        ok = is_ready()
+        return _json(200 if ok else 503, {"ready": ok})
 
     async def server_metadata(_request: web.Request) -> web.Response:
         return _json(200, {"name": "neuron-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
@@ -162,66 +221,61 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
     async def model_ready(request: web.Request) -> web.Response:
         if (bad := check_model(request)) is not None:
             return bad
-        return _json(200 if state.ready else 503, {"name": name, "ready": state.ready})
+        ok = is_ready()
+        return _json(200 if ok else 503, {"name": name, "ready": ok})
 
-    async def infer(request: web.Request) -> web.Response:
+    async def infer(request: web.Request) -> web.StreamResponse:
         if (bad := check_model(request)) is not None:
             return bad
-        if not state.accepting:
-            metrics.rejections.labels("shutting_down").inc()
-            return _error(503, "the server is shutting down", {"Retry-After": "1"})
-        if not state.ready and not state.stopping:
-            return _error(503, f"model {name!r} is not ready yet", {"Retry-After": "1"})
-        state.in_flight += 1
-        metrics.in_flight.inc()
-        started = time.perf_counter()
         try:
-            response = await _infer(request)
-        finally:
-            metrics.in_flight.dec()
-            state.in_flight -= 1
-            if state.in_flight == 0 and not state.accepting:
-                state.drained.set()
+            state.admit(name)
+        except Unavailable as exc:
+            metrics.rejections.labels("shutting_down" if not state.accepting else "not_ready").inc()
+            return _inference_error(exc)
+        started = time.perf_counter()
+        with state.track():
+            metrics.in_flight.inc()
+            try:
+                response = await _infer(request)
+            except InferenceError as exc:
+                response = _inference_error(exc)
+            except (aiohttp.ClientPayloadError, ConnectionError) as exc:
+                # The client went away mid-body: nobody to answer; not the server's error.
+                log.debug("client abandoned its request: %s", exc)
+                metrics.rejections.labels("abandoned").inc()
+                response = _error(400, "the request body was abandoned")
+            finally:
+                metrics.in_flight.dec()
         metrics.request_latency.observe(time.perf_counter() - started)
         metrics.requests.labels(str(response.status)).inc()
+        if response.status == 400:
+            metrics.rejections.labels("bad_request").inc()
         return response
 
     async def _infer(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            decoded = decode_request(body, request.headers.get(HEADER_LENGTH), input_dtypes)
-            prepared = model.prepare(decoded.inputs)
-        except (ProtocolError, RequestError) as exc:
-            metrics.rejections.labels("bad_request").inc()
-            return _error(400, str(exc))
+        # Refuse before reading or decoding anything when the queue is full or no worker runs: under overload a
+        # 429 then costs almost nothing, so the requests that are accepted keep the workers busy.
+        model.admit()
+        header_length = request.headers.get(HEADER_LENGTH)
+        limit = (
+            min(settings.max_json_bytes, settings.max_request_bytes)
+            if header_length is None
+            else settings.max_request_bytes
+        )
+        body = await _read_body(request, limit, settings.read_timeout_s)
+        if len(body) > DECODE_OFF_LOOP_BYTES:
+            decoded = await asyncio.to_thread(decode_request, body, header_length, input_dtypes)
+        else:
+            decoded = decode_request(body, header_length, input_dtypes)
         timeout = decoded.timeout_s if decoded.timeout_s is not None else timeout_default
-        try:
-            future = model.submit(prepared)
-        except QueueFull as exc:
-            metrics.rejections.labels("queue_full").inc()
-            return _error(429, str(exc), {"Retry-After": "1"})
-        except ShuttingDown as exc:
-            metrics.rejections.labels("shutting_down").inc()
-            return _error(503, str(exc), {"Retry-After": "1"})
-        try:
-            outputs = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:  # not the builtin before Python 3.11
-            metrics.rejections.labels("timeout").inc()
-            return _error(504, f"request timed out after {timeout * 1000:.0f} ms")
-        except Exception as exc:
-            log.exception("batch failed")
-            return _error(500, f"inference failed: {type(exc).__name__}: {exc}")
-        try:
-            payload, header_length = encode_response(name, decoded, output_names, outputs)
-        except ProtocolError as exc:
-            metrics.rejections.labels("bad_request").inc()
-            return _error(400, str(exc))
-        if header_length is None:
+        outputs = await model.run(decoded.inputs, timeout)
+        payload, response_header_length = encode_response(name, decoded, output_names, outputs)
+        if response_header_length is None:
             return web.Response(body=payload, content_type=JSON)
         return web.Response(
             body=payload,
             content_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(header_length)},
+            headers={HEADER_LENGTH: str(response_header_length)},
         )
 
     async def metrics_handler(_request: web.Request) -> web.Response:
@@ -275,10 +329,12 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
+    on_grpc: Callable[[int], None] | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT (or `stop`), then drain; returns the exit code.
 
-    `on_ready(port)` is called once the model is warm and ready (embedding and tests).
+    `on_ready(port)` is called once the model is warm and ready (embedding and tests); `on_grpc(port)` once the
+    gRPC endpoint listens.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -292,19 +348,41 @@ async def serve(
     model = ServedModel.load(settings, metrics)
     state = ServerState()
     app = build_app(model, settings, metrics, state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.idle_timeout_s,
+        shutdown_timeout=CLEANUP_TIMEOUT_S,
+    )
     await runner.setup()
+    assert runner.server is not None
+    runner.server.__class__ = _JsonErrorsServer  # aiohttp builds its Server in setup(); this adds JSON parse errors
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
     await site.start()
     port = _bound_port(runner, settings.port)
     log.info("listening on %s:%d (live, warming up)", settings.host, port)
     print(f"listening on {settings.host}:{port}", flush=True)
     model.start()
+    grpc_server = None
     started = time.perf_counter()
     try:
+        try:
+            from neuron_runtime.grpc_server import start_grpc_server
+        except ImportError as exc:  # the inf1 image has no grpcio (see pyproject's `grpc` extra)
+            log.warning("OIP v2 gRPC is off: %s (the image lacks the `grpc` extra); serving REST only", exc)
+        else:
+            grpc_server, grpc_port = await start_grpc_server(
+                model, state, metrics, settings.host, settings.grpc_port, settings.max_request_bytes
+            )
+            print(f"grpc listening on {settings.host}:{grpc_port}", flush=True)
+            if on_grpc is not None:
+                on_grpc(grpc_port)
         await model.check_parity(settings.parity, settings.artifact_dir)
         await model.warmup(settings.warmup_runs)
     except BaseException:
+        if grpc_server is not None:
+            await grpc_server.stop(0)
         model.shutdown()
         await runner.cleanup()
         raise
@@ -318,7 +396,13 @@ async def serve(
     )
     if on_ready is not None:
         on_ready(port)
-    await stop.wait()
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(model.failed.wait())
+    await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
+    if model.failure is not None:
+        log.error("stopping: %s", model.failure)
     log.info("stopping: not ready; draining %d in-flight request(s)", state.in_flight)
     state.stopping = True
     state.ready = False
@@ -326,18 +410,32 @@ async def serve(
         with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11
             await asyncio.wait_for(asyncio.Event().wait(), settings.shutdown_delay_s)
     state.accepting = False
-    try:
+    if state.in_flight == 0:
+        state.drained.set()
+
+    async def drain() -> None:
         # Flush the queues at once (no more waiting for the delay) and let running batches finish, then let
         # the handlers write their responses.
-        await asyncio.wait_for(model.drain(), settings.drain_timeout_s)
-        if state.in_flight:
-            await asyncio.wait_for(state.drained.wait(), settings.drain_timeout_s)
+        await model.drain()
+        await state.drained.wait()
+
+    try:
+        # One deadline for the whole drain: a client holding its body open cannot stretch it.
+        await asyncio.wait_for(drain(), settings.drain_timeout_s)
     except asyncio.TimeoutError:  # not the builtin before Python 3.11
         log.warning("drain timed out with %d request(s) in flight", state.in_flight)
+    if grpc_server is not None:
+        await grpc_server.stop(CLEANUP_TIMEOUT_S)
     model.shutdown()
     await runner.cleanup()
     log.info("stopped")
+    if model.failure is not None:
+        raise WorkerCrashLoop(model.failure)
     return 0
+
+
+class WorkerCrashLoop(RuntimeError):
+    """Workers died faster than the supervision allows: the process exits so that Kubernetes restarts the pod."""
 
 
 def _bound_port(runner: web.AppRunner, default: int) -> int:
@@ -351,6 +449,7 @@ EXIT_INVALID = 2
 EXIT_ARTIFACT = 3
 EXIT_PARITY = 6
 EXIT_INCOMPATIBLE = 7
+EXIT_CRASH_LOOP = 8
 
 
 def serve_main(config: Path | None) -> int:
@@ -388,7 +487,7 @@ def serve_main(config: Path | None) -> int:
     else:
         runner = uvloop.run
     try:
-        return runner(serve(settings))
+        code = runner(serve(settings))
     except ArtifactError as exc:
         return fail(EXIT_ARTIFACT, ServeRefusal.ARTIFACT_INVALID.value, str(exc))
     except IncompatibleRuntime as exc:
@@ -399,6 +498,15 @@ def serve_main(config: Path | None) -> int:
         return fail(EXIT_PARITY, ServeRefusal.PARITY_FAILED.value, str(exc), **numbers)
     except (PlacementError, ConfigurationError) as exc:
         return fail(EXIT_INVALID, ServeRefusal.INVALID_PLACEMENT.value, str(exc))
+    except WorkerCrashLoop as exc:
+        return fail(EXIT_CRASH_LOOP, ServeRefusal.WORKER_CRASH_LOOP.value, str(exc))
+    # Served and drained: the workers are stopped and every answer written. Skip the interpreter's teardown
+    # (torch's, and the sockets of clients that never finished a request), which took 2-5 s more and eats into the
+    # pod's grace period. Flush what was logged first.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _finite(value: float) -> float | str:

@@ -31,6 +31,7 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ import torch
 from neuron_runtime import neuron
 from neuron_runtime.artifact import Manifest
 from neuron_runtime.config import Target
+from neuron_runtime.errors import Unavailable
 from neuron_runtime.jobs import Graphs
 from neuron_runtime.placement import WorkerSlot
 from neuron_runtime.tensors import load_script
@@ -57,16 +59,32 @@ PROCESS_START_TIMEOUT_S = 300.0
 
 
 class WorkerError(RuntimeError):
-    """A worker could not start, or died while running a job."""
+    """A worker could not start."""
+
+
+class WorkerLost(Unavailable):
+    """The worker running this job died (OOM kill, segfault in a graph): the job did not complete (HTTP 503)."""
+
+
+def describe_exit(code: int | None) -> str:
+    """`exit code 3`, `killed by SIGKILL`: how a worker process ended, for messages and logs."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def load_graphs(directory: Path, manifest: Manifest, slot: WorkerSlot) -> Graphs:
-    """Load every bucket's graph for one slot (placed on its NeuronCores on Neuron targets)."""
+    """Load every graph (each bucket at each batch size) for one slot (placed on its NeuronCores on Neuron targets)."""
     target: Target = manifest.target  # type: ignore[assignment]
     graphs: Graphs = {}
     for graph in manifest.graphs:
         with neuron.placement_context(target, slot.start_nc, slot.nc_count, multicore=slot.shared_model):
-            graphs[graph.bucket] = load_script(directory / graph.file).eval()
+            graphs[(graph.bucket, graph.batch_size)] = load_script(directory / graph.file).eval()
     return graphs
 
 
@@ -103,6 +121,9 @@ class AnyWorker(Protocol):
     @property
     def capacity(self) -> int: ...
 
+    @property
+    def alive(self) -> bool: ...
+
     async def submit(self, job: Job) -> tuple[Any, float]: ...
 
     async def submit_to_lane(self, lane: int, job: Job) -> tuple[Any, float]: ...
@@ -134,6 +155,11 @@ class Worker:
     @property
     def capacity(self) -> int:
         return len(self.lanes)
+
+    @property
+    def alive(self) -> bool:
+        """A thread worker cannot die on its own: a crash in a graph takes the whole process (kubelet restarts)."""
+        return True
 
     def run(self, job: Job, lane: int | None = None) -> tuple[Any, float]:
         """Run `job` on a free lane (or the given one) on this worker's thread; returns its result and busy time."""
@@ -193,13 +219,23 @@ def _process_main(
 
 
 class ProcessWorker:
-    """A worker process: jobs go down a pipe; a reader thread resolves the futures as results come back."""
+    """A worker process: jobs go down a pipe; a reader thread resolves the futures as results come back.
+
+    When the process dies (OOM kill, a segfault in a graph), the reader sees the pipe close at once: every job in
+    flight fails with `WorkerLost`, later submits fail immediately, and `on_exit` (set by the pool) is called on
+    the event loop so the supervisor can replace the worker. A job is never left waiting on a dead process: the
+    pending table and the alive flag change under one lock.
+    """
 
     _ids = itertools.count()
 
     def __init__(self, slot: WorkerSlot, directory: Path, manifest: Manifest, pin: bool) -> None:
         self.slot = slot
         self.in_flight = 0
+        self._alive = False
+        self._closing = False
+        self.on_exit: Callable[[ProcessWorker], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         context = multiprocessing.get_context("fork")  # forked before any graph runs: no OpenMP state to inherit
         self._conn, child = context.Pipe(duplex=True)
         self.process = context.Process(
@@ -216,12 +252,36 @@ class ProcessWorker:
             raise WorkerError(f"worker {slot.index} failed to load the model: {detail}")
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[tuple[Any, float]]]] = {}
         self._lock = threading.Lock()
+        self._alive = True
         self._reader = threading.Thread(target=self._read, name=f"worker-{slot.index}-reader", daemon=True)
         self._reader.start()
 
     @property
     def capacity(self) -> int:
         return 1
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[ProcessWorker], None]) -> None:
+        """Call `on_exit(self)` on `loop` when the process dies unexpectedly (at once if it is already dead)."""
+        with self._lock:
+            self._loop, self.on_exit = loop, on_exit
+            dead = not self._alive and not self._closing
+        if dead:
+            loop.call_soon_threadsafe(on_exit, self)
+
+    def _lost(self) -> WorkerLost:
+        self.process.join(timeout=5)
+        return WorkerLost(
+            f"worker {self.slot.index} died ({describe_exit(self.process.exitcode)}) while running this request; "
+            "retry (the worker is being replaced)"
+        )
 
     async def submit_to_lane(self, lane: int, job: Job) -> tuple[Any, float]:
         return await self.submit(job)
@@ -231,14 +291,13 @@ class ProcessWorker:
         future: asyncio.Future[tuple[Any, float]] = loop.create_future()
         job_id = next(self._ids)
         with self._lock:
+            if not self._alive:
+                raise WorkerLost(f"worker {self.slot.index} is not running (being replaced); retry")
             self._pending[job_id] = (loop, future)
         payload = pickle.dumps((job_id, job), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
+        # If the process died between the check and the send, the reader fails the pending futures (ours too).
+        with contextlib.suppress(OSError):
             self._conn.send_bytes(payload)
-        except OSError as exc:
-            with self._lock:
-                self._pending.pop(job_id, None)
-            raise WorkerError(f"worker {self.slot.index} is gone: {exc}") from exc
         return await future
 
     def _read(self) -> None:
@@ -253,14 +312,24 @@ class ProcessWorker:
             if ok:
                 loop.call_soon_threadsafe(_resolve, future, (payload, busy), None)
             else:
-                loop.call_soon_threadsafe(_resolve, future, None, RuntimeError(payload))
+                loop.call_soon_threadsafe(_resolve, future, None, GraphFailed(payload))
         with self._lock:
+            self._alive = False
             pending, self._pending = self._pending, {}
+            closing, watcher, on_exit = self._closing, self._loop, self.on_exit
+        error = self._lost() if pending or not closing else None
         for loop, future in pending.values():
-            error = WorkerError(f"worker {self.slot.index} exited (code {self.process.exitcode})")
             loop.call_soon_threadsafe(_resolve, future, None, error)
+        if not closing:
+            log.error(
+                "worker %d (pid %s) died: %s", self.slot.index, self.process.pid, describe_exit(self.process.exitcode)
+            )
+            if watcher is not None and on_exit is not None:
+                watcher.call_soon_threadsafe(on_exit, self)
 
     def close(self) -> None:
+        with self._lock:
+            self._closing = True
         with contextlib.suppress(OSError):
             self._conn.send_bytes(b"")
         self.process.join(timeout=30)
@@ -269,6 +338,10 @@ class ProcessWorker:
             self.process.join()
         self._conn.close()
         self._reader.join(timeout=30)
+
+
+class GraphFailed(RuntimeError):
+    """The graph raised on a job (the message is the worker's `Type: message`, traceback included)."""
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -283,12 +356,46 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
 class WorkerPool:
     """The model copies of one artifact; `run` goes to the worker with the fewest jobs in flight."""
 
-    def __init__(self, workers: Sequence[AnyWorker], on_busy: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        workers: Sequence[AnyWorker],
+        on_busy: Callable[[int, float], None] | None = None,
+        spawn: Callable[[WorkerSlot], AnyWorker] | None = None,
+    ) -> None:
         if not workers:
             raise ValueError("a worker pool needs at least one worker")
         self.workers = list(workers)
         self._on_busy = on_busy
         self._next = 0
+        self._spawn = spawn
+
+    @property
+    def live_capacity(self) -> int:
+        """Calls the live workers can run at once (0: every worker is dead or being replaced)."""
+        return sum(w.capacity for w in self.workers if w.alive)
+
+    @property
+    def all_alive(self) -> bool:
+        return all(w.alive for w in self.workers)
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[ProcessWorker], None]) -> None:
+        """Have every worker process report its unexpected death to `on_exit` on `loop`."""
+        for worker in self.workers:
+            if isinstance(worker, ProcessWorker):
+                worker.watch(loop, on_exit)
+
+    def spawn(self, slot: WorkerSlot) -> AnyWorker:
+        """Start a new worker on `slot` (blocking: it loads the model); only pools of worker processes can."""
+        if self._spawn is None:
+            raise WorkerError("this pool cannot start workers (thread workers die only with the process)")
+        return self._spawn(slot)
+
+    def replace(self, old: AnyWorker, new: AnyWorker) -> None:
+        """Put `new` in place of the dead `old` (same slot: same cores) and release the old one's resources."""
+        index = self.workers.index(old)
+        self.workers[index] = new
+        with contextlib.suppress(Exception):
+            old.close()
 
     @classmethod
     def load(
@@ -328,6 +435,8 @@ class WorkerPool:
             for worker in workers:
                 worker.close()
             raise
+        if backend == "process":
+            return cls(workers, spawn=lambda slot: ProcessWorker(slot, directory, manifest, pin_cpu))
         return cls(workers)
 
     def host_cores(self, allowed: set[int]) -> set[int]:
@@ -352,14 +461,20 @@ class WorkerPool:
                 worker._on_lane = on_lane
 
     def least_loaded(self) -> AnyWorker:
-        """The worker with the lowest load (jobs in flight per lane); ties rotate so idle workers share evenly."""
+        """The live worker with the lowest load (jobs in flight per lane); ties rotate so idle workers share evenly.
+
+        Raises `WorkerLost` when no worker is alive (every one is being replaced)."""
         n = len(self.workers)
-        best = self.workers[self._next % n]
+        best: AnyWorker | None = None
         for offset in range(n):
             worker = self.workers[(self._next + offset) % n]
-            if worker.in_flight * best.capacity < best.in_flight * worker.capacity:
+            if not worker.alive:
+                continue
+            if best is None or worker.in_flight * best.capacity < best.in_flight * worker.capacity:
                 best = worker
-        self._next = (best.slot.index + 1) % n
+        if best is None:
+            raise WorkerLost("no worker is running (every worker is being replaced); retry")
+        self._next = (self.workers.index(best) + 1) % n
         return best
 
     async def run(self, job: Job) -> Any:

@@ -53,6 +53,7 @@ class ServerThread:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.port = 0
+        self.grpc_port = 0
         self.exit_code: int | None = None
         self.error: BaseException | None = None
         self._ready = threading.Event()
@@ -70,7 +71,7 @@ class ServerThread:
         async def run() -> int:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            return await serve(self.settings, stop=self._stop, on_ready=self._on_ready)
+            return await serve(self.settings, stop=self._stop, on_ready=self._on_ready, on_grpc=self._on_grpc)
 
         try:
             self.exit_code = asyncio.run(run())
@@ -78,6 +79,9 @@ class ServerThread:
             self.error = exc
         finally:
             self._ready.set()
+
+    def _on_grpc(self, port: int) -> None:
+        self.grpc_port = port
 
     def _on_ready(self, port: int) -> None:
         self.port = port
@@ -102,6 +106,7 @@ def running_server(artifact: CompileResult, **overrides: Any) -> Iterator[Server
         "model_name": "tiny",
         "host": "127.0.0.1",
         "port": 0,
+        "grpc_port": 0,
         "pin_cpu_threads": False,
         "warmup_runs": 1,
     }

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runtime_cases import BERT_ARGS, MLP_ARGS
+from runtime_cases import BERT_ARGS, MLP_ARGS, mlp_request
 
 from neuron_runtime import zoo
 from neuron_runtime.artifact import verify
 from neuron_runtime.batching import collate
-from neuron_runtime.compile import CompileResult
+from neuron_runtime.compile import CompileResult, compile_artifact
 from neuron_runtime.jobs import BatchJob, Graphs, tensors_from_wire
 from neuron_runtime.model import signature_of
 
@@ -22,12 +23,54 @@ def _load(result: CompileResult) -> Graphs:
     manifest, _ = verify(result.directory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return {g.bucket: torch.jit.load(str(result.directory / g.file)) for g in manifest.graphs}
+        return {(g.bucket, g.batch_size): torch.jit.load(str(result.directory / g.file)) for g in manifest.graphs}
 
 
 @pytest.mark.parametrize(("length", "bucket"), [(1, 8), (8, 8), (9, 16), (16, 16), (17, None)])
 def test_choose_bucket(length: int, bucket: int | None) -> None:
     assert collate.choose_bucket(length, [8, 16]) == bucket
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes", "chosen"),
+    [
+        (1, [1, 2, 4, 8], 1),
+        (2, [1, 2, 4, 8], 2),
+        (3, [1, 2, 4, 8], 4),
+        (5, [1, 2, 4, 8], 8),
+        (8, [1, 2, 4, 8], 8),
+        (9, [1, 2, 4, 8], 8),  # beyond the largest: chunks of the largest (dynamic batch)
+        (3, [4], 4),
+        (30, [4], 4),
+        (1, [3, 16], 3),
+        (4, [3, 16], 16),
+    ],
+)
+def test_choose_batch_size_is_the_smallest_that_fits(rows: int, sizes: list[int], chosen: int) -> None:
+    assert collate.choose_batch_size(rows, sizes) == chosen
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.integers(1, 64), sizes=st.sets(st.integers(1, 32), min_size=1, max_size=8).map(sorted))
+def test_choose_batch_size_properties(rows: int, sizes: list[int]) -> None:
+    chosen = collate.choose_batch_size(rows, sizes)
+    assert chosen in sizes
+    if rows <= sizes[-1]:
+        assert chosen >= rows
+        assert all(s < rows for s in sizes if s < chosen)  # no smaller size would have held the rows
+    else:
+        assert chosen == sizes[-1]
+
+
+def test_choose_batch_size_needs_a_size() -> None:
+    with pytest.raises(ValueError, match="no traced batch sizes"):
+        collate.choose_batch_size(1, [])
+
+
+def test_signature_lists_every_traced_batch_size(mlp_artifact: CompileResult) -> None:
+    sig = signature_of(mlp_artifact.manifest)
+    assert (sig.batch_size, sig.batch_sizes, sig.traced_batch_sizes()) == (4, (4,), (4,))
+    assert collate.Signature(inputs=(), batch_size=8).traced_batch_sizes() == (8,)
 
 
 def test_pad_axis_zero_pads() -> None:
@@ -121,6 +164,24 @@ def test_batched_padded_mlp_equals_eager_per_request(mlp_artifact: CompileResult
         # a short batch (padded with repeated rows) gives the same answers
         short = run_whole(graphs, prepared[:1], sig.batch_size)
         torch.testing.assert_close(short[0][0], eager(requests[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_each_batch_is_padded_to_the_smallest_traced_size_only(tmp_path: Path) -> None:
+    result = compile_artifact(mlp_request(batch_sizes=[1, 2, 4]), tmp_path)
+    graphs = _load(result)
+    sig = signature_of(result.manifest)
+    assert sig.traced_batch_sizes() == (1, 2, 4)
+    eager = zoo.tiny_mlp(**MLP_ARGS)
+    generator = torch.Generator().manual_seed(7)
+    with torch.inference_mode():
+        for rows in [(1,), (1, 1), (2, 1), (1, 2, 1)]:
+            requests = [torch.randn(n, 8, generator=generator) for n in rows]
+            prepared = [collate.prepare(sig, {"x": x}) for x in requests]
+            size = collate.choose_batch_size(sum(rows), sig.traced_batch_sizes())
+            assert size == {1: 1, 2: 2, 3: 4, 4: 4}[sum(rows)]
+            outputs = run_whole({k: v for k, v in graphs.items() if k[1] == size}, prepared, size)
+            for got, x in zip(outputs, requests, strict=True):
+                torch.testing.assert_close(got[0], eager(x), rtol=1e-5, atol=1e-5)
 
 
 def test_bucketed_bert_equals_eager_on_unpadded_sequences(bert_artifact: CompileResult) -> None:

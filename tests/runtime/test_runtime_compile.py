@@ -337,3 +337,150 @@ def test_neuron_path_with_the_simulated_torch_neuronx(tmp_path: Path, simulated_
     assert result.manifest.target == "trn1"
     assert result.manifest.neuron_package_version == simulated_sdk.torch_neuronx.__version__
     assert result.manifest.compiler_version == "2.26.6360.0+neuronsim"
+
+
+# -- batch-size buckets (batch_sizes) ------------------------------------------------------------------------------
+
+OLD_MLP_KEY = "26a94290aa986634dac71508699c2879f655c1ff9f8bbb35ff9b9f826d5ba98e"
+OLD_BERT_KEY = "e9a3f3741a2eb2f31daa02b878e17550b3985e95ac0ca144c1e25ba0374b12bc"
+"""Cache keys of `mlp_request()` and `bert_request()` computed by the runtime before batch_sizes existed."""
+
+
+@pytest.fixture(scope="module")
+def sizes_artifact(tmp_path_factory: pytest.TempPathFactory) -> CompileResult:
+    return compile_artifact(mlp_request(batch_sizes=[1, 2, 4]), tmp_path_factory.mktemp("sizes"))
+
+
+def test_batch_sizes_trace_one_graph_per_size(sizes_artifact: CompileResult) -> None:
+    m, directory = sizes_artifact.manifest, sizes_artifact.directory
+    assert (m.format_version, m.batch_size, m.batch_sizes) == (3, 4, [1, 2, 4])
+    assert [(g.file, g.batch_size, g.bucket) for g in m.graphs] == [
+        ("model-b1.pt", 1, None),
+        ("model-b2.pt", 2, None),
+        ("model-b4.pt", 4, None),
+    ]
+    assert [(r.file, r.batch_size, r.bucket) for r in m.references] == [
+        ("reference-b1.pt", 1, None),
+        ("reference-b2.pt", 2, None),
+        ("reference-b4.pt", 4, None),
+    ]
+    for g in m.graphs:
+        assert g.sha256 == m.files[g.file] == hashlib.sha256((directory / g.file).read_bytes()).hexdigest()
+    assert len(m.files) == 6
+    assert [o.shape for o in m.outputs] == [[4, 3]]  # output specs at the largest size
+    assert m.request["batch_sizes"] == [1, 2, 4]
+    verify(directory, sizes_artifact.digest)
+
+
+def test_every_batch_size_graph_equals_eager_at_its_size(sizes_artifact: CompileResult) -> None:
+    eager = zoo.tiny_mlp(**MLP_ARGS).eval()
+    generator = torch.Generator().manual_seed(11)
+    for g in sizes_artifact.manifest.graphs:
+        graph = torch.jit.load(str(sizes_artifact.directory / g.file))
+        ref = torch.load(str(sizes_artifact.directory / f"reference-b{g.batch_size}.pt"), weights_only=True)
+        assert all(case[0].shape == (g.batch_size, 8) for case in ref["inputs"])
+        x = torch.randn(g.batch_size, 8, generator=generator)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(x), eager(x), rtol=1e-6, atol=1e-6)
+            for inputs, outputs in zip(ref["inputs"], ref["outputs"], strict=True):
+                torch.testing.assert_close(graph(*inputs), outputs[0], rtol=1e-6, atol=1e-6)
+
+
+def test_batch_sizes_with_buckets_trace_every_pair(tmp_path: Path) -> None:
+    from runtime_cases import bert_request
+
+    m = compile_artifact(bert_request(batch_sizes=[1, 2]), tmp_path).manifest
+    assert [(g.batch_size, g.bucket) for g in m.graphs] == [(1, 8), (1, 16), (2, 8), (2, 16)]
+    assert [g.file for g in m.graphs] == ["model-b1-s8.pt", "model-b1-s16.pt", "model-b2-s8.pt", "model-b2-s16.pt"]
+    assert [(r.batch_size, r.bucket) for r in m.references] == [(1, 8), (1, 16), (2, 8), (2, 16)]
+    assert [o.bucket_axis for o in m.outputs] == [None]
+
+
+def test_cache_key_of_requests_without_batch_sizes_is_unchanged() -> None:
+    from runtime_cases import bert_request
+
+    assert mlp_request().cache_key() == OLD_MLP_KEY
+    assert bert_request().cache_key() == OLD_BERT_KEY
+    assert "batch_sizes" not in mlp_request().canonical_json()
+    assert "batch_sizes" not in json.loads(mlp_request().model_dump_json())
+    # [batch_size] alone is the single graph of today: the same request
+    assert mlp_request(batch_sizes=[4]).cache_key() == OLD_MLP_KEY
+    assert mlp_request(batch_sizes=[4]).batch_sizes == []
+    keys = {mlp_request(batch_sizes=s).cache_key() for s in ([1, 4], [2, 4], [1, 2, 4])}
+    assert len(keys) == 3
+    assert OLD_MLP_KEY not in keys
+    again = CompileRequest.model_validate_json(mlp_request(batch_sizes=[1, 4]).model_dump_json())
+    assert again.cache_key() == mlp_request(batch_sizes=[1, 4]).cache_key()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "fragment"),
+    [
+        ([2, 1, 4], "ascending and unique"),
+        ([1, 1, 4], "ascending and unique"),
+        ([0, 4], ">= 1"),
+        ([1, 2], "largest batch size 2 must equal batch_size=4"),
+        ([1, 8], "largest batch size 8 must equal batch_size=4"),
+    ],
+)
+def test_bad_batch_sizes_are_refused(sizes: list[int], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment) as info:
+        mlp_request(batch_sizes=sizes)
+    assert "batch_sizes" in str(info.value)
+
+
+def test_outputs_must_follow_the_batch_at_every_size() -> None:
+    from neuron_runtime.compile import TraceError, _check_batch_axis
+
+    good = {(4, None): [[4, 3], [4]], (2, None): [[2, 3], [2]]}
+    _check_batch_axis(good, 2, None, 4)
+    bad = {(4, 8): [[4, 3]], (2, 8): [[4, 3]]}
+    with pytest.raises(TraceError, match=r"at batch 2, bucket 8 have shapes \[\[4, 3\]\], expected \[\[2, 3\]\]"):
+        _check_batch_axis(bad, 2, 8, 4)
+
+
+def _as_format_2(directory: Path) -> None:
+    """Rewrite an artifact's manifest the way a format 2 runtime wrote it (no batch_sizes, no per-file batch)."""
+    data = json.loads((directory / MANIFEST_NAME).read_text())
+    data["format_version"] = 2
+    del data["batch_sizes"]
+    for field in ("graphs", "references"):
+        for entry in data[field]:
+            del entry["batch_size"]
+    (directory / MANIFEST_NAME).write_text(json.dumps(data, sort_keys=True, indent=1) + "\n")
+
+
+def test_format_2_artifacts_still_verify_and_hit_the_cache(tmp_path: Path) -> None:
+    first = compile_artifact(mlp_request(), tmp_path)
+    assert first.directory.name == OLD_MLP_KEY
+    _as_format_2(first.directory)
+    manifest, _digest = verify(first.directory)
+    assert (manifest.format_version, manifest.batch_sizes) == (2, [4])
+    assert [(g.file, g.batch_size) for g in manifest.graphs] == [("model-b4.pt", 4)]
+    assert [(r.file, r.batch_size) for r in manifest.references] == [("reference-b4.pt", 4)]
+    hit = compile_artifact(mlp_request(), tmp_path)
+    assert hit.cached
+    assert hit.manifest.format_version == 2
+
+
+def test_unknown_format_versions_are_refused_by_version(tmp_path: Path) -> None:
+    result = compile_artifact(mlp_request(), tmp_path)
+    data = json.loads((result.directory / MANIFEST_NAME).read_text())
+    data["format_version"] = 4
+    data["a_field_of_format_4"] = True
+    (result.directory / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="has format version 4, this runtime reads 2 and 3"):
+        verify(result.directory)
+    (result.directory / MANIFEST_NAME).write_text("[]")
+    with pytest.raises(ArtifactError, match="has format version None"):
+        verify(result.directory)
+
+
+def test_neuron_path_traces_every_batch_size(tmp_path: Path, simulated_sdk: Sim) -> None:
+    request = mlp_request(target="trn1", dynamic_batch=True, batch_sizes=[1, 2, 4])
+    result = compile_artifact(request, tmp_path)
+    names = [name for name, _ in simulated_sdk.sim.calls]
+    assert names == ["torch_neuronx.trace", "torch_neuronx.dynamic_batch"] * 3
+    assert simulated_sdk.sim.core_executions() == {}
+    assert [g.file for g in result.manifest.graphs] == ["model-b1.pt", "model-b2.pt", "model-b4.pt"]
+    assert result.manifest.max_abs_error is None

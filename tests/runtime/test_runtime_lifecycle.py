@@ -27,6 +27,7 @@ def start_server(artifact_dir: Path, **env: str) -> tuple[subprocess.Popen[str],
         "NEURON_RUNTIME_ARTIFACT_DIR": str(artifact_dir),
         "NEURON_RUNTIME_HOST": "127.0.0.1",
         "NEURON_RUNTIME_PORT": "0",
+        "NEURON_RUNTIME_GRPC_PORT": "0",
         "NEURON_RUNTIME_PIN_CPU_THREADS": "false",
         **env,
     }
@@ -77,6 +78,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(mlp_artifact: Compi
         NEURON_RUNTIME_EXPECTED_SHA256=mlp_artifact.digest,
         NEURON_RUNTIME_BATCHING__MAX_BATCH_SIZE="4",
         NEURON_RUNTIME_BATCHING__MAX_DELAY_MS="600000",  # queued requests only leave through the drain
+        NEURON_RUNTIME_BATCHING__IDLE_DISPATCH="false",
         NEURON_RUNTIME_SHUTDOWN_DELAY_S="1",
     )
     try:

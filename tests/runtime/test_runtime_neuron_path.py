@@ -181,7 +181,7 @@ def test_serve_writes_a_parity_failure_as_its_termination_message(sites: dict[st
     dev = tmp_path / "dev"
     dev.mkdir()
     (dev / "neuron0").touch()
-    settings = serve_settings(result, parity=Parity(atol=1e-7, rtol=0.0), host="127.0.0.1", port=0)
+    settings = serve_settings(result, parity=Parity(atol=1e-7, rtol=0.0), host="127.0.0.1", port=0, grpc_port=0)
     log = tmp_path / "termination-log"
     env = sim_env(
         site,

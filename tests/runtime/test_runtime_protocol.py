@@ -11,7 +11,7 @@ import torch
 
 from neuron_runtime.protocol import InferRequest, ProtocolError, RequestedOutput, decode_request, encode_response
 
-DTYPES = {"x": "float32", "ids": "int64"}
+DTYPES = {"x": "float32", "ids": "int64", "u8": "uint8"}
 
 
 def body(inputs: list[dict[str, object]], **extra: object) -> bytes:
@@ -69,6 +69,25 @@ X = {"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}
         (body([{**X, "shape": "1x2"}]), None, "list of integers"),
         (body([{**X, "shape": [1, -2]}]), None, "negative dimension"),
         (body([{**X, "shape": [1 << 20, 1 << 20]}]), None, "too large"),
+        # D4: a zero-size tensor with a huge other dimension used to reach torch (500).
+        (body([{**X, "shape": [0, 100_000_000_000], "data": []}]), None, "has a zero dimension"),
+        (body([{**X, "shape": [1, 0], "data": []}]), None, "has a zero dimension"),
+        # D5: integers outside the datatype's range used to wrap silently (INT64 2**63 -> -2**63, UINT8 300 -> 44);
+        # orjson parses integers beyond 64 bits as floats, refused for an integer datatype.
+        (
+            body([{"name": "ids", "shape": [1], "datatype": "INT64", "data": [2**63]}]),
+            None,
+            "outside the range of INT64",
+        ),
+        (
+            body([{"name": "ids", "shape": [2], "datatype": "INT64", "data": [0, -(2**63) - 1]}]),
+            None,
+            "not a valid INT64 tensor",
+        ),
+        (body([{"name": "u8", "shape": [1], "datatype": "UINT8", "data": [300]}]), None, "value 300 is outside"),
+        (body([{"name": "u8", "shape": [1], "datatype": "UINT8", "data": [-1]}]), None, "value -1 is outside"),
+        # D9: a finite number too large for FP32 would become inf.
+        (body([{**X, "data": [1.0, 1e39]}]), None, "too large for FP32"),
         (body([{**X, "data": [1.0, 2.0, 3.0]}]), None, "has 3 elements but shape [1, 2] needs 2"),
         (body([{**X, "data": ["a", "b"]}]), None, "not a valid FP32 tensor"),
         (body([{**X, "data": [[1.0], [2.0, 3.0]]}]), None, "not a valid FP32 tensor"),

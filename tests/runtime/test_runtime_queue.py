@@ -45,6 +45,7 @@ class Recorder:
 def make(recorder: Recorder, clock: FakeClock, **kwargs: object) -> Batcher[str, str]:
     in_flight = int(kwargs.pop("max_in_flight", 2))  # type: ignore[call-overload]
     partial = int(kwargs.pop("partial_in_flight", in_flight))  # type: ignore[call-overload]
+    kwargs.setdefault("idle_dispatch", False)  # the delay rules alone; idle dispatch has its own tests below
     dispatched: list[DispatchInfo] = []
     batcher: Batcher[str, str] = Batcher(
         recorder,
@@ -210,3 +211,55 @@ async def test_partial_batch_waits_for_an_idle_worker_but_a_full_one_pipelines()
     assert rec.batches == [["a", "b"], ["c", "d"]]
     rec.gate.set()
     assert await asyncio.gather(*first, lone, second) == ["out-a", "out-b", "out-c", "out-d"]
+
+
+# -- idle dispatch ---------------------------------------------------------------------------------------------------
+async def test_idle_dispatch_sends_a_partial_batch_at_once_when_a_worker_is_idle() -> None:
+    clock, rec = FakeClock(), Recorder(gated=True)
+    b = make(rec, clock, max_batch_size=8, max_delay_ms=5, idle_dispatch=True, max_in_flight=2, partial_in_flight=1)
+    first = b.submit("k", "a", 1)
+    await rec.started.wait()
+    assert rec.batches == [["a"]]  # no time passed: the only worker was idle
+    assert clock.now == 100.0
+    # While the worker is busy, requests batch up; the delay expiring does not send a partial batch to wait
+    # behind the running one.
+    later = [b.submit("k", f"r{i}", 1) for i in range(3)]
+    clock.advance(0.010)
+    b.poke()
+    await b.wait_idle()
+    assert rec.batches == [["a"]]
+    rec.gate.set()
+    assert await first == "out-a"
+    assert await asyncio.gather(*later) == ["out-r0", "out-r1", "out-r2"]
+    assert rec.batches == [["a"], ["r0", "r1", "r2"]]  # sent together as soon as the worker was free
+
+
+async def test_idle_dispatch_still_pipelines_full_batches() -> None:
+    clock, rec = FakeClock(), Recorder(gated=True)
+    b = make(rec, clock, max_batch_size=2, max_delay_ms=5, idle_dispatch=True, max_in_flight=2, partial_in_flight=1)
+    futures = [b.submit("k", "a", 1)]
+    await rec.started.wait()
+    futures += [b.submit("k", f"r{i}", 1) for i in range(2)]
+    await b.wait_idle()
+    assert rec.batches == [["a"], ["r0", "r1"]]  # a full batch queues behind the running one
+    futures.append(b.submit("k", "x", 1))
+    await b.wait_idle()
+    assert len(rec.batches) == 2  # a partial one does not (two in flight, no idle worker)
+    rec.gate.set()
+    assert await asyncio.gather(*futures) == ["out-a", "out-r0", "out-r1", "out-x"]
+
+
+async def test_a_per_request_exception_fails_only_that_request() -> None:
+    clock = FakeClock()
+
+    async def execute(items: Sequence[str]) -> list[str | BaseException]:
+        return [ValueError(f"bad {i}") if i.startswith("bad") else f"out-{i}" for i in items]
+
+    b: Batcher[str, str] = Batcher(execute, Batching(max_batch_size=3, idle_dispatch=False), clock=clock)
+    b.start()
+    futures = [b.submit("k", item, 1) for item in ("a", "bad1", "c")]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[0] == "out-a"
+    assert results[2] == "out-c"
+    assert isinstance(results[1], ValueError)
+    assert str(results[1]) == "bad bad1"

@@ -276,7 +276,10 @@ class Picky(torch.nn.Module):
         return x * 2.0
 
 
-async def test_failing_batch_fails_only_its_own_requests(tmp_path: Path) -> None:
+async def test_a_poisoned_request_fails_alone_and_its_seven_batch_mates_are_served(tmp_path: Path) -> None:
+    """Issue #12 D2: one request whose values make the graph raise, in a full batch of 8: the batch is bisected,
+    the 7 well-formed requests get their answers, the offender a 400 with the graph's one-line error (no
+    TorchScript code, no traceback)."""
     scripted = torch.jit.script(Picky())
     path = tmp_path / "picky.pt"
     torch.jit.save(scripted, str(path))
@@ -286,24 +289,36 @@ async def test_failing_batch_fails_only_its_own_requests(tmp_path: Path) -> None
     request = CompileRequest.model_validate(
         {
             "source": {"kind": "torchscript", "uri": path.as_uri(), "sha256": digest},
-            "inputs": [{"name": "x", "shape": [2, 2], "dtype": "float32"}],
-            "batch_size": 2,
+            "inputs": [{"name": "x", "shape": [8, 2], "dtype": "float32"}],
+            "batch_size": 8,
             "target": "cpu",
         }
     )
     artifact = compile_artifact(request, tmp_path / "artifacts")
-    with running_server(artifact, model_name="picky", batching={"max_batch_size": 2, "max_delay_ms": 60_000}) as s:
+    # A long delay and no idle dispatch: the 8 requests leave together, as one full batch.
+    batching = {"max_batch_size": 8, "max_delay_ms": 600_000, "idle_dispatch": False}
+    with running_server(artifact, model_name="picky", batching=batching) as s:
         async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
 
             def body(value: float) -> dict[str, Any]:
                 return {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [value, value]}]}
 
             url = "/v2/models/picky/infer"
-            doomed = await asyncio.gather(client.post(url, json=body(1.0)), client.post(url, json=body(-5000.0)))
-            fine = await asyncio.gather(client.post(url, json=body(3.0)), client.post(url, json=body(4.0)))
-    assert [r.status_code for r in doomed] == [500, 500]
-    assert "poisoned row" in doomed[0].json()["error"]
-    assert [r.json()["outputs"][0]["data"] for r in fine] == [[6.0, 6.0], [8.0, 8.0]]
+            values = [1.0, 2.0, 3.0, -5000.0, 5.0, 6.0, 7.0, 8.0]
+            responses = await asyncio.gather(*(client.post(url, json=body(v)) for v in values))
+            metrics = (await client.get("/metrics")).text
+    codes = [r.status_code for r in responses]
+    assert codes == [200, 200, 200, 400, 200, 200, 200, 200], [r.text for r in responses]
+    for value, response in zip(values, responses, strict=True):
+        if value > 0:
+            assert response.json()["outputs"][0]["data"] == [2 * value, 2 * value]
+    error = responses[3].json()["error"]
+    assert "poisoned row" in error
+    assert error.startswith("the model failed on this request's values:"), error
+    assert "\n" not in error
+    for leak in ("def forward", "Traceback", "serialized code"):
+        assert leak not in error, error
+    assert "neuron_runtime_batch_isolations_total 1.0" in metrics
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Conventions:
 - dim 0 is the batch (rows); a request of shape [k, ...] carries k rows.
 - bucketed inputs are zero-padded on `bucket_axis` up to the smallest traced size that fits; outputs whose axis
   follows the bucket are cropped back to the request's length.
+- a batch is padded (dim 0) only up to the smallest traced batch size that holds it (`choose_batch_size`);
 - a chunk short of the traced batch size is padded by repeating its first row (not zeros: an all-zero attention
   mask would make a padded row all-masked, i.e. NaN, work the graph does for nothing).
 """
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
+from neuron_runtime.errors import BadRequest
 
-class RequestError(ValueError):
+
+class RequestError(BadRequest):
     """The request does not fit the model's signature; the message names the input and the reason (HTTP 400)."""
 
 
@@ -33,15 +36,20 @@ class InputSig:
 
 @dataclass(frozen=True)
 class Signature:
-    """What the artifact accepts: inputs (in call order), traced batch size, buckets on one axis."""
+    """What the artifact accepts: inputs (in call order), traced batch sizes, buckets on one axis."""
 
     inputs: tuple[InputSig, ...]
-    batch_size: int
+    batch_size: int  # the largest traced batch size (dynamic-batch chunks use it)
     bucket_sizes: tuple[int, ...] = ()
     bucket_axis: int | None = None  # axis in the full (batched) shape, >= 1
+    batch_sizes: tuple[int, ...] = ()  # every traced batch size, ascending; () means just batch_size
 
     def input_names(self) -> list[str]:
         return [i.name for i in self.inputs]
+
+    def traced_batch_sizes(self) -> tuple[int, ...]:
+        """Every traced batch size, ascending (the last is `batch_size`)."""
+        return self.batch_sizes or (self.batch_size,)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,17 @@ def choose_bucket(length: int, sizes: Sequence[int]) -> int | None:
         if size >= length:
             return size
     return None
+
+
+def choose_batch_size(rows: int, sizes: Sequence[int]) -> int:
+    """Smallest traced batch size (of the ascending `sizes`) that holds `rows`, else the largest (the batch is
+    then cut into chunks of the largest size: dynamic batch)."""
+    if not sizes:
+        raise ValueError("no traced batch sizes")
+    for size in sizes:
+        if size >= rows:
+            return size
+    return sizes[-1]
 
 
 def pad_axis(tensor: torch.Tensor, axis: int, size: int) -> torch.Tensor:

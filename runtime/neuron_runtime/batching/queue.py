@@ -1,16 +1,20 @@
 """The dynamic batcher: per-shape queues, the dispatch rule, bounded admission, one future per request.
 
 Only concurrency lives here (tensor shaping is in `batching.collate`). The rule, after Triton's dynamic batcher:
-requests with the same key (same bucket / non-batch shape) queue together; a key's batch is dispatched when its
-queued rows reach `max_batch_size` (or exactly a preferred size) or its **oldest** request has waited
-`max_delay_ms`. A batch takes requests in arrival order while they fit in `max_batch_size` rows. At most
-`max_in_flight` full batches execute or wait at once (one per worker plus one ready to go), but a *partial* batch
-whose delay expired is only sent while fewer than `partial_in_flight` (= workers) batches are in flight: while every
-worker is busy it keeps growing instead of being sent off half-empty to wait behind the others (measured on the
-heavy MLP at 4 clients: 66 req/s before this rule).
+requests with the same key (same bucket / non-batch shape) queue together; a key's batch is dispatched when its queued
+rows reach `max_batch_size` (or exactly a preferred size) or its **oldest** request has waited `max_delay_ms` — or, with
+`idle_dispatch` (the default), at once while fewer than `partial_in_flight` batches run, i.e. a worker is idle: at low
+load a request does not wait `max_delay_ms` for batch-mates that are not coming, and under load requests still batch up
+while every worker is busy. A batch takes requests in arrival order while they fit in `max_batch_size` rows. At most
+`max_in_flight` full batches execute or wait at once (one per worker plus one ready to go), but a *partial* batch whose
+delay expired is only sent while fewer than `partial_in_flight` (= workers) batches are in flight: while every worker is
+busy it keeps growing instead of being sent off half-empty to wait behind the others (measured on the heavy MLP at 4
+clients: 66 req/s before this rule).
 
 Admission is bounded in rows (`max_queue`): beyond it `submit` raises `QueueFull` (HTTP 429). A request whose
-future is cancelled (its client timed out) leaves the queue at once. A failing batch fails only its own futures.
+future is cancelled (its client timed out) leaves the queue at once. `execute` returns one result per request,
+where a result may be an exception (that request's own failure: its batch-mates still get theirs); if `execute`
+itself raises, the whole batch fails with it.
 
 Time comes from an injected `clock`; waiting uses the loop's timers only as wake-ups (the decision is always
 re-checked against the clock), so tests drive it with a fake clock and `poke()`, never with sleeps.
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from neuron_runtime.config import Batching
+from neuron_runtime.errors import Overloaded, Unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,7 +40,7 @@ Clock = Callable[[], float]
 _EPSILON = 1e-9  # clock arithmetic slack: 100.0 + 0.005 - 100.0 < 0.005 in floating point
 
 
-class QueueFull(RuntimeError):
+class QueueFull(Overloaded):
     """The queue holds `max_queue` rows already; the client should retry later (HTTP 429)."""
 
     def __init__(self, queued_rows: int, limit: int) -> None:
@@ -43,7 +48,7 @@ class QueueFull(RuntimeError):
         self.queued_rows = queued_rows
 
 
-class ShuttingDown(RuntimeError):
+class ShuttingDown(Unavailable):
     """The batcher no longer accepts requests (HTTP 503)."""
 
 
@@ -82,7 +87,7 @@ class Batcher(Generic[T, R]):
 
     def __init__(
         self,
-        execute: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        execute: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
         config: Batching,
         *,
         max_in_flight: int = 2,
@@ -189,7 +194,8 @@ class Batcher(Generic[T, R]):
                 continue
             age = now - head.enqueued
             full = self._full(queue)
-            if full or age >= self._max_delay - _EPSILON:
+            idle = self._config.idle_dispatch and len(self._in_flight) < self._partial_in_flight
+            if full or idle or age >= self._max_delay - _EPSILON:
                 candidates.append((age, key, full))
             else:
                 remaining = self._max_delay - age
@@ -264,5 +270,9 @@ class Batcher(Generic[T, R]):
                     p.future.set_exception(exc)
             return
         for p, result in zip(live, results, strict=True):
-            if not p.future.done():
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
                 p.future.set_result(result)
