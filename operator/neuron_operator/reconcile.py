@@ -113,6 +113,7 @@ def _artifact_status(model: NeuronModel, result: dict[str, Any], uri: str, finis
         "torchVersion": result.get("torchVersion"),
         "inputs": [t.model_dump(mode="json", by_alias=True) for t in spec.inputs],
         "batchSize": spec.batch_size,
+        "batchSizes": list(spec.batch_sizes) if spec.batch_sizes else None,
         "buckets": spec.buckets.model_dump(mode="json", by_alias=True, exclude_none=True) if spec.buckets else None,
         "sizeBytes": result.get("sizeBytes"),
         "compiledAt": finished.strftime("%Y-%m-%dT%H:%M:%SZ") if finished else None,

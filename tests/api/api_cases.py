@@ -127,6 +127,19 @@ INVALID: tuple[Invalid, ...] = (
     _m("dtype-unknown", "spec.inputs[0].dtype", ("spec.inputs[0].dtype", "float64")),
     _m("batch-size-zero", "spec.batchSize", ("spec.batchSize", 0)),
     _m("batch-size-string", "spec.batchSize", ("spec.batchSize", "2")),
+    _m("batch-sizes-unsorted", "spec.batchSizes", ("spec.batchSizes", [4, 1, 2])),
+    _m("batch-sizes-duplicate", "spec.batchSizes", ("spec.batchSizes", [1, 1, 2])),
+    _m("batch-sizes-largest-not-batch-size", "spec.batchSizes", ("spec.batchSizes", [1, 4])),
+    _m("batch-sizes-smaller-than-batch-size", "spec.batchSizes", ("spec.batchSizes", [1])),
+    _m("batch-sizes-zero", "spec.batchSizes[0]", ("spec.batchSizes", [0, 2])),
+    _m(
+        "batch-sizes-too-many",
+        "spec.batchSizes",
+        ("spec.batchSize", 9),
+        ("spec.inputs[0].shape", [9, 128]),
+        ("spec.inputs[1].shape", [9, 128]),
+        ("spec.batchSizes", list(range(1, 10))),
+    ),
     _m("target-unknown", "spec.target", ("spec.target", "inf3")),
     _m("target-missing", "spec.target", ("spec.target", DELETE)),
     _m("model-family-unknown", "spec.modelFamily", ("spec.modelFamily", "rnn")),
@@ -341,6 +354,12 @@ def model_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
         }
     if draw(st.booleans()):
         spec["dynamicBatch"] = draw(st.booleans())
+    if draw(st.booleans()):
+        if valid_only:
+            smaller = draw(st.lists(st.integers(1, max(1, batch - 1)), max_size=3, unique=True))
+            spec["batchSizes"] = [*sorted(s for s in smaller if s < batch), batch]
+        else:
+            spec["batchSizes"] = draw(st.lists(st.integers(0, 9), max_size=4))
     return spec
 
 

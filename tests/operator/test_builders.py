@@ -434,6 +434,21 @@ def test_operator_and_runtime_agree_on_the_cache_key(case: str) -> None:
     assert len(job["metadata"]["labels"][names.LABEL_CACHE_KEY]) <= 63
 
 
+def test_batch_sizes_reach_the_compile_request_and_only_then_change_the_key() -> None:
+    def request_of(job: Manifest) -> tuple[str, str]:
+        env = {e["name"]: e["value"] for e in container(job)["env"]}
+        return env[COMPILE_REQUEST_ENV], job["metadata"]["annotations"][names.ANNOTATION_CACHE_KEY]
+
+    plain_json, plain_key = request_of(build_compile_job(CPU_CNN, SETTINGS))
+    sized_json, sized_key = request_of(build_compile_job(with_spec(CPU_CNN, batchSizes=[1, 2, 4]), SETTINGS))
+    assert CompileRequest.model_validate_json(sized_json).batch_sizes == [1, 2, 4]
+    assert CompileRequest.model_validate_json(sized_json).cache_key() == sized_key != plain_key
+    assert "batch_sizes" not in plain_json  # requests without it are what an older runtime image accepts
+    # batchSizes: [batchSize] (or []) compiles the one graph of batchSize alone: the same request and artifact
+    for same in ([4], []):
+        assert request_of(build_compile_job(with_spec(CPU_CNN, batchSizes=same), SETTINGS)) == (plain_json, plain_key)
+
+
 def test_pvc_sources_are_mounted_read_only_and_passed_as_file_uris() -> None:
     job = build_compile_job(INF1_TORCHSCRIPT, SETTINGS)
     request = CompileRequest.model_validate_json(
@@ -782,11 +797,19 @@ def test_runtime_env_round_trips_through_serve_settings(case: str, monkeypatch: 
 def test_container_port_and_probes_use_the_server_port() -> None:
     dep = deployment_for("inf2-multicore")
     c = container(dep)
-    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+    ]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["port"] == "http"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert (env["NEURON_RUNTIME_PORT"], env["NEURON_RUNTIME_GRPC_PORT"]) == ("9000", "8001")
     service = build_service(MULTICORE_INF2)
-    assert service["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+    ]
     assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert build_pdb(MULTICORE_INF2)["spec"]["selector"] == dep["spec"]["selector"]
 
@@ -836,3 +859,20 @@ def test_shared_compile_job_is_owned_but_not_controlled(case: str) -> None:
     job = build_compile_job(model, SETTINGS)
     assert job["metadata"]["ownerReferences"] == [owner_of(model, controller=False)]
     assert job["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_grace_period_outlasts_the_runtime_s_whole_shutdown() -> None:
+    """SIGKILL must not cut the drain short: preStop pause + shutdown delay + drain deadline + the runtime's
+    connection cleanup fit in terminationGracePeriodSeconds, read back from the built Deployment itself."""
+    from neuron_runtime.server import CLEANUP_TIMEOUT_S
+
+    dep = deployment_for("inf2-multicore")
+    c = container(dep)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    shutdown = (
+        c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        + float(env["NEURON_RUNTIME_SHUTDOWN_DELAY_S"])
+        + float(env["NEURON_RUNTIME_DRAIN_TIMEOUT_S"])
+        + CLEANUP_TIMEOUT_S
+    )
+    assert shutdown < dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

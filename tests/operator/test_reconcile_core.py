@@ -503,6 +503,12 @@ async def test_a_succeeded_job_becomes_the_artifact_and_the_pass_after_writes_no
     assert world.jobs() == []
 
 
+async def test_the_artifact_status_lists_the_compiled_batch_sizes(world: World) -> None:
+    await world.compiled_model(batchSizes=[1, 2, 8])
+    artifact = world.status("NeuronModel", "cnn")["artifact"]
+    assert (artifact["batchSize"], artifact["batchSizes"]) == (8, [1, 2, 8])
+
+
 async def test_an_artifact_found_by_the_job_in_the_cache_is_a_cache_hit(world: World) -> None:
     world.api.seed(model_manifest())
     await world.model_pass()

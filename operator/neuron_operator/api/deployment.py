@@ -166,8 +166,9 @@ class Batching(CamelModel):
     max_batch_size: BatchSize = Field(
         default=8,
         description=(
-            "Most rows merged into one model call (1 disables batching); a batch is sent when full or when "
-            "its oldest request has waited maxDelayMs. Rows beyond the compiled batchSize need dynamicBatch."
+            "Most rows merged into one model call (1 disables batching); a batch is sent when full, when "
+            "its oldest request has waited maxDelayMs, or at once while a worker is idle (idleDispatch). Rows "
+            "beyond the compiled batchSize need dynamicBatch."
         ),
     )
     max_delay_ms: Int = Field(
@@ -184,6 +185,14 @@ class Batching(CamelModel):
         ge=1,
         le=3600000,
         description="Deadline of a request from arrival to response, in milliseconds (504 after it).",
+    )
+    idle_dispatch: bool = Field(
+        default=True,
+        description=(
+            "Send a partial batch at once while a worker is idle instead of waiting maxDelayMs for it to fill: "
+            "low latency at low load (with NeuronModel batchSizes, padded only to the smallest graph that fits); "
+            "requests arriving while every worker is busy still batch up. false: always wait maxDelayMs."
+        ),
     )
     preferred_batch_sizes: list[BatchSize] | None = Field(
         default=None,
@@ -218,7 +227,32 @@ class Batching(CamelModel):
 class ServerSpec(CamelModel):
     """The Open Inference Protocol v2 server in each replica."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.port != self.grpcPort",
+                "spec.server.grpcPort must differ from spec.server.port",
+                fieldPath=".grpcPort",
+            ),
+        )
+    )
+
     port: Int = Field(default=8080, ge=1, le=65535, description="HTTP port of the OIP v2 REST API.")
+    grpc_port: Int = Field(
+        default=8001,
+        ge=1,
+        le=65535,
+        description=(
+            "Port of the OIP v2 gRPC API (KServe v2 / Triton GRPCInferenceService; the Service's port named grpc). "
+            "Not served by inf1 images, whose Neuron compiler pins an older protobuf."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerSpec:
+        if self.port == self.grpc_port:
+            raise ValueError("spec.server.grpcPort must differ from spec.server.port")
+        return self
 
 
 def _is_zero(value: int | str) -> bool:

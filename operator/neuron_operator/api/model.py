@@ -12,6 +12,7 @@ source.python {factory, args,          source {kind: python, factory, args, weig
 weightsUri, weightsSha256}             weights_sha256}
 inputs[] {name, shape, dtype}          inputs[] {name, shape, dtype}
 batchSize                              batch_size
+batchSizes                             batch_sizes
 buckets {input, axis, sizes}           buckets {input, axis, sizes}
 target                                 target
 dynamicBatch                           dynamic_batch
@@ -70,6 +71,7 @@ MAX_INPUTS: Final = 16
 MAX_RANK: Final = 8
 MAX_DIM: Final = 1 << 20
 MAX_BATCH_SIZE: Final = 1024
+MAX_BATCH_SIZES: Final = 8
 MAX_BUCKETS: Final = 32
 MAX_COMPILER_ARGS: Final = 32
 #: Compiler flags that have their own field; passing them in ``compiler.args`` would contradict it and fork the
@@ -473,6 +475,9 @@ class StorageSpec(CamelModel):
 # --------------------------------------------------------------------------------------------------
 
 _BUCKETED = "(has(self.buckets.input) && i.name != self.buckets.input)"
+_BATCH_SIZES_LARGEST_MESSAGE: Final = "spec.batchSizes: the largest size must equal spec.batchSize"
+
+BatchSize = Annotated[int, Strict(), Field(ge=1, le=MAX_BATCH_SIZE)]
 
 
 class NeuronModelSpec(CamelModel):
@@ -484,6 +489,17 @@ class NeuronModelSpec(CamelModel):
                 "self.inputs.all(i, i.shape[0] == self.batchSize)",
                 "spec.inputs[].shape[0] (the batch dimension) must equal spec.batchSize",
                 fieldPath=".inputs",
+            ),
+            cel(
+                "!has(self.batchSizes) || self.batchSizes.isSorted()",
+                "spec.batchSizes must be in ascending order",
+                fieldPath=".batchSizes",
+            ),
+            cel(
+                "!has(self.batchSizes) || self.batchSizes.size() == 0 || "
+                "self.batchSizes[self.batchSizes.size() - 1] == self.batchSize",
+                _BATCH_SIZES_LARGEST_MESSAGE,
+                fieldPath=".batchSizes",
             ),
             cel(
                 "!has(self.buckets) || !has(self.buckets.input) || self.inputs.exists(i, i.name == self.buckets.input)",
@@ -529,6 +545,18 @@ class NeuronModelSpec(CamelModel):
         ge=1,
         le=MAX_BATCH_SIZE,
         description="Batch size the model is compiled for (dimension 0 of every input).",
+    )
+    batch_sizes: list[BatchSize] | None = Field(
+        default=None,
+        max_length=MAX_BATCH_SIZES,
+        description=(
+            "Optional batch sizes to compile, one graph each (with every bucket), e.g. [1, 2, 4, 8]: the server "
+            "pads a batch only up to the smallest compiled size that holds it, so a lightly loaded model runs "
+            "small graphs instead of padding every request to batchSize (lower latency at low load). Strictly "
+            "ascending, at most 8 sizes, and the largest must equal batchSize; omitted: batchSize only. Each "
+            "size is another compilation (compile time and artifact size grow with the number of sizes)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     buckets: Buckets | None = Field(
         default=None,
@@ -580,6 +608,14 @@ class NeuronModelSpec(CamelModel):
             raise ValueError("spec.inputs[].name: duplicate value")
         if any(i.shape[0] != self.batch_size for i in self.inputs):
             raise ValueError("spec.inputs[].shape[0] (the batch dimension) must equal spec.batchSize")
+        sizes = self.batch_sizes
+        if sizes:
+            if len(set(sizes)) != len(sizes):
+                raise ValueError("spec.batchSizes: duplicate value")
+            if sizes != sorted(sizes):
+                raise ValueError("spec.batchSizes must be in ascending order")
+            if sizes[-1] != self.batch_size:
+                raise ValueError(_BATCH_SIZES_LARGEST_MESSAGE)
         b = self.buckets
         if b is None:
             return self
@@ -624,6 +660,11 @@ class ArtifactStatus(CamelModel):
         description="Input signature the artifact was traced with.",
     )
     batch_size: Int | None = Field(default=None, ge=1, description="Compiled batch size.")
+    batch_sizes: list[Int] | None = Field(
+        default=None,
+        max_length=MAX_BATCH_SIZES,
+        description="Every compiled batch size, ascending (the last is batchSize), when spec.batchSizes is set.",
+    )
     buckets: Buckets | None = Field(default=None, description="Compiled bucket sizes, if any.")
     size_bytes: Int | None = Field(default=None, ge=0, description="Size of the artifact in bytes.")
     compiled_at: datetime | None = Field(default=None, description="When compilation finished.")

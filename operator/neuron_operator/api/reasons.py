@@ -73,6 +73,7 @@ class Reason(StrEnum):
     INCOMPATIBLE_RUNTIME = ServeRefusal.INCOMPATIBLE_RUNTIME.value
     PARITY_FAILED = ServeRefusal.PARITY_FAILED.value
     INVALID_PLACEMENT = ServeRefusal.INVALID_PLACEMENT.value
+    WORKER_CRASH_LOOP = ServeRefusal.WORKER_CRASH_LOOP.value
     # Events only (never a condition reason)
     ARTIFACT_CHANGED = "ArtifactChanged"
     SURGE = "Surge"

@@ -109,6 +109,7 @@ def compile_request(model: NeuronModel, settings: OperatorSettings) -> CompileRe
         source=source,
         inputs=[RuntimeTensor(name=t.name, shape=list(t.shape), dtype=t.dtype.value) for t in spec.inputs],
         batch_size=spec.batch_size,
+        batch_sizes=list(spec.batch_sizes or []),
         buckets=(
             RuntimeBuckets(input=spec.buckets.input, axis=spec.buckets.axis, sizes=list(spec.buckets.sizes))
             if spec.buckets

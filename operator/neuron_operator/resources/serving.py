@@ -22,19 +22,23 @@ from neuron_runtime.config import ServeSettings
 
 RUNTIME_CONTAINER: Final = "runtime"
 PORT_NAME: Final = "http"
+GRPC_PORT_NAME: Final = "grpc"
 #: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through TMPDIR.
 SCRATCH_MOUNT: Final = "/scratch"
 #: Annotation on a NeuronDeployment: an autoscaler scales the child Deployment directly, so the operator
 #: leaves its replicas alone. (Prefer pointing the HPA at the NeuronDeployment's scale subresource.)
 EXTERNAL_REPLICAS_ANNOTATION: Final = "neuron.dev/replicas-managed-externally"
-#: Seconds between SIGTERM and SIGKILL: the runtime's drain (its default 60 s) plus the preStop pause and the
-#: shutdown delay.
-TERMINATION_GRACE_SECONDS: Final = 75
 PRESTOP_SLEEP_SECONDS: Final = 5
 #: After SIGTERM the runtime keeps serving this long, answering with `Connection: close`, so clients holding a
 #: kept-alive connection to this pod (endpoint removal only redirects new connections) reconnect through the
 #: Service to a ready pod instead of getting 503s: measured 4-7 lost requests per surge rollout without it, 0 with.
 SHUTDOWN_DELAY_SECONDS: Final = 2.0
+#: The runtime's longest wait for in-flight requests after the shutdown delay (one deadline: a client holding its
+#: body open cannot stretch it).
+DRAIN_SECONDS: Final = 20.0
+#: Seconds between the start of termination and SIGKILL (the preStop pause counts against it): the pause, the
+#: shutdown delay, the drain, the runtime's 2 s connection cleanup, and 5 s to spare. A test keeps them consistent.
+TERMINATION_GRACE_SECONDS: Final = int(PRESTOP_SLEEP_SECONDS + SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 2 + 5)
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,12 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
             max_queue=batching.max_queue,
             timeout_ms=batching.timeout_ms,
             preferred_batch_sizes=list(batching.preferred_batch_sizes or []),
+            idle_dispatch=batching.idle_dispatch,
         ),
         parity=RuntimeParity(enabled=spec.validation.parity, atol=spec.validation.atol, rtol=spec.validation.rtol),
         shutdown_delay_s=SHUTDOWN_DELAY_SECONDS,
+        drain_timeout_s=DRAIN_SECONDS,
+        grpc_port=spec.server.grpc_port,
     )
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(serve.to_env().items())]
     env += [
@@ -153,7 +160,10 @@ def build_deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["neuron-runtime", "serve"],
         "env": _runtime_env(dep, artifact),
-        "ports": [{"name": PORT_NAME, "containerPort": spec.server.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": spec.server.port, "protocol": "TCP"},
+            {"name": GRPC_PORT_NAME, "containerPort": spec.server.grpc_port, "protocol": "TCP"},
+        ],
         # Loading (and on Neuron, placing) a large model can take minutes: the startup probe allows
         # 10 minutes before liveness takes over.
         "startupProbe": _probe("/v2/health/ready", 2, 300),
@@ -260,7 +270,17 @@ def build_service(body: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),
-            "ports": [{"name": PORT_NAME, "port": dep.spec.server.port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+            "ports": [
+                {"name": PORT_NAME, "port": dep.spec.server.port, "targetPort": PORT_NAME, "protocol": "TCP"},
+                {
+                    "name": GRPC_PORT_NAME,
+                    "port": dep.spec.server.grpc_port,
+                    "targetPort": GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    # HTTP/2 without TLS: what meshes and Gateway API implementations need to route gRPC.
+                    "appProtocol": "kubernetes.io/h2c",
+                },
+            ],
         },
     }
 
