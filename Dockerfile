@@ -110,11 +110,12 @@ RUN mkdir /locks \
  && uv export --frozen --no-default-groups --no-emit-project --no-hashes --format requirements-txt \
         -o /locks/constraints-operator.txt \
  && uv export --frozen --no-default-groups --no-emit-project --no-hashes --format requirements-txt \
-        --extra runtime -o /locks/constraints-runtime.txt \
+        --extra runtime --extra grpc -o /locks/constraints-runtime.txt \
  && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-        base, runtime = p["dependencies"], p["optional-dependencies"]["runtime"]; \
+        base, extras = p["dependencies"], p["optional-dependencies"]; \
         open("/locks/requirements-operator.in", "w").write("\n".join(base) + "\n"); \
-        open("/locks/requirements-runtime.in", "w").write("\n".join(base + runtime) + "\n")'
+        runtime = base + extras["runtime"] + extras["grpc"]; \
+        open("/locks/requirements-runtime.in", "w").write("\n".join(runtime) + "\n")'
 
 # ---------------------------------------------------------------------------------------------- builder
 FROM builder-base AS builder
@@ -174,7 +175,7 @@ FROM builder-base AS runtime-cpu-deps
 # Empty: PyPI only. Set it to https://download.pytorch.org/whl/cpu for the lean CPU-only torch (see header).
 ARG TORCH_INDEX_URL=""
 COPY --from=locks /locks/requirements-runtime.in /locks/constraints-runtime.txt /locks/
-# The base dependencies plus the `runtime` extra (torch, orjson), at the lock's versions. unsafe-best-match
+# The base dependencies plus the `runtime` and `grpc` extras (torch, orjson, grpcio), at the lock's versions. unsafe-best-match
 # makes uv pick, like pip, the best version over all indexes (torch `X+cpu` from TORCH_INDEX_URL, the rest
 # from PyPI) instead of taking every package the extra index also mirrors from it.
 RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
@@ -241,8 +242,8 @@ RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
     fi \
  && set -- /tmp/wheels/neuron_operator-*.whl \
  && python3 -m pip install --no-cache-dir --only-binary=:all: \
-        --extra-index-url "${NEURON_PIP_INDEX_URL}" "$1[runtime]" \
- && python3 -c "import torch_neuronx, neuron_runtime"
+        --extra-index-url "${NEURON_PIP_INDEX_URL}" "$1[runtime,grpc]" \
+ && python3 -c "import torch_neuronx, neuron_runtime, neuron_runtime.grpc_server"
 
 # ----------------------------------------------------------------------------------- runtime: inf1
 FROM ${INF1_BASE_IMAGE} AS runtime-inf1

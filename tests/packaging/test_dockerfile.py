@@ -81,20 +81,23 @@ def _wheel_installs(stage: Stage) -> list[str]:
 
 
 def test_locks_give_direct_requirements_and_lock_constraints() -> None:
-    """requirements-operator.in = pyproject's dependencies; requirements-runtime.in adds the `runtime` extra."""
+    """requirements-operator.in = pyproject's dependencies; requirements-runtime.in adds the `runtime` and `grpc`
+    extras (the cpu runtime image serves gRPC)."""
     script = " ".join(DF.stages["locks"].args("RUN"))
-    assert 'base, runtime = p["dependencies"], p["optional-dependencies"]["runtime"]' in script
+    assert 'base, extras = p["dependencies"], p["optional-dependencies"]' in script
     assert '"/locks/requirements-operator.in", "w").write("\\n".join(base) + "\\n")' in script
-    assert '"/locks/requirements-runtime.in", "w").write("\\n".join(base + runtime) + "\\n")' in script
+    assert 'runtime = base + extras["runtime"] + extras["grpc"]' in script
+    assert '"/locks/requirements-runtime.in", "w").write("\\n".join(runtime) + "\\n")' in script
     assert "-o /locks/constraints-operator.txt" in script
-    assert "--extra runtime -o /locks/constraints-runtime.txt" in script
+    assert "--extra runtime --extra grpc -o /locks/constraints-runtime.txt" in script
     assert "--frozen" in script, "constraints come from uv.lock as is"
     assert "--no-default-groups" in script, "no test/lint groups in the images"
 
 
 def test_operator_image_installs_base_dependencies_only() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert set(extras) == {"runtime"}
+    assert set(extras) == {"runtime", "grpc"}
+    assert {d.split(">")[0] for d in extras["grpc"]} == {"grpcio", "protobuf"}
     assert any(d.startswith("torch") for d in extras["runtime"])
     assert not any(d.startswith("torch") for d in PYPROJECT["project"]["dependencies"])
     (deps,) = _pip_lines(DF.stages["operator-deps"])
@@ -108,10 +111,11 @@ def test_operator_image_installs_base_dependencies_only() -> None:
     assert DF.stages["operator"].args("COPY") == ["--from=operator-deps /opt/venv /opt/venv"]
 
 
-@pytest.mark.parametrize("stage", ["runtime-neuronx", "runtime-inf1"])
-def test_neuron_runtime_images_install_the_runtime_extra(stage: str) -> None:
+@pytest.mark.parametrize(("stage", "extras"), [("runtime-neuronx", "runtime,grpc"), ("runtime-inf1", "runtime")])
+def test_neuron_runtime_images_install_the_runtime_extra(stage: str, extras: str) -> None:
+    """inf1 without `grpc`: its neuron-cc compiles through TensorFlow 1.15, which does not run with protobuf >= 4."""
     (install,) = _wheel_installs(DF.stages[stage])
-    assert '"$1[runtime]"' in install
+    assert f'"$1[{extras}]"' in install
     assert "--only-binary=:all:" in install, "final images need no compiler to install"
 
 
