@@ -90,10 +90,13 @@ class Batching(_Strict):
     max_queue: int = Field(256, ge=1)
     timeout_ms: int = Field(30000, ge=1)
     preferred_batch_sizes: list[int] = Field(default_factory=list)
-    idle_dispatch: bool = Field(
-        True,
+    idle_dispatch: bool | None = Field(
+        None,
         description="send a partial batch at once when a worker is idle instead of waiting max_delay_ms for it to "
-        "fill (requests that arrive while every worker is busy still batch up)",
+        "fill (requests that arrive while every worker is busy still batch up); unset: on when the artifact has "
+        "several traced batch sizes (a partial batch runs a smaller graph), off with one (a lone request would pay "
+        "the whole graph, and closed-loop clients fall out of step: 30 req/s at 2 clients on the bs 8 MLP with it, "
+        "mean batch 1.0)",
     )
 
     @field_validator("preferred_batch_sizes")

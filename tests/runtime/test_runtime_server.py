@@ -359,3 +359,38 @@ def test_infeasible_placement_is_refused(mlp_artifact: CompileResult, monkeypatc
         running_server(mlp_artifact, placement={"workers": 2}),
     ):
         pass
+
+
+@pytest.mark.parametrize(
+    ("batch_sizes", "setting", "expected"),
+    [
+        (None, None, False),  # one traced size: a lone request would pay the whole graph
+        ([1, 2], None, True),  # several: a partial batch runs a smaller graph
+        (None, True, True),
+        ([1, 2], False, False),
+    ],
+)
+def test_idle_dispatch_unset_follows_the_artifact_s_batch_sizes(
+    tmp_path: Path, batch_sizes: list[int] | None, setting: bool | None, expected: bool
+) -> None:
+    from runtime_cases import mlp_request
+
+    from neuron_runtime.config import ServeSettings
+    from neuron_runtime.metrics import Metrics
+    from neuron_runtime.model import ServedModel
+
+    overrides: dict[str, Any] = {"batch_size": 2, "inputs": [{"name": "x", "shape": [2, 8], "dtype": "float32"}]}
+    if batch_sizes:
+        overrides["batch_sizes"] = batch_sizes
+    artifact = compile_artifact(mlp_request(**overrides), tmp_path)
+    batching: dict[str, Any] = {"max_batch_size": 2}
+    if setting is not None:
+        batching["idle_dispatch"] = setting
+    settings = ServeSettings(
+        model_name="mlp", artifact_dir=artifact.directory, worker_backend="thread", batching=batching
+    )
+    model = ServedModel.load(settings, Metrics())
+    try:
+        assert model.batching.idle_dispatch is expected
+    finally:
+        model.shutdown()

@@ -186,12 +186,13 @@ class Batching(CamelModel):
         le=3600000,
         description="Deadline of a request from arrival to response, in milliseconds (504 after it).",
     )
-    idle_dispatch: bool = Field(
-        default=True,
+    idle_dispatch: bool | None = Field(
+        default=None,
         description=(
             "Send a partial batch at once while a worker is idle instead of waiting maxDelayMs for it to fill: "
-            "low latency at low load (with NeuronModel batchSizes, padded only to the smallest graph that fits); "
-            "requests arriving while every worker is busy still batch up. false: always wait maxDelayMs."
+            "low latency at low load; requests arriving while every worker is busy still batch up. Unset: on when "
+            "the NeuronModel has batchSizes (a partial batch is padded only to the smallest graph that fits), off "
+            "with a single batch size (a lone request would pay the whole graph)."
         ),
     )
     preferred_batch_sizes: list[BatchSize] | None = Field(

@@ -3,13 +3,13 @@
 Only concurrency lives here (tensor shaping is in `batching.collate`). The rule, after Triton's dynamic batcher:
 requests with the same key (same bucket / non-batch shape) queue together; a key's batch is dispatched when its queued
 rows reach `max_batch_size` (or exactly a preferred size) or its **oldest** request has waited `max_delay_ms` — or, with
-`idle_dispatch` (the default), at once while fewer than `partial_in_flight` batches run, i.e. a worker is idle: at low
-load a request does not wait `max_delay_ms` for batch-mates that are not coming, and under load requests still batch up
-while every worker is busy. A batch takes requests in arrival order while they fit in `max_batch_size` rows. At most
-`max_in_flight` full batches execute or wait at once (one per worker plus one ready to go), but a *partial* batch whose
-delay expired is only sent while fewer than `partial_in_flight` (= workers) batches are in flight: while every worker is
-busy it keeps growing instead of being sent off half-empty to wait behind the others (measured on the heavy MLP at 4
-clients: 66 req/s before this rule).
+`idle_dispatch` (unset counts as off here; `ServedModel` resolves it per artifact), at once while fewer than
+`partial_in_flight` batches run, i.e. a worker is idle: at low load a request does not wait `max_delay_ms` for
+batch-mates that are not coming, and under load requests still batch up while every worker is busy. A batch takes
+requests in arrival order while they fit in `max_batch_size` rows. At most `max_in_flight` full batches execute or wait
+at once (one per worker plus one ready to go), but a *partial* batch whose delay expired is only sent while fewer than
+`partial_in_flight` (= workers) batches are in flight: while every worker is busy it keeps growing instead of being sent
+off half-empty to wait behind the others (measured on the heavy MLP at 4 clients: 66 req/s before this rule).
 
 Admission is bounded in rows (`max_queue`): beyond it `submit` raises `QueueFull` (HTTP 429). A request whose
 future is cancelled (its client timed out) leaves the queue at once. `execute` returns one result per request,
@@ -194,7 +194,7 @@ class Batcher(Generic[T, R]):
                 continue
             age = now - head.enqueued
             full = self._full(queue)
-            idle = self._config.idle_dispatch and len(self._in_flight) < self._partial_in_flight
+            idle = bool(self._config.idle_dispatch) and len(self._in_flight) < self._partial_in_flight
             if full or idle or age >= self._max_delay - _EPSILON:
                 candidates.append((age, key, full))
             else:
