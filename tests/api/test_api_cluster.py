@@ -185,7 +185,7 @@ def test_defaults_appear_after_create(crds: Cluster, ns: str) -> None:
     assert dep["suspend"] is False
     assert dep["placement"] == {"workers": 1, "coresPerWorker": 1, "mode": "pinned"}
     assert dep["batching"] == {"maxBatchSize": 8, "maxDelayMs": 5, "maxQueue": 256, "timeoutMs": 30000}
-    assert dep["server"] == {"port": 8080}
+    assert dep["server"] == {"port": 8080, "grpcPort": 8001}
     assert dep["rollout"] == {}  # unset: capacity-aware, chosen by the operator at each update
     # The apiserver and pydantic fill in the same defaults.
     assert NeuronModel.model_validate({**minimal_model, "spec": model}) == NeuronModel.model_validate(minimal_model)
