@@ -154,21 +154,26 @@ class _Servicer:
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         started = time.perf_counter()
-        code = "CANCELLED"  # unless the handler ends otherwise (the client went away or its deadline passed)
+
+        def count(code: str) -> None:
+            # Before the answer leaves (abort sends it at once): whoever sees the answer sees it counted.
+            self.metrics.grpc_requests.labels(code).inc()
+            self.metrics.request_latency.observe(time.perf_counter() - started)
+
         try:
             response = await self._infer(request, context)
-            code = "OK"
-            return response
         except InferenceError as exc:
-            code = exc.grpc_code
+            count(exc.grpc_code)
             await _abort(context, exc)
         except Exception as exc:  # a bug, not the request's fault: logged, answered INTERNAL without a traceback
             log.exception("gRPC ModelInfer failed")
-            code = "INTERNAL"
+            count("INTERNAL")
             await _abort(context, ModelError(f"inference failed: {short_message(exc)}"))
-        finally:
-            self.metrics.grpc_requests.labels(code).inc()
-            self.metrics.request_latency.observe(time.perf_counter() - started)
+        except BaseException:  # cancelled: the client went away or its deadline passed
+            count("CANCELLED")
+            raise
+        count("OK")
+        return response
 
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
