@@ -159,19 +159,27 @@ async def closed_http(run: Run, url: str, bodies: list[Body], concurrency: int, 
         async def client(index: int) -> None:
             n = 0
             while run.open() and (outcome := run.new()) is not None:
-                data, headers = bodies[(index + n) % len(bodies)]
+                body = bodies[(index + n) % len(bodies)]
                 n += 1
-                try:
-                    async with session.post(url, data=data, headers=headers) as response:
-                        await response.read()
-                        run.finish(outcome, response.status)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    run.finish(outcome, exc=exc)
+                if not await post(session, url, body, run, outcome):
                     await asyncio.sleep(TRANSPORT_ERROR_BACKOFF_S)
 
         await run.drive([asyncio.ensure_future(client(i)) for i in range(concurrency)])
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: Body, run: Run, outcome: Outcome) -> bool:
+    """Send one request and record its outcome (status, or the transport error); False on a transport error."""
+    data, headers = body
+    try:
+        async with session.post(url, data=data, headers=headers) as response:
+            await response.read()
+            run.finish(outcome, response.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        run.finish(outcome, exc=exc)
+        return False
+    return True
 
 
 async def open_http(
@@ -192,15 +200,8 @@ async def open_http(
 
         async def one(outcome: Outcome, body: Body) -> None:
             nonlocal in_flight
-            data, headers = body
             try:
-                async with session.post(url, data=data, headers=headers) as response:
-                    await response.read()
-                    run.finish(outcome, response.status)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                run.finish(outcome, exc=exc)
+                await post(session, url, body, run, outcome)
             finally:
                 in_flight -= 1
 

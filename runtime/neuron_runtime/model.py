@@ -1,11 +1,12 @@
 """A served model: a verified artifact, its worker pool and its batcher, behind one small async contract.
 
-`ServedModel.infer(inputs)` checks and pads a request (`collate.prepare`), queues it in the `Batcher`, and returns
-that request's outputs once its batch ran. Executing a batch (`_execute`) cuts it into chunks of the traced batch
+`ServedModel.run(inputs, timeout_s)` checks and pads a request (`collate.prepare`), queues it in the `Batcher`, and
+returns that request's outputs once its batch ran, raising only `errors.InferenceError`s; `admit()` refuses before
+any decoding. Executing a batch (`_execute`) cuts it into chunks of the traced batch
 size and runs every chunk on the least-loaded worker; the tensor work of a one-chunk batch (concatenate, pad,
 run, split, crop) happens on the worker thread, so the event loop only parses and answers HTTP.
 
-The HTTP layer (`server`) depends only on this module's public surface.
+The front ends (`server` for REST, `grpc_server`) depend only on this module's public surface.
 """
 
 from __future__ import annotations
@@ -101,7 +102,6 @@ class ServedModel:
         self.signature = signature_of(manifest)
         self.output_axes = [o.bucket_axis for o in manifest.outputs]
         self.pool = pool
-        self.batching = batching
         self.metrics = metrics
         self.parity: parity.ParityReport | None = None
         self.supervision = supervision or Supervision()
@@ -285,7 +285,11 @@ class ServedModel:
         """One request, any front end: check and pad, queue, wait for its batch (or `timeout_s`, default the
         batching timeout). Raises only `errors.InferenceError` subclasses; outputs in the manifest's order."""
         prepared = self.prepare(inputs)
-        future = self.submit(prepared)
+        try:
+            future = self.submit(prepared)
+        except QueueFull:  # admit() let it in, but its rows do not fit the rows left
+            self.metrics.rejections.labels("queue_full").inc()
+            raise
         timeout = timeout_s if timeout_s is not None else self.batching.timeout_ms / 1000.0
         try:
             return await asyncio.wait_for(future, timeout)

@@ -38,6 +38,7 @@ from aiohttp import web, web_protocol, web_request, web_server
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from neuron_runtime import __version__
+from neuron_runtime.batching.queue import QueueFull
 from neuron_runtime.config import ServeSettings
 from neuron_runtime.errors import InferenceError, PayloadTooLarge, RequestTimeout, Unavailable
 from neuron_runtime.lifecycle import ServerState
@@ -238,6 +239,8 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
             try:
                 response = await _infer(request)
             except InferenceError as exc:
+                if 400 <= exc.http_status < 500 and not isinstance(exc, QueueFull):  # 429s count as queue_full
+                    metrics.rejections.labels("bad_request").inc()
                 response = _inference_error(exc)
             except (aiohttp.ClientPayloadError, ConnectionError) as exc:
                 # The client went away mid-body: nobody to answer; not the server's error.
@@ -248,8 +251,6 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
                 metrics.in_flight.dec()
         metrics.request_latency.observe(time.perf_counter() - started)
         metrics.requests.labels(str(response.status)).inc()
-        if response.status == 400:
-            metrics.rejections.labels("bad_request").inc()
         return response
 
     async def _infer(request: web.Request) -> web.Response:
