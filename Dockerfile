@@ -243,7 +243,7 @@ RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
  && set -- /tmp/wheels/neuron_operator-*.whl \
  && python3 -m pip install --no-cache-dir --only-binary=:all: \
         --extra-index-url "${NEURON_PIP_INDEX_URL}" "$1[runtime,grpc]" \
- && python3 -c "import torch_neuronx, neuron_runtime, neuron_runtime.grpc_server"
+ && python3 -c "import torch_neuronx, neuron_runtime, neuron_runtime.grpc_server, boto3"
 
 # ----------------------------------------------------------------------------------- runtime: inf1
 FROM ${INF1_BASE_IMAGE} AS runtime-inf1
@@ -285,7 +285,7 @@ RUN --mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt \
  && { python3 -m pip check || true; } | sed '/^No broken requirements found\.$/d' | sort > /tmp/pip-check.txt \
  && { ! comm -13 /tmp/pip-check-base.txt /tmp/pip-check.txt | grep .; } \
  && rm /tmp/keep.txt /tmp/pip-check-base.txt /tmp/pip-check.txt \
- && python3 -c "import torch, torch_neuron, neuron_runtime.cli, neuron_runtime.compile, neuron_runtime.neuron; \
+ && python3 -c "import boto3, torch, torch_neuron, neuron_runtime.cli, neuron_runtime.compile, neuron_runtime.neuron; \
         assert torch.__version__.startswith('1.13'), torch.__version__"
 
 # --------------------------------------------------------------------------- runtime (final, any flavour)

@@ -14,6 +14,9 @@ KWOK_VERSION="${KWOK_VERSION:-0.7.0}"
 HELM_VERSION="${HELM_VERSION:-3.19.5}"
 # promtool (chart alerts): module v0.3MM.P is Prometheus v3.MM.P; remove_all_sd = no SD plugins.
 PROMTOOL_VERSION="${PROMTOOL_VERSION:-0.316.0}"
+# SeaweedFS `weed` (Apache-2.0): the real S3-compatible server of the local cluster. Pinned to a commit
+# (pseudo-version); its go.mod has a replace directive, so `go install` is refused: wrap it in a module.
+WEED_VERSION="${WEED_VERSION:-0.0.0-20261109003541-7506e5f91cd6}"
 
 CACHE="${NEURON_OPERATOR_CACHE:-$HOME/.cache/neuron-operator}"
 TOOLS="$CACHE/tools"
@@ -114,8 +117,22 @@ build_promtool() {
   "$2/promtool" --version
 }
 
+build_weed() {
+  local v=$1 out=$2 work="$CACHE/gobuild/weed-v$1"
+  mkdir -p "$work" && cd "$work"
+  [[ -f go.mod ]] || go mod init local/weedbuild >/dev/null 2>&1
+  go mod edit -require="github.com/seaweedfs/seaweedfs@v$v"
+  # Copied from seaweedfs' own go.mod: a replace only takes effect in the main module.
+  go mod edit -replace=github.com/tyler-smith/go-bip39=github.com/cosmos/go-bip39@v1.0.0
+  go mod download github.com/seaweedfs/seaweedfs
+  go get "github.com/seaweedfs/seaweedfs/weed@v$v"
+  log "weed: compiling (go build -p 2; several minutes cold)"
+  go build -p 2 -trimpath -ldflags "-s -w" -o "$out/weed" github.com/seaweedfs/seaweedfs/weed
+  "$out/weed" version
+}
+
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(etcd kwok helm promtool k8s)
+[[ ${#components[@]} -gt 0 ]] || components=(etcd kwok helm promtool weed k8s)
 for c in "${components[@]}"; do
   case $c in
     k8s) done_or_build k8s "$K8S_VERSION" build_k8s ;;
@@ -123,9 +140,11 @@ for c in "${components[@]}"; do
     kwok) done_or_build kwok "$KWOK_VERSION" build_kwok ;;
     helm) done_or_build helm "$HELM_VERSION-k8s$K8S_VERSION" build_helm ;;
     promtool) done_or_build promtool "$PROMTOOL_VERSION" build_promtool ;;
+    weed) done_or_build weed "$WEED_VERSION" build_weed ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done
 # One line per tool, machine-readable, for the Python side.
-printf 'K8S=%s\nETCD=%s\nKWOK=%s\nHELM=%s\nPROMTOOL=%s\n' "$TOOLS/k8s-v$K8S_VERSION" "$TOOLS/etcd-v$ETCD_VERSION" \
-  "$TOOLS/kwok-v$KWOK_VERSION" "$TOOLS/helm-v$HELM_VERSION-k8s$K8S_VERSION" "$TOOLS/promtool-v$PROMTOOL_VERSION"
+printf 'K8S=%s\nETCD=%s\nKWOK=%s\nHELM=%s\nPROMTOOL=%s\nWEED=%s\n' "$TOOLS/k8s-v$K8S_VERSION" \
+  "$TOOLS/etcd-v$ETCD_VERSION" "$TOOLS/kwok-v$KWOK_VERSION" "$TOOLS/helm-v$HELM_VERSION-k8s$K8S_VERSION" \
+  "$TOOLS/promtool-v$PROMTOOL_VERSION" "$TOOLS/weed-v$WEED_VERSION"

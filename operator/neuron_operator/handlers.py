@@ -16,7 +16,7 @@ from lightkube import AsyncClient, KubeConfig
 
 from neuron_operator import metrics
 from neuron_operator.kube import Kube
-from neuron_operator.reconcile import Context, reconcile_deployment, reconcile_model
+from neuron_operator.reconcile import SHARED_STORAGE, Context, reconcile_deployment, reconcile_model
 from neuron_operator.resources import names
 from neuron_operator.settings import OperatorSettings
 from neuron_operator.workqueue import WorkQueue
@@ -64,10 +64,16 @@ async def make_runtime(settings: OperatorSettings) -> Runtime:
 
 @kopf.index(GROUP, VERSION, "neuronmodels")
 def artifacts_by_key(namespace: str, status: kopf.Status, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
-    """(namespace, cacheKey) -> the artifact of every NeuronModel whose artifact is ready."""
+    """(namespace, cacheKey) -> the artifact of every NeuronModel whose artifact is ready; an artifact on S3 is also
+    under (SHARED_STORAGE, cacheKey): models of every namespace can use it."""
     key, artifact = status.get("cacheKey"), status.get("artifact")
     ready = any(c.get("type") == "ArtifactReady" and c.get("status") == "True" for c in status.get("conditions", []))
-    return {(namespace, key): dict(artifact)} if key and artifact and ready else None
+    if not (key and artifact and ready):
+        return None
+    found = {(namespace, key): dict(artifact)}
+    if str(artifact.get("uri", "")).startswith("s3://"):
+        found[(SHARED_STORAGE, key)] = dict(artifact)
+    return found
 
 
 @kopf.index(GROUP, VERSION, "neuronmodels")

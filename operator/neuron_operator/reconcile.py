@@ -31,6 +31,7 @@ from neuron_operator.resources.compile import (
     job_outcome,
     needs_events,
     running_pod,
+    s3_access,
     source_claim_names,
     storage_id,
 )
@@ -47,12 +48,12 @@ from neuron_operator.resources.pods import (
 from neuron_operator.resources.podstate import clip
 from neuron_operator.resources.serving import (
     RUNTIME_CONTAINER,
-    ServedArtifact,
     build_deployment,
     build_pdb,
     build_service,
     endpoint,
     selector_labels,
+    served_artifact,
 )
 from neuron_operator.resources.status import (
     DeploymentObservation,
@@ -69,7 +70,9 @@ from neuron_operator.subset import is_subset
 log = logging.getLogger(__name__)
 
 
-#: (namespace, cache key) -> artifacts recorded by Ready NeuronModels with that key.
+#: (namespace, cache key) -> artifacts recorded by Ready NeuronModels with that key; the namespace SHARED_STORAGE
+#: holds the artifacts on S3 of every namespace.
+SHARED_STORAGE: Final = "*"
 ArtifactLookup = Callable[[str, str], list[dict[str, Any]]]
 
 
@@ -102,10 +105,13 @@ async def _write_status(ctx: Context, body: dict[str, Any], patch: dict[str, Any
 # ------------------------------------------------------------------------------------------ NeuronModel
 
 
-def _artifact_status(model: NeuronModel, result: dict[str, Any], uri: str, finished: datetime | None) -> dict[str, Any]:
+def _artifact_status(
+    model: NeuronModel, result: dict[str, Any], uri: str, finished: datetime | None, endpoint: str | None
+) -> dict[str, Any]:
     spec = model.spec
     art: dict[str, Any] = {
         "uri": uri,
+        "endpoint": endpoint,
         "sha256": result["sha256"],
         "shortDigest": result["sha256"][:12],
         "neuronCoreVersion": result.get("neuronCoreVersion"),
@@ -190,10 +196,10 @@ async def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
 
 
 async def _missing_claims(
-    ctx: Context, model: NeuronModel, namespace: str, artifact_claim: str
+    ctx: Context, model: NeuronModel, namespace: str, artifact_claim: str | None
 ) -> tuple[Reason, str] | None:
     """A compile Job whose claim does not exist would wait forever in Pending: say so before creating it."""
-    if await ctx.kube.get("PersistentVolumeClaim", artifact_claim, namespace) is None:
+    if artifact_claim is not None and await ctx.kube.get("PersistentVolumeClaim", artifact_claim, namespace) is None:
         storage = "spec.storage.pvc.claimName" if model.spec.storage else "the operator's artifact claim"
         return (
             Reason.ARTIFACT_CLAIM_MISSING,
@@ -226,19 +232,21 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
         message = _fmt_errors(exc) if isinstance(exc, ValidationError) else str(exc)
         return ModelObservation(fit=fit, invalid=(Reason.INVALID_SPEC, message))
     namespace = body["metadata"]["namespace"]
-    uri = f"pvc://{location.claim}/{location.subdir + '/' if location.subdir else ''}{key}"
+    uri = location.uri(key)
+    endpoint = s3_access(model, ctx.settings).connection.endpoint_url if location.is_s3 else None
     status = body.get("status") or {}
     # 1. Already done (the common no-op pass).
     if status.get("cacheKey") == key and status.get("artifact") and is_true(previous_conditions(body), "ArtifactReady"):
         prev = get_condition(previous_conditions(body), "ArtifactReady")
         prev_reason = Reason(prev.reason) if prev is not None else Reason.COMPILED
         return ModelObservation(fit=fit, cache_key=key, artifact=status["artifact"], artifact_reason=prev_reason)
-    # 2. Another Ready model in this namespace has the same inputs and storage.
-    for other in ctx.artifacts(namespace, key):
-        if other.get("uri") == uri:
+    # 2. Another Ready model has the same inputs and storage: in this namespace, or in any namespace for S3 storage
+    #    (a bucket is not namespaced: same uri and endpoint is the same artifact).
+    for other in ctx.artifacts(SHARED_STORAGE if location.is_s3 else namespace, key):
+        if other.get("uri") == uri and other.get("endpoint") == endpoint:
             return ModelObservation(fit=fit, cache_key=key, artifact=other, artifact_reason=Reason.CACHE_HIT)
     # 3. The compile Job for this key (created now, running, or finished earlier: a Git revert lands here).
-    job_name = names.compile_job_name(key, storage_id(model))
+    job_name = names.compile_job_name(key, storage_id(model, ctx.settings))
     job = await ctx.kube.get("Job", job_name, namespace)
     if job is None:
         failed_here = (
@@ -268,7 +276,7 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
     if outcome.state == "Succeeded":
         assert outcome.result is not None
         reason = Reason.CACHE_HIT if outcome.result.get("cached") else Reason.COMPILED
-        artifact = _artifact_status(model, outcome.result, uri, outcome.finished_at)
+        artifact = _artifact_status(model, outcome.result, uri, outcome.finished_at, endpoint)
         return ModelObservation(fit=fit, cache_key=key, artifact=artifact, artifact_reason=reason)
     failure = {
         "reason": (outcome.reason or Reason.COMPILE_FAILED).value,
@@ -433,15 +441,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     plan = plan_placement(version, cores, dep.spec.instance_types, dep.spec.scheduler_name, ctx.settings)
     if isinstance(plan, Infeasible):
         return replace(base, blocked=(plan.reason, plan.message, True), cores=cores)
-    location = artifact_location(model, ctx.settings)
-    served = ServedArtifact(
-        model_name=model_name,
-        cache_key=mstatus["cacheKey"],
-        sha256=art["sha256"],
-        target=model.spec.target.value,
-        claim=location.claim,
-        directory=location.artifact_dir(ctx.settings.artifact_mount_path, mstatus["cacheKey"]),
-    )
+    served = served_artifact(model, mstatus["cacheKey"], art["sha256"], art.get("sizeBytes"), ctx.settings)
     current_budget = ((existing or {}).get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
     keep = (current_budget.get("maxSurge", 1), current_budget.get("maxUnavailable", 0))
     desired = build_deployment(body, served, plan, ctx.settings, rollout=keep)

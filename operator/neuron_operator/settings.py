@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from neuron_operator import __version__
@@ -55,6 +55,36 @@ class OperatorSettings(BaseSettings):
         description="PersistentVolumeClaim holding artifacts when a NeuronModel names no storage.",
     )
     artifact_mount_path: str = "/var/lib/neuron/artifacts"
+    artifact_uri: str | None = Field(
+        default=None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description=(
+            "s3://bucket/prefix holding artifacts when a NeuronModel names no storage (instead of artifactPvc): "
+            "no per-namespace claim is needed, and identical models in different namespaces share one compile."
+        ),
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Default S3-compatible endpoint of models without spec.s3 (unset: AWS S3).",
+    )
+    s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Default AWS region.")
+    s3_force_path_style: bool = Field(default=False, description="Default path-style addressing.")
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description=(
+            "Default credentials Secret (keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), looked up in each model's "
+            "namespace; unset: the pods' own identity (EKS Pod Identity / IRSA through their ServiceAccount)."
+        ),
+    )
+    compile_service_account: str | None = Field(
+        default=None,
+        description="ServiceAccount of compile Jobs without spec.compiler.serviceAccountName (unset: default).",
+    )
+    runtime_service_account: str | None = Field(
+        default=None,
+        description="ServiceAccount of serving pods without spec.pod.serviceAccountName (unset: default).",
+    )
 
     neuron_scheduler_name: str = Field(
         default="my-scheduler",
@@ -97,6 +127,20 @@ class OperatorSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="text: for people; json: one object per line, for log pipelines."
     )
+
+    @field_validator(
+        "artifact_uri",
+        "s3_endpoint",
+        "s3_region",
+        "s3_credentials_secret",
+        "compile_service_account",
+        "runtime_service_account",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """The chart renders an unset optional value as "" (env vars cannot be absent conditionally there)."""
+        return None if value == "" else value
 
     def runtime_identity(self) -> dict[str, Any]:
         """runAsNonRoot, runAsUser and runAsGroup of serving pods (pod securityContext)."""

@@ -160,18 +160,7 @@ def verify(directory: Path, expected_sha256: str | None = None) -> tuple[Manifes
         data = json.loads(raw)
     except ValueError as exc:
         raise ArtifactError(f"{manifest_path} is not a valid manifest: {exc}") from exc
-    # The version first: a newer format's fields would otherwise read as a schema error.
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if version not in READABLE_FORMAT_VERSIONS:
-        raise ArtifactError(
-            f"{manifest_path} has format version {version}, this runtime reads "
-            f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (compiled by a newer or older runtime: recompile "
-            "with this runtime's image)"
-        )
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValueError as exc:
-        raise ArtifactError(f"{manifest_path} is not a valid manifest: {exc}") from exc
+    manifest = parse_manifest(data, str(manifest_path))
     for name, expected in sorted(manifest.files.items()):
         path = directory / name
         if Path(name).name != name:
@@ -183,6 +172,22 @@ def verify(directory: Path, expected_sha256: str | None = None) -> tuple[Manifes
         if actual != expected:
             raise ArtifactError(f"sha256 mismatch for {path}: got {actual}, manifest pins {expected}")
     return manifest, digest
+
+
+def parse_manifest(data: object, where: str) -> Manifest:
+    """A manifest from its parsed JSON; `ArtifactError` for an unreadable format version or an invalid schema."""
+    # The version first: a newer format's fields would otherwise read as a schema error.
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise ArtifactError(
+            f"{where} has format version {version}, this runtime reads "
+            f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))} (compiled by a newer or older runtime: recompile "
+            "with this runtime's image)"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValueError as exc:
+        raise ArtifactError(f"{where} is not a valid manifest: {exc}") from exc
 
 
 def write_atomically(final: Path, fill: Callable[[Path], Manifest]) -> tuple[Manifest, str]:

@@ -10,13 +10,22 @@ compile-cache hit never loads torch.
   4  TraceFailed       tracing, or checking the traced graph against eager output, failed
   5  NeuronMissing     the target needs torch-neuronx / torch-neuron, which this image lacks
   8  UnsupportedArchitecture  the model cannot target this architecture (inf1: serialized model > 2 GB)
+  9  StorageAccessDenied  S3 refused the credentials or the operation (source read, artifact write)
+  9  StorageNotFound      the artifact bucket does not exist
+ 10  StorageUnavailable   the S3 endpoint did not answer (the only storage failure the Job retries)
   1  InternalError     anything else
+
+`--output-root` is a directory (a mounted volume) or `s3://bucket/prefix`: the artifact is found, or compiled
+locally and published, under `<root>/<cache key>/`.
 
 `serve` exits 0 after a SIGTERM drain; otherwise it writes a termination message too:
   2  InvalidSettings / InvalidPlacement   the settings, or the placement on the visible cores, are invalid
   3  ArtifactInvalid      the artifact does not verify (digest, manifest, format version)
   6  ParityFailed         a graph's outputs on this device differ from the eager reference beyond the tolerance
   7  IncompatibleRuntime  this image's torch / Neuron SDK cannot serve the artifact (see `neuron_runtime.compat`)
+  3  StorageNotFound      (artifact_uri set) the artifact's objects are not in the bucket
+  9  StorageAccessDenied  (artifact_uri set) S3 refused the credentials
+ 10  StorageUnavailable   (artifact_uri set) the S3 endpoint did not answer
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ EXIT_SOURCE = 3
 EXIT_TRACE = 4
 EXIT_NEURON_MISSING = 5
 EXIT_UNSUPPORTED = 8
+EXIT_STORAGE_DENIED = 9
+EXIT_STORAGE_UNAVAILABLE = 10
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_ENV = "NEURON_RUNTIME_TERMINATION_LOG"
@@ -49,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     src = comp.add_mutually_exclusive_group()
     src.add_argument("--request-json", help="CompileRequest as JSON")
     src.add_argument("--request", type=Path, help="file holding the CompileRequest JSON")
-    comp.add_argument("--output-root", type=Path, required=True, help="artifact root; writes ROOT/<cache key>/")
+    comp.add_argument(
+        "--output-root", required=True, help="a directory or s3://bucket/prefix; writes ROOT/<cache key>/"
+    )
     comp.add_argument(
         "--termination-log",
         help=f"termination message path (env {TERMINATION_LOG_ENV}; default {DEFAULT_TERMINATION_LOG} if it exists)",
@@ -125,12 +138,14 @@ def run_compile(args: argparse.Namespace) -> int:
     except (OSError, ValidationError) as exc:
         return fail(EXIT_BAD_REQUEST, CompileFailure.BAD_REQUEST.value, f"invalid compile request: {exc}")
 
+    from neuron_runtime import objectstore
     from neuron_runtime.compile import TraceError, compile_artifact
     from neuron_runtime.neuron import NeuronPackageMissing, UnsupportedArchitecture
     from neuron_runtime.sources import SourceError
 
+    root: str | Path = args.output_root if objectstore.is_s3(args.output_root) else Path(args.output_root)
     try:
-        result = compile_artifact(request, args.output_root, progress)
+        result = compile_artifact(request, root, progress)
     except NeuronPackageMissing as exc:
         return fail(EXIT_NEURON_MISSING, CompileFailure.NEURON_MISSING.value, str(exc))
     except UnsupportedArchitecture as exc:
@@ -139,6 +154,12 @@ def run_compile(args: argparse.Namespace) -> int:
         return fail(EXIT_SOURCE, CompileFailure.SOURCE_FAILED.value, str(exc))
     except TraceError as exc:
         return fail(EXIT_TRACE, CompileFailure.TRACE_FAILED.value, str(exc))
+    except objectstore.AccessDenied as exc:
+        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_ACCESS_DENIED.value, str(exc))
+    except objectstore.ObjectNotFound as exc:
+        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_NOT_FOUND.value, str(exc))
+    except objectstore.StorageError as exc:
+        return fail(EXIT_STORAGE_UNAVAILABLE, CompileFailure.STORAGE_UNAVAILABLE.value, str(exc))
     except Exception as exc:
         return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     manifest = result.manifest
@@ -147,7 +168,7 @@ def run_compile(args: argparse.Namespace) -> int:
         {
             "status": "Succeeded",
             "cacheKey": manifest.cache_key,
-            "uri": str(result.directory.resolve()),
+            "uri": result.location,
             "sha256": result.digest,
             "sizeBytes": manifest.size_bytes,
             "compileSeconds": manifest.compile_seconds,

@@ -58,14 +58,24 @@ class TraceError(RuntimeError):
 class CompileResult:
     manifest: artifact.Manifest
     digest: str
-    directory: Path
+    location: str  # the artifact's absolute directory, or its s3://bucket/prefix/<cache key>
     cached: bool
+
+    @property
+    def directory(self) -> Path:
+        """The local artifact directory (a result published to S3 has none)."""
+        if self.location.startswith("s3://"):
+            raise ValueError(f"{self.location} is not a local directory")
+        return Path(self.location)
 
 
 def compile_artifact(
-    request: CompileRequest, output_root: Path, progress: Progress = lambda _msg: None
+    request: CompileRequest, output_root: Path | str, progress: Progress = lambda _msg: None
 ) -> CompileResult:
-    """Compile `request` into `output_root/<cache_key>`; a verified existing artifact is returned as is."""
+    """Compile `request` into `output_root/<cache_key>` (a directory, or `s3://bucket/prefix`); a verified existing
+    artifact is returned as is."""
+    if isinstance(output_root, str):
+        return _compile_to_s3(request, output_root, progress)
     key = request.cache_key()
     final = artifact_path(output_root, key)
     if (final / MANIFEST_NAME).exists():
@@ -76,7 +86,7 @@ def compile_artifact(
         else:
             if manifest.cache_key == key:
                 progress(f"cache hit: {final}")
-                return CompileResult(manifest, digest, final, cached=True)
+                return CompileResult(manifest, digest, str(final.resolve()), cached=True)
             progress(f"cached artifact at {final} has cache key {manifest.cache_key}; recompiling")
 
     from neuron_runtime import neuron
@@ -90,7 +100,25 @@ def compile_artifact(
             final, lambda tmp: _trace_all(request, model, tmp, started, progress)
         )
     progress(f"wrote {final} ({manifest.size_bytes} bytes) in {time.monotonic() - started:.1f}s")
-    return CompileResult(manifest, digest, final, cached=False)
+    return CompileResult(manifest, digest, str(final.resolve()), cached=False)
+
+
+def _compile_to_s3(request: CompileRequest, output_root: str, progress: Progress) -> CompileResult:
+    """The published artifact under `output_root` when it verifies (HEAD requests only, no graph downloaded), else
+    compile into a local scratch root (`TMPDIR`) and publish it: files first, the manifest last."""
+    from neuron_runtime import objectstore
+
+    root = objectstore.S3Location.parse(output_root)
+    key = request.cache_key()
+    s3 = objectstore.client_from_env()
+    found = objectstore.find_artifact(s3, root, key, progress)
+    if found is not None:
+        progress(f"cache hit: {root.child(key).uri}")
+        return CompileResult(found[0], found[1], root.child(key).uri, cached=True)
+    with tempfile.TemporaryDirectory(prefix="neuron-runtime-out-") as local:
+        built = compile_artifact(request, Path(local), progress)
+        manifest, digest, prefix = objectstore.publish_artifact(s3, Path(built.location), root, progress)
+    return CompileResult(manifest, digest, prefix.uri, cached=False)
 
 
 def load_source(request: CompileRequest, scratch: Path, progress: Progress) -> Any:

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -322,6 +323,42 @@ class CompileRequest(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
+S3_ENV_PREFIX = f"{ENV_PREFIX}S3{ENV_NESTED_DELIMITER}"
+"""Env vars of `S3Connection` (`NEURON_RUNTIME_S3__ENDPOINT_URL`, ...): the same names for compile and serve."""
+
+
+class S3Connection(_Strict):
+    """How the runtime reaches S3 for `s3://` URIs (sources, artifact storage).
+
+    No credentials here: boto3's default chain finds them (EKS Pod Identity, IRSA, `AWS_ACCESS_KEY_ID` /
+    `AWS_SECRET_ACCESS_KEY` env vars from a Secret, an instance profile). Not part of the cache key: where an
+    artifact is stored does not change what it is.
+    """
+
+    endpoint_url: str | None = Field(
+        None, max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", description="S3-compatible endpoint"
+    )
+    region: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    force_path_style: bool = Field(False, description="https://endpoint/bucket/key instead of bucket.endpoint")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> S3Connection:
+        """The connection from `NEURON_RUNTIME_S3__*` env vars (unset: AWS defaults)."""
+        data: dict[str, Any] = {}
+        for name in cls.model_fields:
+            value = environ.get(f"{S3_ENV_PREFIX}{name.upper()}")
+            if value is not None and value != "":
+                data[name] = value
+        return cls.model_validate(data)
+
+    def to_env(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None and value is not False:
+                out[f"{S3_ENV_PREFIX}{name.upper()}"] = _env_value(value)
+        return out
+
+
 def artifact_path(root: Path, cache_key: str) -> Path:
     """Where the artifact of `cache_key` lives under an artifact root."""
     return root / cache_key
@@ -336,6 +373,14 @@ class ServeSettings(BaseSettings):
 
     model_name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     artifact_dir: Path
+    artifact_uri: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^s3://",
+        description="s3://bucket/prefix/<cache key>: download the artifact into artifact_dir (verifying every "
+        "sha256) before loading; unset: artifact_dir already holds it (a volume)",
+    )
+    s3: S3Connection = Field(default_factory=S3Connection, description="how to reach artifact_uri")
     expected_sha256: str | None = Field(
         None, description="sha256 of the artifact's manifest.json (the artifact digest the operator pins)"
     )
@@ -405,7 +450,7 @@ class ServeSettings(BaseSettings):
         env: dict[str, str] = {}
         for name, value in self.model_dump(mode="json").items():
             key = f"{ENV_PREFIX}{name.upper()}"
-            if value is None:
+            if value is None or (name == "s3" and self.artifact_uri is None):  # no S3: no S3 variables
                 continue
             if isinstance(value, dict):
                 for sub, subvalue in value.items():

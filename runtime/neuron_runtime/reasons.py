@@ -18,6 +18,9 @@ class CompileFailure(str, Enum):
     UNSUPPORTED_ARCHITECTURE = "UnsupportedArchitecture"  # e.g. an inf1 graph above the 2 GB limit
     SOURCE_FAILED = "SourceFailed"  # the model or weights could not be fetched, or the sha256 did not match
     TRACE_FAILED = "TraceFailed"  # tracing/compiling the model raised
+    STORAGE_ACCESS_DENIED = "StorageAccessDenied"  # S3 refused the credentials or the operation (source or storage)
+    STORAGE_NOT_FOUND = "StorageNotFound"  # the artifact bucket does not exist
+    STORAGE_UNAVAILABLE = "StorageUnavailable"  # the S3 endpoint did not answer (retried by the Job's backoff)
     INTERNAL_ERROR = "InternalError"  # anything else
 
 
@@ -30,3 +33,6 @@ class ServeRefusal(str, Enum):
     PARITY_FAILED = "ParityFailed"
     INVALID_PLACEMENT = "InvalidPlacement"
     WORKER_CRASH_LOOP = "WorkerCrashLoop"  # worker processes died more often than `worker_restarts` allows
+    STORAGE_ACCESS_DENIED = "StorageAccessDenied"  # S3 refused the credentials when downloading the artifact
+    STORAGE_NOT_FOUND = "StorageNotFound"  # the artifact's objects are not in the bucket (deleted, other endpoint)
+    STORAGE_UNAVAILABLE = "StorageUnavailable"  # the S3 endpoint did not answer

@@ -451,6 +451,8 @@ EXIT_ARTIFACT = 3
 EXIT_PARITY = 6
 EXIT_INCOMPATIBLE = 7
 EXIT_CRASH_LOOP = 8
+EXIT_STORAGE_DENIED = 9
+EXIT_STORAGE_UNAVAILABLE = 10
 
 
 def serve_main(config: Path | None) -> int:
@@ -481,6 +483,21 @@ def serve_main(config: Path | None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
+    if settings.artifact_uri is not None:
+        from neuron_runtime import objectstore
+
+        try:
+            fetch_artifact(settings)
+        except ArtifactError as exc:
+            return fail(EXIT_ARTIFACT, ServeRefusal.ARTIFACT_INVALID.value, str(exc))
+        except objectstore.ObjectNotFound as exc:
+            return fail(EXIT_ARTIFACT, ServeRefusal.STORAGE_NOT_FOUND.value, str(exc))
+        except objectstore.AccessDenied as exc:
+            return fail(EXIT_STORAGE_DENIED, ServeRefusal.STORAGE_ACCESS_DENIED.value, str(exc))
+        except objectstore.StorageError as exc:
+            return fail(EXIT_STORAGE_UNAVAILABLE, ServeRefusal.STORAGE_UNAVAILABLE.value, str(exc))
+        except ValueError as exc:  # an artifact_uri that is not a valid s3://bucket/key
+            return fail(EXIT_INVALID, ServeRefusal.INVALID_SETTINGS.value, f"artifact_uri: {exc}")
     try:
         import uvloop
     except ImportError:
@@ -508,6 +525,22 @@ def serve_main(config: Path | None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def fetch_artifact(settings: ServeSettings) -> None:
+    """Download `settings.artifact_uri` into `settings.artifact_dir`, verifying every file against the pinned digest
+    (a copy that already verifies, e.g. after a container restart on the same emptyDir, is kept)."""
+    from neuron_runtime import objectstore
+
+    assert settings.artifact_uri is not None
+    prefix = objectstore.S3Location.parse(settings.artifact_uri)
+    objectstore.fetch_artifact(
+        objectstore.client(settings.s3),
+        prefix,
+        settings.artifact_dir,
+        settings.expected_sha256,
+        lambda message: log.info("%s", message),
+    )
 
 
 def _finite(value: float) -> float | str:

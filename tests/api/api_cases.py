@@ -200,13 +200,28 @@ INVALID: tuple[Invalid, ...] = (
     ),
     # storage, metadata, unknown fields
     _m("storage-both", "spec.storage", ("spec.storage", {"uri": "s3://b/p", "pvc": {"claimName": "c"}})),
-    # Not implemented yet: refused at admission, naming the field and the supported schemes.
-    _m("storage-uri-unsupported", "spec.storage.uri", ("spec.storage", {"uri": "s3://bucket/artifacts"})),
+    # Not implemented: refused at admission, naming the field and the supported schemes.
+    _m("storage-uri-gs-unsupported", "spec.storage.uri", ("spec.storage", {"uri": "gs://bucket/artifacts"})),
+    _m("storage-uri-bad-bucket", "spec.storage.uri", ("spec.storage", {"uri": "s3://Bad_Bucket/artifacts"})),
+    _m("storage-uri-short-bucket", "spec.storage.uri", ("spec.storage", {"uri": "s3://ab/artifacts"})),
     _m(
-        "torchscript-uri-s3-unsupported",
+        "torchscript-uri-gs-unsupported",
         "spec.source.torchscript.uri",
-        ("spec.source", {"torchscript": {"uri": "s3://bucket/model.pt"}}),
+        ("spec.source", {"torchscript": {"uri": "gs://bucket/model.pt"}}),
     ),
+    _m(
+        "torchscript-uri-s3-bad-bucket",
+        "spec.source.torchscript.uri",
+        ("spec.source", {"torchscript": {"uri": "s3://-bucket/model.pt"}}),
+    ),
+    _m(
+        "weights-uri-s3-bad-bucket",
+        "spec.source.python.weightsUri",
+        ("spec.source", {"python": {"factory": "neuron_runtime.zoo:tiny_mlp", "weightsUri": "s3://a_b/w.pt"}}),
+    ),
+    _m("s3-endpoint-not-url", "spec.s3.endpoint", ("spec.s3", {"endpoint": "weed:8333"})),
+    _m("s3-secret-bad-name", "spec.s3.credentialsSecretRef.name", ("spec.s3", {"credentialsSecretRef": {"name": "A"}})),
+    _m("compiler-sa-bad-name", "spec.compiler.serviceAccountName", ("spec.compiler", {"serviceAccountName": "x y"})),
     _m(
         "weights-uri-hf-unsupported",
         "spec.source.python.weightsUri",

@@ -25,7 +25,6 @@ from unittest import mock
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from neuron_operator.api import NeuronModel
 from neuron_operator.catalogue import INSTANCE_TYPE_LABEL, NEURON_TAINT_KEY, NEURONCORE_RESOURCE
@@ -34,7 +33,6 @@ from neuron_operator.resources import names
 from neuron_operator.resources.compile import (
     COMPILE_CONTAINER,
     COMPILE_REQUEST_ENV,
-    artifact_location,
     build_compile_job,
     compile_request,
     storage_id,
@@ -47,6 +45,7 @@ from neuron_operator.resources.serving import (
     build_deployment,
     build_pdb,
     build_service,
+    served_artifact,
 )
 from neuron_operator.settings import OperatorSettings
 from neuron_runtime.config import Batching, CompileRequest, Placement, ServeSettings
@@ -194,19 +193,11 @@ INF1_TORCHSCRIPT = model_body(
 MODELS = {"cpu-cnn": CPU_CNN, "inf2-bert": INF2_BERT, "inf1-torchscript": INF1_TORCHSCRIPT}
 
 
-def served(model: Manifest, settings: OperatorSettings = SETTINGS) -> ServedArtifact:
+def served(model: Manifest, settings: OperatorSettings = SETTINGS, size: int | None = None) -> ServedArtifact:
     """The ServedArtifact the reconciler derives from a Ready model (``reconcile._converge_deployment``)."""
     parsed = NeuronModel.model_validate(model)
     key = compile_request(parsed, settings).cache_key()
-    location = artifact_location(parsed, settings)
-    return ServedArtifact(
-        model_name=model["metadata"]["name"],
-        cache_key=key,
-        sha256=SHA_ARTIFACT,
-        target=parsed.spec.target.value,
-        claim=location.claim,
-        directory=location.artifact_dir(settings.artifact_mount_path, key),
-    )
+    return served_artifact(parsed, key, SHA_ARTIFACT, size, settings)
 
 
 def plan_for(model: Manifest, dep: Manifest, settings: OperatorSettings = SETTINGS) -> PlacementPlan:
@@ -427,7 +418,7 @@ def test_operator_and_runtime_agree_on_the_cache_key(case: str) -> None:
     assert request.cache_key() == key
     assert key == compile_request(NeuronModel.model_validate(MODELS[case]), SETTINGS).cache_key()
     model = NeuronModel.model_validate(MODELS[case])
-    assert job["metadata"]["name"] == names.compile_job_name(key, storage_id(model))
+    assert job["metadata"]["name"] == names.compile_job_name(key, storage_id(model, SETTINGS))
     # The default claim keeps the short name; other storage adds its digest (two storages never share a Job).
     assert (job["metadata"]["name"] == f"compile-{key[:20]}") == (model.spec.storage is None)
     assert job["metadata"]["labels"][names.LABEL_CACHE_KEY] == key[:20]
@@ -475,7 +466,7 @@ def test_pod_failure_policy_fails_the_job_on_permanent_exit_codes() -> None:
     assert fail == [
         {
             "action": "FailJob",
-            "onExitCodes": {"containerName": COMPILE_CONTAINER, "operator": "In", "values": [2, 3, 5]},
+            "onExitCodes": {"containerName": COMPILE_CONTAINER, "operator": "In", "values": [2, 3, 5, 9]},
         }
     ]
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
@@ -521,10 +512,113 @@ def test_compile_image_per_target(model: Manifest, image: str) -> None:
     assert container(build_compile_job(model, SETTINGS))["image"] == image
 
 
-def test_object_store_storage_is_refused_naming_the_field() -> None:
-    model = with_spec(CPU_CNN, storage={"uri": "s3://bucket/artifacts"})
-    with pytest.raises(ValidationError, match=r"spec\.storage\.uri: object storage .* not implemented"):
-        build_compile_job(model, SETTINGS)
+S3_SPEC = {
+    "storage": {"uri": "s3://team-models/artifacts/"},
+    "s3": {
+        "endpoint": "http://s3.local:8333",
+        "region": "eu-west-1",
+        "forcePathStyle": True,
+        "credentialsSecretRef": {"name": "s3-keys"},
+    },
+    "compiler": {"serviceAccountName": "compiler"},
+}
+
+
+def _secret_env(manifest: Manifest) -> dict[str, Any]:
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container(manifest)["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+
+
+def test_s3_storage_compile_job_publishes_to_the_bucket_with_keys_from_the_secret() -> None:
+    model = with_spec(CPU_CNN, **S3_SPEC)
+    job = build_compile_job(model, SETTINGS)
+    c = container(job)
+    assert c["args"] == ["--output-root", "s3://team-models/artifacts"]
+    assert [v["name"] for v in pod_spec(job)["volumes"]] == ["scratch"]  # no artifact claim at all
+    assert pod_spec(job)["serviceAccountName"] == "compiler"
+    env = env_values(job)
+    assert env["NEURON_RUNTIME_S3__ENDPOINT_URL"] == "http://s3.local:8333"
+    assert env["NEURON_RUNTIME_S3__REGION"] == "eu-west-1"
+    assert env["NEURON_RUNTIME_S3__FORCE_PATH_STYLE"] == "true"
+    assert _secret_env(job) == {
+        "AWS_ACCESS_KEY_ID": {"name": "s3-keys", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "s3-keys", "key": "AWS_SECRET_ACCESS_KEY"},
+        "AWS_SESSION_TOKEN": {"name": "s3-keys", "key": "AWS_SESSION_TOKEN", "optional": True},
+    }
+    # Other storage, other Job: a model on S3 never reads a PVC Job's result as its own.
+    pvc_job = build_compile_job(CPU_CNN, SETTINGS)
+    assert job["metadata"]["name"] != pvc_job["metadata"]["name"]
+    other_endpoint = with_spec(CPU_CNN, **{**S3_SPEC, "s3": {"endpoint": "http://other:9000"}})
+    assert build_compile_job(other_endpoint, SETTINGS)["metadata"]["name"] != job["metadata"]["name"]
+
+
+def test_a_pvc_model_with_a_plain_source_gets_no_s3_environment() -> None:
+    job = build_compile_job(CPU_CNN, SETTINGS)
+    assert not [e for e in container(job)["env"] if "S3" in e["name"] or e["name"].startswith("AWS_")]
+    dep = build_deployment(EXTERNAL_REPLICAS, served(CPU_CNN), PlacementPlan(0, (), None), SETTINGS)
+    assert not [e for e in container(dep)["env"] if "S3" in e["name"] or e["name"].startswith("AWS_")]
+
+
+def test_an_s3_source_gives_the_compile_job_the_s3_connection_but_keeps_pvc_storage() -> None:
+    model = with_spec(
+        CPU_CNN,
+        source={"torchscript": {"uri": "s3://team-models/src/cnn.pt", "sha256": SHA_SOURCE}},
+        s3={"credentialsSecretRef": {"name": "keys"}},
+    )
+    job = build_compile_job(model, SETTINGS)
+    assert "artifacts" in [v["name"] for v in pod_spec(job)["volumes"]]
+    assert set(_secret_env(job)) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    request = CompileRequest.model_validate_json(env_values(job)[COMPILE_REQUEST_ENV])
+    assert request.source.uri == "s3://team-models/src/cnn.pt"  # type: ignore[union-attr]
+
+
+def test_serving_pods_download_the_uri_the_compile_job_publishes() -> None:
+    model = with_spec(CPU_CNN, **S3_SPEC)
+    key = compile_request(NeuronModel.model_validate(model), SETTINGS).cache_key()
+    job = build_compile_job(model, SETTINGS)
+    published = f"{container(job)['args'][1]}/{key}"
+    dep = build_deployment(EXTERNAL_REPLICAS, served(model, size=300 << 20), PlacementPlan(0, (), None), SETTINGS)
+    runtime_env = {k: v for k, v in env_values(dep).items() if k.startswith("NEURON_RUNTIME_")}
+    with mock.patch.dict(os.environ, runtime_env, clear=True):
+        settings = ServeSettings()  # type: ignore[call-arg]  # everything comes from the environment
+    assert settings.s3.endpoint_url == "http://s3.local:8333"
+    assert settings.s3.force_path_style is True
+    assert settings.artifact_uri == published
+    assert str(settings.artifact_dir) == f"{SETTINGS.artifact_mount_path}/{key}"
+    volume = next(v for v in pod_spec(dep)["volumes"] if v["name"] == "artifacts")
+    assert volume == {"name": "artifacts", "emptyDir": {"sizeLimit": f"{600 + 256}Mi"}}
+    mount = next(m for m in container(dep)["volumeMounts"] if m["name"] == "artifacts")
+    assert mount["readOnly"] is False
+    assert mount["mountPath"] == SETTINGS.artifact_mount_path
+    assert set(_secret_env(dep)) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    assert env_values(dep)["NEURON_RUNTIME_S3__FORCE_PATH_STYLE"] == "true"
+    # Credentials are referenced, never copied into the manifests.
+    assert "s3-keys" in str(dep)
+    assert 'SECRET_ACCESS_KEY": "' not in str(dep)
+
+
+def test_the_operator_default_artifact_uri_replaces_the_claim() -> None:
+    settings = make_settings(
+        artifact_uri="s3://shared-artifacts/neuron", s3_region="us-west-2", runtime_service_account="serving"
+    )
+    job = build_compile_job(CPU_CNN, settings)
+    assert container(job)["args"] == ["--output-root", "s3://shared-artifacts/neuron"]
+    assert "artifacts" not in [v["name"] for v in pod_spec(job)["volumes"]]
+    assert env_values(job)["NEURON_RUNTIME_S3__REGION"] == "us-west-2"
+    assert not _secret_env(job)  # no Secret configured: the default chain (Pod Identity / IRSA)
+    dep = build_deployment(EXTERNAL_REPLICAS, served(CPU_CNN, settings), PlacementPlan(0, (), None), settings)
+    assert env_values(dep)["NEURON_RUNTIME_ARTIFACT_URI"].startswith("s3://shared-artifacts/neuron/")
+    assert pod_spec(dep)["serviceAccountName"] == "serving"
+    # spec.storage.pvc still wins over the operator's default.
+    pvc = with_spec(CPU_CNN, storage={"pvc": {"claimName": "mine"}})
+    assert "--output-root" in container(build_compile_job(pvc, settings))["args"]
+    assert any(
+        v.get("persistentVolumeClaim", {}).get("claimName") == "mine"
+        for v in pod_spec(build_compile_job(pvc, settings))["volumes"]
+    )
 
 
 def test_server_reads_the_directory_the_compile_job_writes() -> None:

@@ -26,6 +26,7 @@ from lightkube import ApiError
 from memapi import MemApi, Obj
 
 from neuron_operator.api import NeuronModel
+from neuron_operator.handlers import artifacts_by_key
 from neuron_operator.kube import Kube
 from neuron_operator.reconcile import Context, reconcile_deployment, reconcile_model
 from neuron_operator.resources import names
@@ -159,21 +160,17 @@ class World:
         )
 
     def lookup(self, namespace: str, key: str) -> list[dict[str, Any]]:
-        """``handlers.artifacts_by_key``: the artifact of every NeuronModel whose artifact is ready, by key."""
+        """The operator's kopf index (``handlers.artifacts_by_key``, called as kopf calls it) over every model."""
         found = []
-        for m in self.api.all("NeuronModel", namespace):
-            status = m.get("status") or {}
-            ready = any(
-                c.get("type") == "ArtifactReady" and c.get("status") == "True" for c in status.get("conditions", [])
-            )
-            if status.get("cacheKey") == key and status.get("artifact") and ready:
-                found.append(dict(status["artifact"]))
+        for m in self.api.all("NeuronModel"):
+            entries = artifacts_by_key(m["metadata"]["namespace"], m.get("status") or {}) or {}
+            found += [dict(artifact) for (ns, k), artifact in entries.items() if (ns, k) == (namespace, key)]
         return found
 
-    async def model_pass(self, name: str = "cnn") -> list[str]:
+    async def model_pass(self, name: str = "cnn", namespace: str = NS) -> list[str]:
         """One reconcile pass; -> the write requests it sent."""
         mark = self.api.mark()
-        await reconcile_model(self.ctx(), NS, name)
+        await reconcile_model(self.ctx(), namespace, name)
         return self.api.writes_since(mark)
 
     async def deployment_pass(self, name: str = "cnn") -> list[str]:
@@ -349,10 +346,14 @@ class World:
 
 
 def claim(name: str) -> Obj:
+    return claim_in(name, NS)
+
+
+def claim_in(name: str, namespace: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}},
         "status": {"phase": "Bound"},
     }
@@ -421,12 +422,50 @@ async def test_a_poor_fit_warns_once_and_still_compiles(world: World) -> None:
     assert await world.model_pass() == []
 
 
-async def test_object_store_storage_is_refused_as_an_invalid_spec(world: World) -> None:
-    world.api.seed(model_manifest(storage={"uri": "s3://bucket/neuron"}))
+S3_STORAGE = {"storage": {"uri": "s3://team-models/neuron"}, "s3": {"endpoint": "http://s3.test:8333"}}
+
+
+async def test_s3_storage_needs_no_claim_and_records_the_s3_uri_and_endpoint(world: World) -> None:
+    world.api.seed(model_manifest(**S3_STORAGE))  # no PersistentVolumeClaim exists at all
     await world.model_pass()
-    assert world.cond("NeuronModel", "Stalled") == ("True", "InvalidSpec")
-    assert "spec.storage.uri" in world.message("NeuronModel", "Stalled")
-    assert world.jobs() == []
+    key = world.status("NeuronModel")["cacheKey"]
+    assert world.cond("NeuronModel", "Reconciling") == ("True", "Compiling")
+    world.complete_job(job_name_of(world), compile_result(key))
+    await world.model_pass()
+    artifact = world.status("NeuronModel")["artifact"]
+    assert (artifact["uri"], artifact["endpoint"]) == (f"s3://team-models/neuron/{key}", "http://s3.test:8333")
+    assert world.cond("NeuronModel", "Ready") == ("True", "Compiled")
+
+
+async def test_an_identical_s3_model_in_another_namespace_is_a_cache_hit_without_a_job(world: World) -> None:
+    await world.compiled_model("first", **S3_STORAGE)
+    world.ttl_delete(job_name_of(world, "first"))
+    other = model_manifest("second", **S3_STORAGE)
+    other["metadata"]["namespace"] = "team-b"
+    world.api.seed(other)
+    writes = await world.model_pass("second", "team-b")
+    assert not [w for w in writes if w.startswith("create Job")]
+    assert world.api.all("Job") == []
+    second = world.api.must("NeuronModel", "second", "team-b")
+    assert second["status"]["artifact"] == world.status("NeuronModel", "first")["artifact"]
+    assert [c["reason"] for c in second["status"]["conditions"] if c["type"] == "Ready"] == ["CacheHit"]
+
+
+async def test_the_same_bucket_on_another_endpoint_or_a_pvc_model_elsewhere_is_not_shared(world: World) -> None:
+    await world.compiled_model("first", **S3_STORAGE)
+    await world.compiled_model("pvc-first")
+    world.ttl_delete(job_name_of(world, "first"))
+    world.ttl_delete(job_name_of(world, "pvc-first"))
+    other_endpoint = model_manifest("second", storage=S3_STORAGE["storage"], s3={"endpoint": "http://other:9000"})
+    other_endpoint["metadata"]["namespace"] = "team-b"
+    pvc_elsewhere = model_manifest("third")
+    pvc_elsewhere["metadata"]["namespace"] = "team-b"
+    world.api.seed(other_endpoint)
+    world.api.seed(pvc_elsewhere)
+    world.api.seed(claim_in(SETTINGS.artifact_pvc, "team-b"))
+    await world.model_pass("second", "team-b")
+    await world.model_pass("third", "team-b")
+    assert len(world.api.all("Job", "team-b")) == 2  # both compile: neither storage holds the artifact
 
 
 async def test_the_compile_job_is_created_once_with_a_compiling_event(world: World) -> None:

@@ -144,7 +144,7 @@ def test_factory_with_weights_file(tmp_path: Path) -> None:
     [
         ({"kind": "python", "factory": "no_such_module:f"}, "cannot import factory"),
         ({"kind": "python", "factory": "neuron_runtime.zoo:tiny_mlp", "args": {"bogus": 1}}, "factory .* failed"),
-        ({"kind": "torchscript", "uri": "s3://bucket/m.pt"}, "is not supported"),
+        ({"kind": "torchscript", "uri": "gs://bucket/m.pt"}, "is not supported: use .*s3://"),
         ({"kind": "torchscript", "uri": "/nonexistent/m.pt"}, "does not exist"),
     ],
 )

@@ -13,6 +13,7 @@ Nothing here does I/O or imports Kubernetes clients.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final
@@ -39,21 +40,43 @@ SHA256_PATTERN: Final = r"^[a-f0-9]{64}$"
 #: The shape of a URI (scheme://rest); which schemes are supported is a separate rule with its own message.
 URI_PATTERN: Final = r"^[a-z][a-z0-9+.-]*://[^\s]+$"
 #: The schemes the compile Job can fetch a model or weights from (``neuron_runtime.sources`` + pvc mounts).
-SOURCE_SCHEMES: Final = ("file", "http", "https", "pvc")
+SOURCE_SCHEMES: Final = ("file", "http", "https", "pvc", "s3")
 SOURCE_SCHEME_CEL: Final = "^(" + "|".join(SOURCE_SCHEMES) + ")://"
+#: ``s3://bucket`` or ``s3://bucket/key``: a general purpose bucket name (3-63 lowercase letters, digits, '.' and '-',
+#: beginning and ending with a letter or digit), then an optional key.
+S3_URI_PATTERN: Final = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+#: An S3-compatible endpoint: http(s)://host[:port][/path], no query (the same rule as the runtime's S3Connection).
+S3_ENDPOINT_PATTERN: Final = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+S3_URI_MESSAGE: Final = (
+    "must be s3://<bucket>/<key> with a valid bucket name (3-63 characters: lowercase letters, digits, '.' and '-', "
+    "beginning and ending with a letter or digit)"
+)
 
 
 def source_scheme_message(field: str) -> str:
     """The admission message for a source URI whose scheme is not implemented."""
     return (
-        f"{field}: supported schemes are file://, http://, https:// and pvc://<claim>/<path> "
-        "(s3://, gs://, hf:// and oci:// sources are not implemented yet)"
+        f"{field}: supported schemes are file://, http://, https://, pvc://<claim>/<path> and s3://<bucket>/<key> "
+        "(gs://, hf:// and oci:// sources are not implemented)"
+    )
+
+
+def s3_source_rule(field: str, attr: str) -> dict[str, str]:
+    """CEL: an s3:// source names a valid bucket and a key."""
+    return cel(
+        f"!has(self.{attr}) || !self.{attr}.startsWith('s3://') || self.{attr}.matches('{S3_URI_PATTERN}')",
+        f"{field}: {S3_URI_MESSAGE}",
+        fieldPath=f".{attr}",
     )
 
 
 def check_source_scheme(uri: str | None, field: str) -> None:
-    if uri is not None and uri.split("://", 1)[0] not in SOURCE_SCHEMES:
+    if uri is None:
+        return
+    if uri.split("://", 1)[0] not in SOURCE_SCHEMES:
         raise ValueError(source_scheme_message(field))
+    if uri.startswith("s3://") and not re.match(S3_URI_PATTERN, uri):
+        raise ValueError(f"{field}: {S3_URI_MESSAGE}")
 
 
 #: Container image reference (loose: registry/repo[:tag][@digest]); the kubelet does the strict check.

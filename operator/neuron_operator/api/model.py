@@ -27,6 +27,7 @@ architecture-fit rules; they are not part of the request itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +39,9 @@ from neuron_operator.api.common import (
     CONDITIONS_EXTRA,
     DNS1123_SUBDOMAIN,
     IMAGE_PATTERN,
+    S3_ENDPOINT_PATTERN,
+    S3_URI_MESSAGE,
+    S3_URI_PATTERN,
     SHA256_PATTERN,
     SOURCE_SCHEME_CEL,
     TOLERATIONS_FIELD_DOC,
@@ -58,6 +62,7 @@ from neuron_operator.api.common import (
     Toleration,
     cel,
     check_source_scheme,
+    s3_source_rule,
     source_scheme_message,
     validations,
 )
@@ -156,7 +161,8 @@ class TorchScriptSource(CamelModel):
                 f"self.uri.matches('{SOURCE_SCHEME_CEL}')",
                 source_scheme_message("spec.source.torchscript.uri"),
                 fieldPath=".uri",
-            )
+            ),
+            s3_source_rule("spec.source.torchscript.uri", "uri"),
         )
     )
 
@@ -164,8 +170,9 @@ class TorchScriptSource(CamelModel):
         max_length=2048,
         pattern=URI_PATTERN,
         description=(
-            "Where the TorchScript file is: https://, http://, file:// (inside the compile image) or "
-            "pvc://<claim>/<path> (a PersistentVolumeClaim in the model's namespace, mounted read-only)."
+            "Where the TorchScript file is: https://, http://, file:// (inside the compile image), "
+            "pvc://<claim>/<path> (a PersistentVolumeClaim in the model's namespace, mounted read-only) or "
+            "s3://<bucket>/<key> (read with the identity and endpoint of spec.s3)."
         ),
     )
     sha256: Str | None = Field(
@@ -197,6 +204,7 @@ class PythonSource(CamelModel):
                 source_scheme_message("spec.source.python.weightsUri"),
                 fieldPath=".weightsUri",
             ),
+            s3_source_rule("spec.source.python.weightsUri", "weightsUri"),
         )
     )
 
@@ -413,6 +421,16 @@ class CompilerSpec(CamelModel):
             "the operator's compileTimeoutSeconds setting (3600 unless configured)."
         ),
     )
+    service_account_name: Str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description=(
+            "ServiceAccount of the compile Job's pod (e.g. one with an IAM role through EKS Pod Identity or IRSA "
+            "for s3:// sources and storage); default: the operator's compileServiceAccount setting, else the "
+            "namespace's default ServiceAccount."
+        ),
+    )
 
     @model_validator(mode="after")
     def _no_reserved_flags(self) -> CompilerSpec:
@@ -434,10 +452,7 @@ class PvcStorage(CamelModel):
     )
 
 
-STORAGE_URI_MESSAGE: Final = (
-    "spec.storage.uri: object storage for artifacts is not implemented yet; use spec.storage.pvc "
-    "(a ReadWriteMany PersistentVolumeClaim)"
-)
+STORAGE_URI_MESSAGE: Final = f"spec.storage.uri: only s3:// object storage is supported; {S3_URI_MESSAGE}"
 
 
 class StorageSpec(CamelModel):
@@ -449,7 +464,7 @@ class StorageSpec(CamelModel):
                 "has(self.pvc) != has(self.uri)",
                 "spec.storage: set exactly one of spec.storage.pvc or spec.storage.uri",
             ),
-            cel("!has(self.uri)", STORAGE_URI_MESSAGE, fieldPath=".uri"),
+            cel(f"!has(self.uri) || self.uri.matches('{S3_URI_PATTERN}')", STORAGE_URI_MESSAGE, fieldPath=".uri"),
         )
     )
 
@@ -458,16 +473,55 @@ class StorageSpec(CamelModel):
         default=None,
         max_length=2048,
         pattern=URI_PATTERN,
-        description="Reserved for object storage (e.g. s3://bucket/prefix); not implemented yet, so rejected.",
+        description=(
+            "Object storage: s3://<bucket>/<prefix>. The compile Job uploads the artifact (files first, manifest "
+            "last) and serving pods download and verify it; reached with the identity and endpoint of spec.s3."
+        ),
     )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageSpec:
         if (self.pvc is None) == (self.uri is None):
             raise ValueError("spec.storage: set exactly one of spec.storage.pvc or spec.storage.uri")
-        if self.uri is not None:
+        if self.uri is not None and not re.match(S3_URI_PATTERN, self.uri):
             raise ValueError(STORAGE_URI_MESSAGE)
         return self
+
+
+class SecretReference(CamelModel):
+    """A Secret in the NeuronModel's namespace."""
+
+    name: Str = Field(max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the Secret.")
+
+
+class S3Spec(CamelModel):
+    """How the compile Job and the serving pods reach S3 for this model's s3:// URIs (source and storage).
+
+    Credentials come from the AWS default chain: EKS Pod Identity or IRSA through the pods' ServiceAccount
+    (spec.compiler.serviceAccountName, NeuronDeployment spec.pod.serviceAccountName), or the keys of
+    credentialsSecretRef. They never appear in status, Events or logs.
+    """
+
+    endpoint: Str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=S3_ENDPOINT_PATTERN,
+        description="S3-compatible endpoint URL (http:// or https://); default: AWS S3 of the region.",
+    )
+    region: Str | None = Field(
+        default=None, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$", description="AWS region, e.g. us-east-1."
+    )
+    force_path_style: Bool = Field(
+        default=False,
+        description="Path-style addressing (endpoint/bucket/key), which most S3-compatible stores need.",
+    )
+    credentials_secret_ref: SecretReference | None = Field(
+        default=None,
+        description=(
+            "A Secret with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN), "
+            "passed to the pods as environment variables; default: the pods' own identity."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -591,8 +645,15 @@ class NeuronModelSpec(CamelModel):
     storage: StorageSpec | None = Field(
         default=None,
         description=(
-            "Where artifacts are stored; default: the operator's artifact PersistentVolumeClaim (setting "
-            "artifactPvc, neuron-artifacts unless configured)."
+            "Where artifacts are stored; default: the operator's artifact storage (setting artifactUri when set, "
+            "else the PersistentVolumeClaim of setting artifactPvc, neuron-artifacts unless configured)."
+        ),
+    )
+    s3: S3Spec | None = Field(
+        default=None,
+        description=(
+            "How this model's compile Job and serving pods reach S3 (for every s3:// URI: source and storage); "
+            "default: the operator's S3 settings, else AWS S3 with the pods' own identity."
         ),
     )
 
@@ -637,7 +698,13 @@ class NeuronModelSpec(CamelModel):
 class ArtifactStatus(CamelModel):
     """The compiled artifact currently matching the spec."""
 
-    uri: Str = Field(max_length=2048, description="Where the artifact is stored (under spec.storage).")
+    uri: Str = Field(
+        max_length=2048,
+        description="Where the artifact is stored: pvc://<claim>/<path>/<cacheKey> or s3://<bucket>/<prefix>/<cacheKey>.",
+    )
+    endpoint: Str | None = Field(
+        default=None, max_length=2048, description="The S3 endpoint of an s3:// uri (absent: AWS S3)."
+    )
     sha256: Str = Field(pattern=SHA256_PATTERN, description="SHA-256 of the artifact archive.")
     short_digest: Str | None = Field(
         default=None,

@@ -49,6 +49,10 @@ class Reason(StrEnum):
     SOURCE_FAILED = CompileFailure.SOURCE_FAILED.value
     TRACE_FAILED = CompileFailure.TRACE_FAILED.value
     INTERNAL_ERROR = CompileFailure.INTERNAL_ERROR.value
+    # S3 (compile Jobs and serving pods alike)
+    STORAGE_ACCESS_DENIED = CompileFailure.STORAGE_ACCESS_DENIED.value
+    STORAGE_NOT_FOUND = CompileFailure.STORAGE_NOT_FOUND.value
+    STORAGE_UNAVAILABLE = CompileFailure.STORAGE_UNAVAILABLE.value
     # NeuronDeployment
     MODEL_NOT_FOUND = "ModelNotFound"
     MODEL_NOT_READY = "ModelNotReady"
@@ -98,6 +102,9 @@ COMPILE_FAILURES: Final = (
     R.SOURCE_FAILED,
     R.TRACE_FAILED,
     R.INTERNAL_ERROR,
+    R.STORAGE_ACCESS_DENIED,
+    R.STORAGE_NOT_FOUND,
+    R.STORAGE_UNAVAILABLE,
     R.UNSUPPORTED_ARCHITECTURE,
 )
 #: Reasons that stop a NeuronModel until something changes.

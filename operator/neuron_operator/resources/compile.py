@@ -25,6 +25,7 @@ from neuron_runtime.config import (
     CompileRequest,
     CompilerOptions,
     PythonSource,
+    S3Connection,
     TorchScriptSource,
 )
 from neuron_runtime.config import (
@@ -37,42 +38,97 @@ SOURCES_MOUNT: Final = "/var/lib/neuron/sources"
 #: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through TMPDIR.
 SCRATCH_MOUNT: Final = "/scratch"
 #: `neuron-runtime compile` exit codes that retrying cannot fix (bad request, unreadable or mismatching
-#: source, Neuron SDK missing from the image): the Job fails at once instead of burning its backoff.
-PERMANENT_EXIT_CODES: Final = (2, 3, 5)
-
-
-class StorageUnsupportedError(ValueError):
-    """spec.storage names a location the compile Job cannot write to (only PVCs are implemented)."""
+#: source, Neuron SDK missing from the image, S3 access denied or bucket missing): the Job fails at once instead
+#: of burning its backoff. (10, an unreachable S3 endpoint, is retried.)
+PERMANENT_EXIT_CODES: Final = (2, 3, 5, 9)
 
 
 @dataclass(frozen=True)
 class ArtifactLocation:
-    """Where a model's artifacts live: a PVC and a directory inside it."""
+    """Where a model's artifacts live: a PVC and a directory inside it, or an S3 prefix (``s3_root``)."""
 
-    claim: str
+    claim: str | None
     subdir: str  # relative, "" = the volume root
+    s3_root: str | None = None  # s3://bucket[/prefix], no trailing slash
+
+    @property
+    def is_s3(self) -> bool:
+        return self.s3_root is not None
 
     def root(self, mount_path: str) -> str:
+        """What the compile Job gets as --output-root."""
+        if self.s3_root is not None:
+            return self.s3_root
         return posixpath.join(mount_path, self.subdir) if self.subdir else mount_path
 
     def artifact_dir(self, mount_path: str, cache_key: str) -> str:
         return posixpath.join(self.root(mount_path), cache_key)
 
+    def uri(self, cache_key: str) -> str:
+        """``status.artifact.uri``: pvc://<claim>/<path>/<key> or s3://<bucket>/<prefix>/<key>."""
+        if self.s3_root is not None:
+            return f"{self.s3_root}/{cache_key}"
+        return f"pvc://{self.claim}/{self.subdir + '/' if self.subdir else ''}{cache_key}"
+
 
 def artifact_location(model: NeuronModel, settings: OperatorSettings) -> ArtifactLocation:
     storage = model.spec.storage
     if storage is None:
+        if settings.artifact_uri:
+            return ArtifactLocation(None, "", settings.artifact_uri.rstrip("/"))
         return ArtifactLocation(settings.artifact_pvc, "")
     if storage.pvc is None:
-        raise StorageUnsupportedError(
-            f"spec.storage.uri {storage.uri!r}: object-store storage is not implemented yet; "
-            "use spec.storage.pvc (a ReadWriteMany PersistentVolumeClaim)"
-        )
+        assert storage.uri is not None  # the API guarantees exactly one
+        return ArtifactLocation(None, "", storage.uri.rstrip("/"))
     return ArtifactLocation(storage.pvc.claim_name, storage.pvc.path or "")
 
 
-def storage_id(model: NeuronModel) -> str:
-    """The empty string for the default artifact claim, else "<claim>/<path>" (part of the compile Job name)."""
+@dataclass(frozen=True)
+class S3Access:
+    """How a model's pods reach S3: the runtime's connection settings and the credentials Secret, if any."""
+
+    connection: S3Connection
+    secret: str | None
+
+    def env(self) -> list[dict[str, Any]]:
+        """Container env: ``NEURON_RUNTIME_S3__*`` and, with a Secret, the AWS key variables from it (never the
+        values: the kubelet resolves them)."""
+        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(self.connection.to_env().items())]
+        if self.secret is not None:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": self.secret, "key": key}}})
+            token: dict[str, Any] = {"name": self.secret, "key": "AWS_SESSION_TOKEN", "optional": True}
+            env.append({"name": "AWS_SESSION_TOKEN", "valueFrom": {"secretKeyRef": token}})
+        return env
+
+
+def s3_access(model: NeuronModel, settings: OperatorSettings) -> S3Access:
+    """spec.s3 as a whole when set, else the operator's S3 settings."""
+    spec = model.spec.s3
+    if spec is not None:
+        return S3Access(
+            S3Connection(endpoint_url=spec.endpoint, region=spec.region, force_path_style=spec.force_path_style),
+            spec.credentials_secret_ref.name if spec.credentials_secret_ref else None,
+        )
+    return S3Access(
+        S3Connection(
+            endpoint_url=settings.s3_endpoint, region=settings.s3_region, force_path_style=settings.s3_force_path_style
+        ),
+        settings.s3_credentials_secret,
+    )
+
+
+def uses_s3(model: NeuronModel, settings: OperatorSettings) -> bool:
+    """Whether the compile Job touches S3 (storage or a source)."""
+    return artifact_location(model, settings).is_s3 or any(u.startswith("s3://") for u in _source_uris(model))
+
+
+def storage_id(model: NeuronModel, settings: OperatorSettings) -> str:
+    """Part of the compile Job name: "" for the operator's default claim, else "<claim>/<path>" of spec.storage.pvc,
+    or "<s3 root>@<endpoint>" for S3 (a model with other storage must not read another storage's Job as its own)."""
+    location = artifact_location(model, settings)
+    if location.s3_root is not None:
+        return f"{location.s3_root}@{s3_access(model, settings).connection.endpoint_url or ''}"
     pvc = model.spec.storage.pvc if model.spec.storage else None
     return f"{pvc.claim_name}/{pvc.path or ''}" if pvc is not None else ""
 
@@ -127,13 +183,16 @@ def compile_request(model: NeuronModel, settings: OperatorSettings) -> CompileRe
     )
 
 
-def source_claim_names(model: NeuronModel) -> list[str]:
-    uris = []
+def _source_uris(model: NeuronModel) -> list[str]:
     if model.spec.source.torchscript is not None:
-        uris.append(model.spec.source.torchscript.uri)
-    elif model.spec.source.python is not None and model.spec.source.python.weights_uri:
-        uris.append(model.spec.source.python.weights_uri)
-    return sorted({c for c in (_source_claims(u)[0] for u in uris) if c})
+        return [model.spec.source.torchscript.uri]
+    if model.spec.source.python is not None and model.spec.source.python.weights_uri:
+        return [model.spec.source.python.weights_uri]
+    return []
+
+
+def source_claim_names(model: NeuronModel) -> list[str]:
+    return sorted({c for c in (_source_claims(u)[0] for u in _source_uris(model)) if c})
 
 
 def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
@@ -155,14 +214,12 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
             "limits": {"memory": settings.compile_memory},
         }
     )
-    volumes: list[dict[str, Any]] = [
-        {"name": "artifacts", "persistentVolumeClaim": {"claimName": location.claim}},
-        {"name": "scratch", "emptyDir": {}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "artifacts", "mountPath": settings.artifact_mount_path},
-        {"name": "scratch", "mountPath": SCRATCH_MOUNT},
-    ]
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
+    if location.claim is not None:
+        volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": location.claim}})
+        mounts.insert(0, {"name": "artifacts", "mountPath": settings.artifact_mount_path})
+    s3_env = s3_access(model, settings).env() if uses_s3(model, settings) else []
     for i, claim in enumerate(source_claim_names(model)):
         volumes.append({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True})
@@ -193,6 +250,7 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
                     {"name": COMPILE_REQUEST_ENV, "value": request.model_dump_json(exclude_none=True)},
                     {"name": "HOME", "value": SCRATCH_MOUNT},
                     {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+                    *s3_env,
                 ],
                 "resources": resources,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -210,11 +268,13 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    if service_account := compiler.service_account_name or settings.compile_service_account:
+        pod_spec["serviceAccountName"] = service_account
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": names.compile_job_name(key, storage_id(model)),
+            "name": names.compile_job_name(key, storage_id(model, settings)),
             "namespace": body["metadata"]["namespace"],
             "labels": labels,
             "annotations": {

@@ -7,18 +7,20 @@ included, applied as they are with server-side apply.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any, Final
 
-from neuron_operator.api import NeuronDeployment
+from neuron_operator.api import NeuronDeployment, NeuronModel
 from neuron_operator.catalogue import INSTANCE_TYPE_LABEL, NEURON_TAINT_KEY, NEURONCORE_RESOURCE
 from neuron_operator.resources import names
+from neuron_operator.resources.compile import S3Access, artifact_location, s3_access
 from neuron_operator.resources.fit import PlacementPlan
 from neuron_operator.settings import OperatorSettings
 from neuron_runtime.config import Batching as RuntimeBatching
 from neuron_runtime.config import Parity as RuntimeParity
 from neuron_runtime.config import Placement as RuntimePlacement
-from neuron_runtime.config import ServeSettings
+from neuron_runtime.config import S3Connection, ServeSettings
 
 RUNTIME_CONTAINER: Final = "runtime"
 PORT_NAME: Final = "http"
@@ -49,8 +51,43 @@ class ServedArtifact:
     cache_key: str
     sha256: str
     target: str
-    claim: str
+    claim: str | None  # the artifact PVC; None: downloaded from s3_uri into an emptyDir
     directory: str  # absolute path inside the pod
+    s3_uri: str | None = None  # s3://bucket/prefix/<cache key>
+    s3: S3Access | None = None
+    size_bytes: int | None = None  # graphs, from the NeuronModel status (sizes the download volume)
+
+
+#: The download volume holds a verified copy and, while a copy that no longer verifies is replaced, a second one.
+DOWNLOAD_VOLUME_MIN_BYTES: Final = 256 << 20
+
+
+def served_artifact(
+    model: NeuronModel, cache_key: str, sha256: str, size_bytes: int | None, settings: OperatorSettings
+) -> ServedArtifact:
+    """What serving pods load for a Ready model: the claim's directory the compile Job wrote, or the S3 prefix it
+    published (downloaded into an emptyDir at the same mount path)."""
+    location = artifact_location(model, settings)
+    mount = settings.artifact_mount_path
+    return ServedArtifact(
+        model_name=model.metadata.name or "",
+        cache_key=cache_key,
+        sha256=sha256,
+        target=model.spec.target.value,
+        claim=location.claim,
+        directory=posixpath.join(mount, cache_key) if location.is_s3 else location.artifact_dir(mount, cache_key),
+        s3_uri=location.uri(cache_key) if location.is_s3 else None,
+        s3=s3_access(model, settings) if location.is_s3 else None,
+        size_bytes=size_bytes,
+    )
+
+
+def download_volume_limit(size_bytes: int | None) -> str | None:
+    """emptyDir sizeLimit of an S3 artifact's download volume: twice the graphs plus 256 MiB (reference data,
+    manifest), in MiB; None when the size is unknown."""
+    if size_bytes is None:
+        return None
+    return f"{(2 * size_bytes + DOWNLOAD_VOLUME_MIN_BYTES + (1 << 20) - 1) >> 20}Mi"
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -63,6 +100,8 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
     serve = ServeSettings(
         model_name=artifact.model_name,
         artifact_dir=artifact.directory,
+        artifact_uri=artifact.s3_uri,
+        s3=artifact.s3.connection if artifact.s3 is not None else S3Connection(),
         expected_sha256=artifact.sha256,
         port=spec.server.port,
         placement=RuntimePlacement(
@@ -92,6 +131,8 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
         {"name": "HOME", "value": SCRATCH_MOUNT},
         {"name": "TMPDIR", "value": SCRATCH_MOUNT},
     ]
+    if artifact.s3 is not None:
+        env += [e for e in artifact.s3.env() if not e["name"].startswith("NEURON_RUNTIME_S3__")]  # those: above
     return env
 
 
@@ -179,7 +220,8 @@ def build_deployment(
                 # <mount>/<storage.pvc.path>/<cacheKey>, so mounting the claim any deeper would look for
                 # the artifact in the wrong directory of the volume.
                 "mountPath": settings.artifact_mount_path,
-                "readOnly": True,
+                # An S3 artifact is downloaded into this (emptyDir) volume; a claim is only read.
+                "readOnly": artifact.claim is not None,
             },
             {"name": "scratch", "mountPath": SCRATCH_MOUNT},
         ],
@@ -200,10 +242,7 @@ def build_deployment(
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "volumes": [
-            {"name": "artifacts", "persistentVolumeClaim": {"claimName": artifact.claim, "readOnly": True}},
-            {"name": "scratch", "emptyDir": {}},
-        ],
+        "volumes": [_artifact_volume(artifact), {"name": "scratch", "emptyDir": {}}],
     }
     if tolerations:
         pod_spec["tolerations"] = tolerations
@@ -214,8 +253,8 @@ def build_deployment(
         pod_spec["affinity"] = affinity
     if plan.scheduler_name:
         pod_spec["schedulerName"] = plan.scheduler_name
-    if pod_over and pod_over.service_account_name:
-        pod_spec["serviceAccountName"] = pod_over.service_account_name
+    if service_account := (pod_over.service_account_name if pod_over else None) or settings.runtime_service_account:
+        pod_spec["serviceAccountName"] = service_account
     annotations = {
         **(pod_over.annotations if pod_over and pod_over.annotations else {}),
         names.ANNOTATION_ARTIFACT_SHA: artifact.sha256,
@@ -247,6 +286,13 @@ def build_deployment(
         },
         "spec": dep_spec,
     }
+
+
+def _artifact_volume(artifact: ServedArtifact) -> dict[str, Any]:
+    if artifact.claim is not None:
+        return {"name": "artifacts", "persistentVolumeClaim": {"claimName": artifact.claim, "readOnly": True}}
+    limit = download_volume_limit(artifact.size_bytes)
+    return {"name": "artifacts", "emptyDir": {"sizeLimit": limit} if limit else {}}
 
 
 def _child_metadata(body: dict[str, Any]) -> dict[str, Any]:
