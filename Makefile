@@ -56,9 +56,10 @@ crds: ## Regenerate crds/ and the chart's CRD copy from the pydantic models
 	$(PY) -m neuron_operator.crdgen
 
 .PHONY: bench
-bench: ## Runtime benchmarks (ratio to the in-process limit) and operator latency/write counts
+bench: ## Runtime benchmarks (ratio to the in-process limit), operator latency/write counts, S3 artifact throughput
 	$(PY) -m benchmarks
 	$(PY) -m benchmarks.operator
+	$(PY) -m benchmarks.s3
 
 ##@ Images
 .PHONY: images

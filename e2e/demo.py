@@ -14,7 +14,11 @@
    NeuronCores, and a runtime image with a SIMULATED Neuron SDK (``e2e/neuron-sdk-sim``: the documented
    torch-neuronx API, executing on the CPU). Local changes: the compile Job's resources fit this machine, and
    the serving pods select and tolerate the simulated node (kwok's inf2 nodes run no containers);
-6. shows progress until all are Ready, shows the compile Jobs' ``kubectl logs`` and the serving pods' image
+6. applies the CNN with its artifacts on S3 (``examples/neuronmodel-small-cnn-s3.yaml``,
+   ``examples/neurondeployment-small-cnn-s3.yaml``) against the local cluster's real S3 server (SeaweedFS ``weed``,
+   built from Go modules, started by ``localcluster``). Local changes: spec.s3.endpoint is that server, and the
+   demo creates its bucket and the ``s3-keys`` Secret with the server's keys;
+7. shows progress until all are Ready, shows the compile Jobs' ``kubectl logs`` and the serving pods' image
    and uid, sends Open Inference Protocol v2 requests through the Services (via the apiserver's service
    proxy) and prints the answers and the per-NeuronCore call counts from the inf2 pod's ``/metrics``, then
    ``kubectl get nm,nd -o wide``.
@@ -50,6 +54,8 @@ MODEL_FILE = REPO / "examples" / "neuronmodel-small-cnn-cpu.yaml"
 DEPLOYMENT_FILE = REPO / "examples" / "neurondeployment-small-cnn-cpu.yaml"
 INF2_MODEL_FILE = REPO / "examples" / "neuronmodel-small-cnn-inf2.yaml"
 INF2_DEPLOYMENT_FILE = REPO / "examples" / "neurondeployment-small-cnn-inf2.yaml"
+S3_MODEL_FILE = REPO / "examples" / "neuronmodel-small-cnn-s3.yaml"
+S3_DEPLOYMENT_FILE = REPO / "examples" / "neurondeployment-small-cnn-s3.yaml"
 SIMULATED_TOLERATION = {"key": SIMULATED_NEURON_LABEL, "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -176,6 +182,31 @@ def apply_inf2_examples(cluster: KindCluster) -> tuple[str, str]:
     return model["metadata"]["name"], deployment["metadata"]["name"]
 
 
+def apply_s3_examples(cluster: KindCluster) -> tuple[str, str]:
+    model = yaml.safe_load(S3_MODEL_FILE.read_text())
+    deployment = yaml.safe_load(S3_DEPLOYMENT_FILE.read_text())
+    s3 = cluster.ensure_s3()
+    bucket = model["spec"]["storage"]["uri"].removeprefix("s3://").split("/", 1)[0]
+    s3.create_bucket(bucket)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": model["spec"]["s3"]["credentialsSecretRef"]["name"]},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.admin.access_key, "AWS_SECRET_ACCESS_KEY": s3.admin.secret_key},
+    }
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(secret))
+    # Local changes: the local S3 server's endpoint, and pods on the kind node that runs containers.
+    model["spec"]["s3"]["endpoint"] = s3.cluster_endpoint_url
+    deployment["spec"]["pod"] = {"nodeSelector": EXEC_SELECTOR, "tolerations": EXEC_TOLERATIONS}
+    say(
+        f"kubectl apply {S3_MODEL_FILE.relative_to(REPO)} and {S3_DEPLOYMENT_FILE.relative_to(REPO)} (artifacts in "
+        f"s3://{bucket} on the local S3 server {s3.cluster_endpoint_url}, a real SeaweedFS)"
+    )
+    for obj in (model, deployment):
+        cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(obj))
+    return model["metadata"]["name"], deployment["metadata"]["name"]
+
+
 def wait_ready(cluster: KindCluster, names: tuple[str, ...]) -> None:
     last = ""
     start = time.monotonic()
@@ -265,7 +296,8 @@ def up() -> int:
     create_storage(cluster)
     model, deployment = apply_examples(cluster)
     inf2_model, inf2_deployment = apply_inf2_examples(cluster)
-    wait_ready(cluster, (model, deployment, inf2_model, inf2_deployment))
+    s3_model, s3_deployment = apply_s3_examples(cluster)
+    wait_ready(cluster, (model, deployment, inf2_model, inf2_deployment, s3_model, s3_deployment))
     show_workloads(cluster, deployment)
     show_workloads(cluster, inf2_deployment, jobs=False)
     answer = infer(cluster, deployment, model)
@@ -280,6 +312,12 @@ def up() -> int:
         f"model={answer['model_name']} output {out['name']} shape={out['shape']}"
     )
     print("logits:", [round(v, 3) for v in out["data"]], flush=True)
+    answer = infer(cluster, s3_deployment, s3_model, request_id="make-demo-s3")
+    artifact = json.loads(cluster.kubectl("get", "nm", s3_model, "-n", NAMESPACE, "-o", "json").stdout)["status"]
+    say(
+        f"inference result (artifact downloaded from {artifact['artifact']['uri']} and verified): id={answer['id']} "
+        f"shape={answer['outputs'][0]['shape']}"
+    )
     counts = core_counts(cluster, inf2_deployment)
     say(f"calls per NeuronCore (neuron_runtime_neuroncore_executions_total, with warm-up and parity): {counts}")
     say("kubectl get nm,nd -o wide")

@@ -28,6 +28,8 @@ from lightkube import Client
 
 from localcluster.__main__ import cluster_for
 from localcluster.kind import ExistingCluster, KindCluster, KindConfig
+from localcluster.s3 import S3Endpoint, S3Server, S3Unavailable
+from localcluster.tools import ensure_tools
 
 REPO = Path(__file__).resolve().parent.parent
 #: Seconds the first cluster test may wait for the session cluster (image import is disk-bound: 3.5-6 min).
@@ -109,3 +111,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server (SeaweedFS ``weed``) on loopback, free ports, in a temporary directory; no
+    cluster needed (tests of S3 client code). Authentication is enforced: ``admin`` and read-only ``reader``
+    keys (``.admin``/``.reader``: ``access_key``, ``secret_key``), ``endpoint_url``, ``client()`` (boto3),
+    ``create_bucket(name)``. Stopped at the end of the session."""
+    server = S3Server(tmp_path_factory.mktemp("s3-server"), ensure_tools(("weed",)).weed)
+    try:
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_s3(cluster: KindCluster | ExistingCluster) -> S3Endpoint:
+    """The cluster's S3 endpoint: the local cluster's server (started again if it died), reachable from the
+    tests and from pods at ``endpoint_url``; on an existing cluster, the one given by ``NEURON_TEST_S3_*``
+    (else the test is skipped)."""
+    try:
+        return cluster.ensure_s3() if isinstance(cluster, KindCluster) else cluster.s3
+    except S3Unavailable as exc:
+        pytest.skip(str(exc))

@@ -8,15 +8,25 @@ import sys
 from pathlib import Path
 
 from localcluster.kind import KindCluster, KindConfig, docker_env, ensure_assets
+from localcluster.s3 import DEV_PORTS, REGION
 
 DEFAULT_NAME = "neuron-dev"
 
 
 def cluster_for(state_dir: Path, name: str) -> KindCluster:
+    """The cluster whose state is in ``state_dir`` (a new one: the dev cluster's fixed S3 ports)."""
     meta = state_dir / "cluster.json"
     if meta.exists():
         name = json.loads(meta.read_text())["name"]
-    return KindCluster(KindConfig(name=name, state_dir=state_dir))
+    return KindCluster(KindConfig(name=name, state_dir=state_dir, s3_ports=DEV_PORTS))
+
+
+def print_exports(cluster: KindCluster) -> None:
+    """What ``make cluster-up`` prints: shell lines (comments for the S3 endpoint, whose keys stay in a file)."""
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    s3 = cluster.s3
+    print(f"# S3 (SeaweedFS) endpoint for this machine and pods: {s3.endpoint_url} (region {REGION})")
+    print(f"# S3 keys (identities admin, reader): {s3.state_file}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         if cluster.exists():
             if cluster.alive():
                 cluster.ensure_images()
-                print(f"export KUBECONFIG={cluster.kubeconfig}")
+                cluster.ensure_s3()
+                print_exports(cluster)
                 return 0
             cluster.down()
         cluster.up()
-        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        print_exports(cluster)
     elif args.command == "down":
         cluster.down()
     else:

@@ -128,7 +128,7 @@ build_weed() {
   go get "github.com/seaweedfs/seaweedfs/weed@v$v"
   log "weed: compiling (go build -p 2; several minutes cold)"
   go build -p 2 -trimpath -ldflags "-s -w" -o "$out/weed" github.com/seaweedfs/seaweedfs/weed
-  "$out/weed" version
+  "$out/weed" version >&2
 }
 
 components=("$@")

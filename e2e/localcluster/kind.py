@@ -21,6 +21,10 @@ What it is made of (every piece built here, nothing pulled from a registry; see 
 Artifacts: ``shared_dir`` is a directory of this machine mounted at the same absolute path in every kind
 node, so a hostPath PersistentVolume under it is readable and writable from pods on any node and from the
 tests on the host (``localcluster.storage.hostpath_claim``).
+
+Object storage: ``s3`` is a real S3-compatible server (SeaweedFS ``weed``, ``localcluster.s3``) running on this
+machine, bound to the kind network's gateway address, so this machine and every pod reach it at the same
+``s3.endpoint_url``; its random admin and read-only keys are in ``<state>/s3/s3.json`` (0600).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import yaml
 from lightkube import Client, KubeConfig
 
 from localcluster.fleet import DEFAULT_FLEET, NodeGroup, fleet_manifests
+from localcluster.s3 import S3Credentials, S3Endpoint, S3Ports, S3Server, S3Unavailable, kind_network_gateway
 from localcluster.tools import Tools, ensure_tools
 from localcluster.wait import until
 from neuron_operator.catalogue import (
@@ -180,6 +185,8 @@ class KindConfig:
     fleet: tuple[NodeGroup, ...] = DEFAULT_FLEET
     #: Instance type of the kind worker with the simulated Neuron device plugin.
     neuron_instance_type: str = "inf2.xlarge"
+    #: Ports of the S3 server (``localcluster.s3.DEV_PORTS`` for the dev cluster); None: free ones at ``up``.
+    s3_ports: S3Ports | None = None
 
 
 class KindCluster:
@@ -192,6 +199,7 @@ class KindCluster:
         self.logs = self.state / "logs"
         self._env: dict[str, str] | None = None
         self._assets: KindAssets | None = None
+        self._s3: S3Server | None = None
 
     # ---------------------------------------------------------------- paths and metadata
     @property
@@ -207,6 +215,22 @@ class KindCluster:
     def client(self) -> Client:
         """A lightkube client authenticated with the admin kubeconfig."""
         return Client(KubeConfig.from_file(str(self.kubeconfig)), field_manager="neuron-tests")
+
+    @property
+    def s3_dir(self) -> Path:
+        return self.state / "s3"
+
+    @property
+    def s3(self) -> S3Server:
+        """The cluster's S3 server (endpoint, keys), found from its state (S3Unavailable when it has none)."""
+        if self._s3 is None:
+            if not S3Server.exists_in(self.s3_dir):
+                raise S3Unavailable(
+                    f"no S3 server in {self.s3_dir} (a cluster created before S3 was part of it): "
+                    "`python -m localcluster up` adds one"
+                )
+            self._s3 = S3Server.load(self.s3_dir)
+        return self._s3
 
     @property
     def docker_env(self) -> dict[str, str]:
@@ -263,12 +287,14 @@ class KindCluster:
         self._meta_path().write_text(json.dumps({"name": self.name, "created_by_pid": os.getpid()}))
         try:
             self._create(assets)
+            self._start_s3(assets.tools.weed)  # ready meanwhile (~13 s): waited for after the nodes
             self._configure_nodes()
             self._load_images(assets)
             self._deploy_addons(assets)
             self._start_kwok()
             self._create_fleet()
             self._wait_usable()
+            self._wait_s3()
         except BaseException:
             self._dump_diagnostics()
             self.down()
@@ -277,8 +303,9 @@ class KindCluster:
         return self
 
     def down(self) -> None:
-        """Stop kwok, delete the kind cluster, remove the state (the Docker engine keeps running)."""
+        """Stop kwok and the S3 server, delete the kind cluster, remove the state (the Docker engine keeps running)."""
         self._stop_kwok()
+        self._stop_s3()
         subprocess.run(
             [str(self._kind_binary()), "delete", "cluster", "--name", self.name],
             env=self.docker_env,
@@ -287,6 +314,17 @@ class KindCluster:
         )
         if self.state.exists():
             shutil.rmtree(self.state, ignore_errors=True)
+
+    def ensure_s3(self) -> S3Server:
+        """The cluster's S3 server, ready: started again if it does not run (same keys, ports and data), or
+        created for a cluster that predates it."""
+        if S3Server.exists_in(self.s3_dir):
+            server = self.s3
+            server.start()  # a no-op when it runs
+        else:
+            server = self._start_s3(ensure_tools(("weed",)).weed)
+        server.wait_ready()
+        return server
 
     def ensure_images(self) -> None:
         """Load the current project images into a running cluster (after a rebuild; a no-op when present)."""
@@ -312,7 +350,12 @@ class KindCluster:
                 for n in json.loads(nodes.stdout)["items"]
                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
             ]
-        return {"name": self.name, "kwok": self._kwok_alive(), "readyNodes": ready}
+        s3: dict[str, Any]
+        try:
+            s3 = self.s3.describe()
+        except S3Unavailable as exc:
+            s3 = {"error": str(exc)}
+        return {"name": self.name, "kwok": self._kwok_alive(), "readyNodes": ready, "s3": s3}
 
     # ---------------------------------------------------------------- helpers for callers
     def kubectl(
@@ -541,6 +584,28 @@ class KindCluster:
                 break
         (self.state / "kwok.pid").unlink(missing_ok=True)
 
+    def _start_s3(self, weed: Path) -> S3Server:
+        """Start the S3 server on the kind network's gateway (reachable from this machine and from pods)."""
+        host = kind_network_gateway(self.docker_env)
+        server = S3Server(self.s3_dir, weed, host=host, ports=self.config.s3_ports or S3Ports.free(host))
+        server.start()
+        self._s3 = server
+        return server
+
+    def _wait_s3(self) -> None:
+        t = time.monotonic()
+        self.s3.wait_ready()
+        waited = time.monotonic() - t
+        self._log(f"S3 (SeaweedFS) at {self.s3.endpoint_url} ready (waited {waited:.1f}s); keys: {self.s3.state_file}")
+
+    def _stop_s3(self) -> None:
+        if not S3Server.exists_in(self.s3_dir):
+            return
+        try:
+            self.s3.stop()
+        except Exception as exc:  # never keeps the cluster from being deleted
+            self._log(f"stopping the S3 server failed: {exc!r}")
+
     def _create_fleet(self) -> None:
         manifests = fleet_manifests(self.config.fleet)
         if manifests:
@@ -596,6 +661,8 @@ class KindCluster:
             print(self.kubectl("get", "pods,nodes", "-A", "-o", "wide", check=False).stdout, file=sys.stderr)
         with contextlib.suppress(Exception):
             print((self.logs / "kwok.log").read_text()[-3000:], file=sys.stderr)
+        with contextlib.suppress(Exception):
+            print(self.s3.log_tail(), file=sys.stderr)
 
 
 def _in_use(archive: Path, recent: float = 3600.0) -> bool:
@@ -606,11 +673,20 @@ def _in_use(archive: Path, recent: float = 3600.0) -> bool:
         return False
 
 
+S3_ENDPOINT_ENV = "NEURON_TEST_S3_ENDPOINT"
+S3_ACCESS_KEY_ENV = "NEURON_TEST_S3_ACCESS_KEY"
+S3_SECRET_KEY_ENV = "NEURON_TEST_S3_SECRET_KEY"
+
+
 class ExistingCluster:
     """The same interface as ``KindCluster`` over a cluster someone else runs (EKS, another kind, ...).
 
     Selected by ``NEURON_TEST_USE_EXISTING_CLUSTER=1`` with ``KUBECONFIG`` pointing at it; kubectl and helm
     come from PATH. Nothing is started or stopped.
+
+    S3: ``NEURON_TEST_S3_ENDPOINT`` (an URL that both the tests and the cluster's pods reach),
+    ``NEURON_TEST_S3_ACCESS_KEY`` and ``NEURON_TEST_S3_SECRET_KEY`` (keys that may create buckets and write)
+    give ``s3``; without them ``s3`` raises S3Unavailable and the S3 tests are skipped.
     """
 
     def __init__(self, kubeconfig: Path) -> None:
@@ -632,3 +708,12 @@ class ExistingCluster:
     def post_raw(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         out = self.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body)).stdout
         return dict(json.loads(out))
+
+    @property
+    def s3(self) -> S3Endpoint:
+        """The S3 endpoint given by the environment (S3Unavailable when it is not)."""
+        names = (S3_ENDPOINT_ENV, S3_ACCESS_KEY_ENV, S3_SECRET_KEY_ENV)
+        endpoint, access, secret = (os.environ.get(n, "") for n in names)
+        if not (endpoint and access and secret):
+            raise S3Unavailable(f"S3 tests are skipped on an existing cluster unless {', '.join(names)} are set")
+        return S3Endpoint(endpoint, S3Credentials("admin", access, secret))

@@ -25,6 +25,8 @@ class Tools:
     kubectl: Path
     kwok: Path
     helm: Path
+    #: SeaweedFS: the local cluster's S3-compatible server (``localcluster.s3``).
+    weed: Path
 
     @property
     def bin_dirs(self) -> list[Path]:
@@ -42,7 +44,7 @@ def ensure_tools(components: tuple[str, ...] = ()) -> Tools:
         env=os.environ.copy(),
     ).stdout
     dirs = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    k8s, etcd, kwok, helm = (Path(dirs[k]) for k in ("K8S", "ETCD", "KWOK", "HELM"))
+    k8s, etcd, kwok, helm, weed = (Path(dirs[k]) for k in ("K8S", "ETCD", "KWOK", "HELM", "WEED"))
     return Tools(
         etcd=etcd / "etcd",
         kube_apiserver=k8s / "kube-apiserver",
@@ -51,4 +53,5 @@ def ensure_tools(components: tuple[str, ...] = ()) -> Tools:
         kubectl=k8s / "kubectl",
         kwok=kwok / "kwok",
         helm=helm / "helm",
+        weed=weed / "weed",
     )

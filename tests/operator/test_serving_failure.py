@@ -65,6 +65,20 @@ def test_a_current_pod_that_failed_parity_is_reported_with_its_numbers() -> None
     assert "max abs error 0.731" in failure.message
 
 
+def test_a_passing_storage_refusal_is_forgotten_once_the_container_is_ready() -> None:
+    """A serving pod that could not reach S3 once (exit 10) and then came up keeps that lastState: while it is not
+    ready the refusal explains it, once it is ready it no longer does."""
+    refusal = terminated({"status": "Failed", "reason": "StorageUnavailable", "message": "endpoint down"}, code=10)
+    running = {"running": {"startedAt": "2026-11-28T10:01:00Z"}}
+    starting = pod("p", last=refusal, state=running)
+    failure = serving_failure([starting], CONTAINER)
+    assert failure is not None
+    assert failure.reason == "StorageUnavailable"
+    ready = pod("p", last=refusal, state=running)
+    ready["status"]["containerStatuses"][0]["ready"] = True
+    assert serving_failure([ready], CONTAINER) is None
+
+
 def test_a_pod_is_current_despite_the_defaults_the_apiserver_adds() -> None:
     """Found on the kind cluster: the apiserver adds `fieldRef.apiVersion: v1` to every downward-API env var."""
     desired = {**CONTAINER, "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}

@@ -354,7 +354,13 @@ class PodOverrides(CamelModel):
         description="Extra affinity rules; node affinity is ANDed with the instance-type affinity.",
     )
     service_account_name: Str | None = Field(
-        default=None, max_length=253, pattern=DNS1123_SUBDOMAIN, description="ServiceAccount of the pods."
+        default=None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description=(
+            "ServiceAccount of the pods (with S3 artifacts, one whose IAM role can read them: EKS Pod Identity or "
+            "IRSA); default: the operator's runtimeServiceAccount setting, else the namespace's default."
+        ),
     )
 
     @model_validator(mode="after")

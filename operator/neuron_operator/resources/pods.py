@@ -110,7 +110,14 @@ def serving_failure(pods: list[dict[str, Any]], desired_container: dict[str, Any
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             if status.get("name") != desired_container["name"]:
                 continue
-            for state in (status.get("state") or {}, status.get("lastState") or {}):
+            # lastState explains a container that is not ready now only: one that refused once for a passing reason
+            # (StorageUnavailable) and then came up keeps that lastState until its next termination.
+            states = (
+                (status.get("state") or {},)
+                if status.get("ready")
+                else (status.get("state") or {}, status.get("lastState") or {})
+            )
+            for state in states:
                 terminated = state.get("terminated")
                 if not terminated or (parsed := _parse(terminated)) is None:
                     continue
