@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient, KubeConfig
 
-from neuron_operator import metrics
+from neuron_operator import gc, metrics
 from neuron_operator.kube import Kube
 from neuron_operator.reconcile import SHARED_STORAGE, Context, reconcile_deployment, reconcile_model
 from neuron_operator.resources import names
@@ -33,10 +33,13 @@ class Runtime:
         self.kube = kube
         self.artifact_index: kopf.Index[Any, Any] | None = None
         self.ctx = Context(kube=kube, settings=settings, artifacts=self.lookup_artifacts)
+        self.gc = gc.ArtifactGC(kube, settings)
         self.queue = WorkQueue(
             reconcilers={
                 "NeuronModel": lambda ns, name: reconcile_model(self.ctx, ns, name),
                 "NeuronDeployment": lambda ns, name: reconcile_deployment(self.ctx, ns, name),
+                # The artifact GC: one object, run on the leader only (like every reconcile), every resync.
+                **({gc.KIND: self.gc.run_pass} if settings.gc_enabled else {}),
             },
             resync=settings.resync_seconds,
             backoff_base=settings.backoff_base_seconds,
@@ -150,6 +153,14 @@ async def runtime_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo
     """A serving pod changed (e.g. its runtime refused the artifact and restarted): its Deployment's status may
     not change at all, so the pod itself triggers the NeuronDeployment (the queue coalesces bursts)."""
     runtime(memo).queue.trigger("NeuronDeployment", namespace, labels[names.LABEL_DEPLOYMENT])
+
+
+@kopf.on.startup()
+async def start_artifact_gc(memo: kopf.Memo, **_: Any) -> None:
+    """kopf runs on the leader only: the artifact GC (when enabled) starts with it, as a work-queue object."""
+    rt = runtime(memo)
+    if rt.settings.gc_enabled:
+        rt.queue.trigger(gc.KIND, *gc.OBJECT)
 
 
 @kopf.on.cleanup()

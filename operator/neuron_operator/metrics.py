@@ -16,6 +16,8 @@ depth at scrape time; the reconcilers call ``observe_compile`` and ``set_rollout
 | ``neuron_operator_compile_duration_seconds`` | histogram | — (compile Jobs that finished) |
 | ``neuron_operator_compiles_total`` | counter | outcome (Compiled, CacheHit, or the failure reason) |
 | ``neuron_operator_rollout_state`` | gauge | namespace, name, state (one-hot) |
+| ``neuron_operator_artifact_gc_expired`` | gauge | storage (pvc, s3), mode (dry_run, delete): expired in the last run |
+| ``neuron_operator_artifact_gc_deleted_bytes_total`` | counter | storage (pvc, s3) |
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final, Protocol
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -88,6 +90,19 @@ class OperatorMetrics(Collector):
             ["outcome"],
             registry=None,
         )
+        self.gc_expired = Gauge(
+            "neuron_operator_artifact_gc_expired",
+            "Artifacts the last artifact GC run found expired (unreferenced for the minimum age), by storage kind "
+            "and mode (dry_run: reported only; delete: deleted)",
+            ["storage", "mode"],
+            registry=None,
+        )
+        self.gc_deleted_bytes = Counter(
+            "neuron_operator_artifact_gc_deleted_bytes",
+            "Bytes of expired artifacts (and leftovers of interrupted writes) the artifact GC deleted, by storage kind",
+            ["storage"],
+            registry=None,
+        )
         self._lock = threading.Lock()  # the scrape runs in prometheus_client's HTTP thread
         self._rollout: dict[tuple[str, str], str] = {}
         self._queues: list[weakref.ref[QueueStats]] = []  # (work queues are dataclasses: unhashable)
@@ -132,7 +147,14 @@ class OperatorMetrics(Collector):
         yield from self._gauges(rollout, queues)
 
     def _static(self) -> Iterator[Metric]:
-        for metric in (self.reconcile_duration, self.reconcile_errors, self.compile_duration, self.compiles):
+        for metric in (
+            self.reconcile_duration,
+            self.reconcile_errors,
+            self.compile_duration,
+            self.compiles,
+            self.gc_expired,
+            self.gc_deleted_bytes,
+        ):
             yield from metric.collect()
 
     def _gauges(self, rollout: dict[tuple[str, str], str], queues: list[QueueStats]) -> Iterator[Metric]:
@@ -194,6 +216,14 @@ def observe_compile(outcome: str, seconds: float | None) -> None:
 def set_rollout_state(namespace: str, name: str, state: str) -> None:
     """The NeuronDeployment's rollout state (one of ``ROLLOUT_STATES``, or another word, exported as given)."""
     METRICS.set_rollout_state(namespace, name, state)
+
+
+def observe_gc(storage: str, mode: str, expired: int, deleted_bytes: int) -> None:
+    """An artifact GC run over all storages of kind ``storage`` (pvc, s3) in ``mode`` (dry_run, delete) found
+    ``expired`` artifacts and deleted ``deleted_bytes``."""
+    METRICS.gc_expired.labels(storage, mode).set(expired)
+    if deleted_bytes > 0:
+        METRICS.gc_deleted_bytes.labels(storage).inc(deleted_bytes)
 
 
 def forget(namespace: str, name: str) -> None:

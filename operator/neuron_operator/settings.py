@@ -77,6 +77,22 @@ class OperatorSettings(BaseSettings):
             "namespace; unset: the pods' own identity (EKS Pod Identity / IRSA through their ServiceAccount)."
         ),
     )
+    gc_enabled: bool = Field(
+        default=False,
+        description=(
+            "Run the artifact garbage collector: every gcIntervalSeconds, one Job per artifact storage in use "
+            "finds the artifacts no NeuronModel (or serving Deployment) has referenced for gcMinAgeSeconds."
+        ),
+    )
+    gc_min_age_seconds: int = Field(
+        default=604800,
+        ge=3600,
+        description="An unreferenced artifact expires this long after its last reference (a revert within it hits).",
+    )
+    gc_interval_seconds: int = Field(default=21600, ge=300, description="Seconds between two GC runs.")
+    gc_delete: bool = Field(
+        default=False, description="Delete expired artifacts; false: a dry run that reports them (Events, metric)."
+    )
     compile_service_account: str | None = Field(
         default=None,
         description="ServiceAccount of compile Jobs without spec.compiler.serviceAccountName (unset: default).",

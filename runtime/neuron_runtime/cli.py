@@ -18,6 +18,16 @@ compile-cache hit never loads torch.
 `--output-root` is a directory (a mounted volume) or `s3://bucket/prefix`: the artifact is found, or compiled
 locally and published, under `<root>/<cache key>/`.
 
+`gc` (run by the operator's artifact GC Job; `neuron_runtime.retention`) removes, with `--delete`, the artifacts under
+`--root` that no kept cache key names and that were last referenced at least `--min-age-seconds` ago (without it:
+a dry run that only reports them). Kept keys: `--keep-file` or env NEURON_RUNTIME_GC_KEEP (a JSON list; a long
+list continues in NEURON_RUNTIME_GC_KEEP_1, _2, ...). Exit codes:
+  0  succeeded (the termination message lists what expired and what was freed)
+  2  BadRequest          the keep list or an argument is invalid
+  9  StorageAccessDenied / StorageNotFound   S3 refused the credentials or the operation, or no such bucket
+ 10  StorageUnavailable  the S3 endpoint did not answer
+  1  InternalError       anything else (a volume error included)
+
 `serve` exits 0 after a SIGTERM drain; otherwise it writes a termination message too:
   2  InvalidSettings / InvalidPlacement   the settings, or the placement on the visible cores, are invalid
   3  ArtifactInvalid      the artifact does not verify (digest, manifest, format version)
@@ -50,6 +60,7 @@ EXIT_STORAGE_UNAVAILABLE = 10
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_ENV = "NEURON_RUNTIME_TERMINATION_LOG"
 COMPILE_REQUEST_ENV = "NEURON_RUNTIME_COMPILE_REQUEST"
+GC_KEEP_ENV = "NEURON_RUNTIME_GC_KEEP"
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
@@ -68,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
         help=f"termination message path (env {TERMINATION_LOG_ENV}; default {DEFAULT_TERMINATION_LOG} if it exists)",
     )
     comp.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    gc = sub.add_parser("gc", help="remove (or, by default, report) artifacts no longer referenced")
+    gc.add_argument("--root", required=True, help="the artifact root: a directory or s3://bucket/prefix")
+    gc.add_argument(
+        "--min-age-seconds", type=float, required=True, help="an unreferenced artifact expires once this old"
+    )
+    gc.add_argument("--delete", action="store_true", help="delete what expired (default: a dry run)")
+    gc.add_argument("--keep-file", type=Path, help=f"JSON list of referenced cache keys (default: env {GC_KEEP_ENV})")
+    gc.add_argument("--now", help=argparse.SUPPRESS)  # tests only: the current time, ISO 8601
+    gc.add_argument("--termination-log", help=f"termination message path (as for compile; env {TERMINATION_LOG_ENV})")
+    gc.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     serve = sub.add_parser("serve", help="serve an artifact over the Open Inference Protocol v2")
     serve.add_argument("--config", type=Path, help="YAML/JSON file of ServeSettings (env vars take precedence)")
     return parser
@@ -77,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compile":
         return run_compile(args)
+    if args.command == "gc":
+        return run_gc(args)
     return run_serve(args)
 
 
@@ -179,6 +202,72 @@ def run_compile(args: argparse.Namespace) -> int:
             "maxAbsError": manifest.max_abs_error,
         },
     )
+    return EXIT_OK
+
+
+def _fitting(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` with its list of expired artifacts shortened until the line fits the termination message."""
+    while len(json.dumps(message, sort_keys=True, separators=(",", ":")).encode()) >= TERMINATION_MESSAGE_LIMIT:
+        if not message.get("expired"):
+            break
+        message = {**message, "expired": message["expired"][:-1]}
+    return message
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from neuron_runtime import objectstore, retention
+    from neuron_runtime.reasons import CompileFailure
+
+    log_path = termination_log_path(args.termination_log)
+
+    def fail(code: int, reason: str, message: str) -> int:
+        write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message})
+        return code
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[neuron-runtime gc] {message}", file=sys.stderr, flush=True)
+
+    try:
+        if args.keep_file is not None:
+            keep = retention.parse_keep(args.keep_file.read_text())
+        else:
+            # NEURON_RUNTIME_GC_KEEP, and NEURON_RUNTIME_GC_KEEP_1, _2, ... when the operator splits a long list (one
+            # environment string may not exceed 128 KiB).
+            chunks = [v for k, v in sorted(os.environ.items()) if k == GC_KEEP_ENV or k.startswith(f"{GC_KEEP_ENV}_")]
+            keep = frozenset().union(*(retention.parse_keep(chunk) for chunk in chunks or ["[]"]))
+        now = retention.parse_time(args.now) if args.now else datetime.now(timezone.utc)
+        if args.min_age_seconds < 0:
+            raise retention.GcRequestError("--min-age-seconds must not be negative")
+        if objectstore.is_s3(args.root):
+            root_s3 = objectstore.S3Location.parse(args.root)
+    except (OSError, ValueError) as exc:
+        return fail(EXIT_BAD_REQUEST, CompileFailure.BAD_REQUEST.value, f"invalid gc request: {exc}")
+    mode = "deleting" if args.delete else "dry run (nothing is deleted)"
+    progress(f"{args.root}: {len(keep)} referenced cache keys, minimum age {args.min_age_seconds:.0f}s, {mode}")
+    try:
+        if objectstore.is_s3(args.root):
+            s3 = objectstore.client_from_env()
+            result = retention.collect_s3(s3, root_s3, keep, args.min_age_seconds, now, args.delete, progress)
+        else:
+            root = Path(args.root)
+            result = retention.collect_volume(root, keep, args.min_age_seconds, now, args.delete, progress)
+    except objectstore.AccessDenied as exc:
+        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_ACCESS_DENIED.value, str(exc))
+    except objectstore.ObjectNotFound as exc:
+        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_NOT_FOUND.value, str(exc))
+    except objectstore.StorageError as exc:
+        return fail(EXIT_STORAGE_UNAVAILABLE, CompileFailure.STORAGE_UNAVAILABLE.value, str(exc))
+    except Exception as exc:
+        return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
+    progress(
+        f"{result.kept} kept, {result.retained} unreferenced but younger than the minimum age, "
+        f"{len(result.expired)} expired ({result.reclaimable_bytes} bytes), {len(result.leftovers)} leftovers, "
+        f"{result.deleted_bytes} bytes deleted"
+    )
+    write_termination_message(log_path, _fitting(result.message()))
     return EXIT_OK
 
 

@@ -73,6 +73,8 @@ def operator_settings(**overrides: Any) -> OperatorSettings:
 def settings_env(settings: OperatorSettings) -> dict[str, str]:
     env = {}
     for name, value in settings.model_dump(mode="json").items():
+        if value is None:  # unset (an optional setting): "null" would not parse
+            continue
         env[f"NEURON_OPERATOR_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 

@@ -336,7 +336,7 @@ def test_rbac_rule_set() -> None:
         ("neuron.dev", "neurondeployments"): ["get", "list", "watch"],
         ("neuron.dev", "neuronmodels/status"): ["patch"],
         ("neuron.dev", "neurondeployments/status"): ["patch"],
-        ("batch", "jobs"): sorted(["get", "list", "watch", "create"]),
+        ("batch", "jobs"): sorted(["get", "list", "watch", "create", "patch"]),
         ("apps", "deployments"): sorted(["get", "list", "watch", "create", "patch"]),
         ("", "services"): sorted(["get", "create", "patch"]),
         ("policy", "poddisruptionbudgets"): sorted(["get", "create", "patch"]),

@@ -82,6 +82,9 @@ class Reason(StrEnum):
     ARTIFACT_CHANGED = "ArtifactChanged"
     SURGE = "Surge"
     IN_PLACE = "InPlace"
+    ARTIFACTS_EXPIRED = "ArtifactsExpired"  # an artifact GC dry run found expired artifacts
+    ARTIFACTS_COLLECTED = "ArtifactsCollected"  # an artifact GC run deleted expired artifacts
+    ARTIFACT_GC_FAILED = "ArtifactGCFailed"  # an artifact GC Job failed
 
 
 R = Reason

@@ -1,0 +1,391 @@
+"""`neuron-runtime gc` (`neuron_runtime.retention`) on a volume directory and on a real S3 server (the `s3_server`
+fixture: SeaweedFS with an admin and a read-only identity), through the CLI as the operator's GC Job runs it: its
+exit code and one-line JSON termination message. Time is injected (`--now`), never slept.
+
+Pinned: a dry run deletes nothing and reports; a deleting run removes exactly the expired artifacts, the manifest
+first; a referenced key gets a fresh "last referenced" marker, so an artifact unreferenced for less than the
+minimum age survives, and one referenced again (a revert) before it expired survives a later run too; nothing
+under the root that is not an artifact is touched; a read-only identity cannot delete (StorageAccessDenied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neuron_runtime import artifact, cli, objectstore, retention
+from neuron_runtime.compile import CompileResult
+from neuron_runtime.config import MANIFEST_NAME, S3Connection
+
+DAY = 86400
+WEEK = 7 * DAY
+T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def key(n: int) -> str:
+    return hashlib.sha256(f"artifact-{n}".encode()).hexdigest()
+
+
+def artifact_files(cache_key: str) -> dict[str, bytes]:
+    """A small artifact: one graph and a manifest pinning it (enough for `artifact.verify`'s file checks)."""
+    graph = f"graph of {cache_key}".encode() * 100
+    files = {"model-b1.pt": graph}
+    manifest = {
+        "format_version": 3,
+        "cache_key": cache_key,
+        "files": {n: hashlib.sha256(b).hexdigest() for n, b in files.items()},
+    }
+    return {**files, MANIFEST_NAME: json.dumps(manifest).encode()}
+
+
+def run_gc(tmp_path: Path, root: str, keep: list[str], now: datetime, *extra: str) -> tuple[int, dict[str, Any]]:
+    log = tmp_path / f"termination-{uuid.uuid4().hex[:6]}"
+    keep_file = tmp_path / f"keep-{uuid.uuid4().hex[:6]}.json"
+    keep_file.write_text(json.dumps(keep))
+    argv = ["gc", "--root", root, "--min-age-seconds", str(WEEK), "--keep-file", str(keep_file)]
+    argv += ["--now", now.isoformat(), "--termination-log", str(log), "--quiet", *extra]
+    code = cli.main(argv)
+    line = log.read_text()
+    assert line.count("\n") == 1
+    assert len(line.encode()) < cli.TERMINATION_MESSAGE_LIMIT
+    return code, json.loads(line)
+
+
+def expired_keys(message: dict[str, Any]) -> list[str]:
+    return [e["cacheKey"] for e in message["expired"]]
+
+
+# ------------------------------------------------------------------------------------------------ volume
+
+
+def make_dir_artifact(root: Path, cache_key: str, at: datetime) -> Path:
+    path = root / cache_key
+    path.mkdir(parents=True)
+    for name, data in artifact_files(cache_key).items():
+        (path / name).write_bytes(data)
+        os.utime(path / name, (at.timestamp(), at.timestamp()))
+    return path
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_a_volume_dry_run_deletes_nothing_and_reports_what_expired(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    old, young, kept = key(1), key(2), key(3)
+    make_dir_artifact(root, old, T0)
+    make_dir_artifact(root, young, T0 + timedelta(days=5))
+    make_dir_artifact(root, kept, T0)
+    before = tree(root)
+    now = T0 + timedelta(days=8)
+    code, msg = run_gc(tmp_path, str(root), [kept], now)
+    assert code == 0
+    assert msg["status"] == "Succeeded"
+    assert msg["dryRun"] is True
+    assert msg["root"] == str(root)
+    assert (msg["kept"], msg["retained"], msg["expiredCount"]) == (1, 1, 1)
+    size = sum(len(b) for b in artifact_files(old).values())
+    assert msg["expired"] == [{"cacheKey": old, "bytes": size, "lastReferenced": "2025-06-01T12:00:00Z"}]
+    assert msg["deletedBytes"] == 0
+    assert msg["freedOrReclaimableBytes"] == size
+    # Nothing deleted; only the kept key's marker was written.
+    assert tree(root) == before | {retention.MARKER_DIR, f"{retention.MARKER_DIR}/{kept}"}
+    assert retention.parse_time((root / retention.MARKER_DIR / kept).read_text()) == now
+
+
+def test_a_volume_delete_removes_exactly_the_expired_manifest_first_and_leaves_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlp_artifact: CompileResult
+) -> None:
+    root = tmp_path / "artifacts"
+    old, young, kept = key(1), key(2), mlp_artifact.manifest.cache_key
+    make_dir_artifact(root, old, T0)
+    make_dir_artifact(root, young, T0 + timedelta(days=5))
+    shutil.copytree(mlp_artifact.directory, root / kept)  # a real artifact, compiled long ago
+    for path in (root / kept).iterdir():
+        os.utime(path, (T0.timestamp(), T0.timestamp()))
+    # Foreign entries: a file, a directory that is no cache key, a 63-hex name, an uppercase key, a team subdir.
+    (root / "README").write_text("mine")
+    (root / "team-a" / key(9)).mkdir(parents=True)
+    (root / key(4)[:63]).mkdir()
+    (root / key(5).upper()).mkdir()
+    for foreign in root.iterdir():
+        os.utime(foreign, (T0.timestamp(), T0.timestamp()))
+    # Leftovers of interrupted writes: an old one goes, a recent one (a compile running) stays.
+    stale, running = root / f".tmp-{old[:16]}-abc", root / f".download-{young[:16]}-def"
+    for path, at in ((stale, T0), (running, T0 + timedelta(days=8) - timedelta(hours=1))):
+        path.mkdir()
+        (path / "model-b1.pt").write_bytes(b"x" * 10)
+        os.utime(path / "model-b1.pt", (at.timestamp(), at.timestamp()))
+    ops: list[tuple[str, str]] = []  # every removal, in order
+    real_unlink = Path.unlink
+
+    def recording_unlink(self: Path, missing_ok: bool = False) -> None:
+        ops.append(("unlink", str(self.relative_to(root))))
+        real_unlink(self, missing_ok=missing_ok)
+
+    real_rmtree = retention.shutil.rmtree
+
+    def recording_rmtree(path: Any, ignore_errors: bool = False) -> None:
+        ops.append(("rmtree", str(Path(path).relative_to(root))))
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(Path, "unlink", recording_unlink)
+    monkeypatch.setattr(retention.shutil, "rmtree", recording_rmtree)
+    code, msg = run_gc(tmp_path, str(root), [kept], T0 + timedelta(days=8), "--delete")
+    monkeypatch.undo()
+    assert code == 0
+    assert msg["dryRun"] is False
+    assert expired_keys(msg) == [old]
+    assert msg["leftovers"] == 1
+    size = sum(len(b) for b in artifact_files(old).values())
+    assert msg["deletedBytes"] == msg["freedOrReclaimableBytes"] == size + 10
+    # The manifest went first, on its own; then the rest of the directory.
+    assert ops[:3] == [
+        ("unlink", f"{old}/{MANIFEST_NAME}"),  # the manifest first, on its own
+        ("rmtree", old),
+        ("unlink", f"{retention.MARKER_DIR}/{old}"),  # no marker was written: a no-op
+    ]
+    assert ("rmtree", stale.name) in ops
+    assert not (root / old).exists()
+    assert not stale.exists()
+    for survivor in (young, kept, "README", f"team-a/{key(9)}", key(4)[:63], key(5).upper(), running.name):
+        assert (root / survivor).exists(), survivor
+    assert {p.name: p.read_bytes() for p in (root / young).iterdir()} == artifact_files(young)
+    assert artifact.verify(root / kept)[1] == mlp_artifact.digest  # the kept artifact still verifies
+
+
+def test_a_volume_artifact_referenced_until_recently_survives_and_a_revert_keeps_it(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    a = key(1)
+    make_dir_artifact(root, a, T0)  # compiled long ago
+    # Referenced for 30 days: each run refreshes its marker.
+    for day in range(0, 31, 10):
+        code, msg = run_gc(tmp_path, str(root), [a], T0 + timedelta(days=day), "--delete")
+        assert code == 0
+        assert msg["kept"] == 1
+    last_referenced = T0 + timedelta(days=30)
+    # Unreferenced since day 30 (the model moved on): 6 days later it is still within the age.
+    code, msg = run_gc(tmp_path, str(root), [], last_referenced + timedelta(days=6), "--delete")
+    assert (msg["retained"], msg["expiredCount"]) == (1, 0)
+    assert (root / a / MANIFEST_NAME).exists()
+    # A revert on day 36 references it again: kept, marker refreshed...
+    revert = last_referenced + timedelta(days=6, hours=12)
+    code, msg = run_gc(tmp_path, str(root), [a], revert, "--delete")
+    assert msg["kept"] == 1
+    # ...so unreferenced again, it lives a full age from the revert, not from day 30.
+    code, msg = run_gc(tmp_path, str(root), [], revert + timedelta(days=6), "--delete")
+    assert msg["expiredCount"] == 0
+    assert (root / a).exists()
+    code, msg = run_gc(tmp_path, str(root), [], revert + timedelta(days=7), "--delete")
+    assert expired_keys(msg) == [a]
+    assert msg["expired"][0]["lastReferenced"] == retention.iso(revert)
+    assert not (root / a).exists()
+    assert not (root / retention.MARKER_DIR / a).exists()  # the marker went with it
+
+
+def test_a_missing_root_and_an_invalid_keep_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, msg = run_gc(tmp_path, str(tmp_path / "nothing-yet"), [], T0, "--delete")
+    assert code == 0
+    assert msg["expiredCount"] == 0
+    monkeypatch.setenv(cli.GC_KEEP_ENV, json.dumps(["not-a-key"]))
+    log = tmp_path / "bad"
+    assert cli.main(["gc", "--root", str(tmp_path), "--min-age-seconds", "0", "--termination-log", str(log)]) == 2
+    assert json.loads(log.read_text())["reason"] == "BadRequest"
+
+
+def test_the_termination_message_fits_with_many_expired_artifacts(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    for n in range(80):
+        make_dir_artifact(root, key(n), T0 + timedelta(minutes=n))
+    code, msg = run_gc(tmp_path, str(root), [], T0 + timedelta(days=30))
+    assert code == 0
+    assert msg["expiredCount"] == 80
+    assert 10 <= len(msg["expired"]) <= retention.EXPIRED_LISTED
+    assert expired_keys(msg) == [key(n) for n in range(len(msg["expired"]))]  # oldest first
+
+
+# ------------------------------------------------------------------------------------------------ S3
+
+
+class Bucket:
+    def __init__(self, server: Any, bucket: str) -> None:
+        self.server, self.bucket = server, bucket
+        self.connection = S3Connection(endpoint_url=server.endpoint_url, region="us-east-1", force_path_style=True)
+
+    def keys(self, identity: str) -> dict[str, str]:
+        creds = self.server.admin if identity == "admin" else self.server.reader
+        return {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key}
+
+    def client(self, identity: str = "admin") -> Any:
+        import boto3
+
+        keys = self.keys(identity)
+        return boto3.session.Session(
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"], aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"]
+        ).client("s3", endpoint_url=self.connection.endpoint_url, region_name="us-east-1")
+
+    def objects(self, prefix: str) -> set[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return {o["Key"] for page in pages for o in page.get("Contents") or []}
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: Any) -> Bucket:
+    name = f"gc-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(name)
+    return Bucket(s3_server, name)
+
+
+@pytest.fixture
+def s3_env(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The GC Job's environment (S3 connection, credentials), `identity` switchable."""
+
+    def use(identity: str) -> None:
+        for k, v in {**bucket.connection.to_env(), **bucket.keys(identity)}.items():
+            monkeypatch.setenv(k, v)
+
+    for k in [k for k in os.environ if k.startswith(("AWS_", "NEURON_RUNTIME_S3__"))]:
+        monkeypatch.delenv(k)
+    use("admin")
+    return use
+
+
+def put_artifact(bucket: Bucket, prefix: str, cache_key: str) -> None:
+    s3 = bucket.client()
+    for name, data in sorted(artifact_files(cache_key).items(), key=lambda f: f[0] == MANIFEST_NAME):
+        s3.put_object(Bucket=bucket.bucket, Key=f"{prefix}/{cache_key}/{name}", Body=data)
+
+
+@pytest.mark.s3
+def test_s3_dry_run_then_delete_removes_exactly_the_expired_manifest_first(
+    tmp_path: Path, bucket: Bucket, s3_env: Any, monkeypatch: pytest.MonkeyPatch, mlp_artifact: CompileResult
+) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket.bucket}/{prefix}"
+    old, kept = key(1), mlp_artifact.manifest.cache_key
+    put_artifact(bucket, prefix, old)
+    client = objectstore.client(bucket.connection)
+    objectstore.publish_artifact(client, mlp_artifact.directory, objectstore.S3Location.parse(root), lambda _m: None)
+    s3 = bucket.client()
+    foreign = [
+        f"{prefix}/README",
+        f"{prefix}/team-a/{old}/{MANIFEST_NAME}",
+        f"{prefix}/{old[:63]}/x",
+        f"{prefix}x/{old}/y",
+    ]
+    for k in foreign:
+        s3.put_object(Bucket=bucket.bucket, Key=k, Body=b"not ours")
+    start = datetime.now(UTC)  # the objects' LastModified is the server's clock
+    before = bucket.objects(prefix)
+
+    code, msg = run_gc(tmp_path, root, [kept], start + timedelta(days=8))
+    assert code == 0
+    assert msg["dryRun"] is True
+    assert msg["root"] == root
+    assert expired_keys(msg) == [old]
+    assert msg["kept"] == 1
+    assert msg["deletedBytes"] == 0
+    size = sum(len(b) for b in artifact_files(old).values())
+    assert msg["freedOrReclaimableBytes"] == size
+    assert bucket.objects(prefix) == before | {f"{prefix}/{retention.MARKER_DIR}/{kept}"}
+
+    # The deleting run, its S3 requests recorded in the order they went out.
+    calls: list[tuple[str, list[str]]] = []
+    client.meta.events.register(
+        "before-call.s3.DeleteObject",
+        lambda params, **_: calls.append(("DeleteObject", [_key_of(params["url_path"], bucket.bucket)])),
+    )
+    client.meta.events.register(
+        "before-call.s3.DeleteObjects",
+        lambda params, **_: calls.append(("DeleteObjects", [o["Key"] for o in _delete_body(params["body"])])),
+    )
+    monkeypatch.setattr(objectstore, "client_from_env", lambda environ=None: client)
+    code, msg = run_gc(tmp_path, root, [kept], start + timedelta(days=8), "--delete")
+    assert code == 0
+    assert expired_keys(msg) == [old]
+    assert msg["deletedBytes"] == msg["freedOrReclaimableBytes"] == size
+    assert calls[0] == ("DeleteObject", [f"{prefix}/{old}/{MANIFEST_NAME}"])
+    assert calls[1] == ("DeleteObjects", [f"{prefix}/{old}/model-b1.pt"])
+    assert calls[2:] == [("DeleteObject", [f"{prefix}/{retention.MARKER_DIR}/{old}"])]
+    after = bucket.objects(prefix)
+    assert not {k for k in after if k.startswith(f"{prefix}/{old}/")}
+    assert set(foreign) <= after  # nothing that is not an artifact was touched
+    # The kept artifact still passes the compile cache check.
+    found = objectstore.find_artifact(client, objectstore.S3Location.parse(root), kept, lambda _m: None)
+    assert found is not None
+    assert found[1] == mlp_artifact.digest
+
+
+def _key_of(url_path: str, bucket: str) -> str:
+    """The object key of a request's path (path-style: the bucket may come first, depending on botocore)."""
+    return url_path.lstrip("/").removeprefix(f"{bucket}/")
+
+
+def _delete_body(body: bytes) -> list[dict[str, str]]:
+    import xml.etree.ElementTree as ET
+
+    tree = ET.fromstring(body)
+    return [{"Key": el.text or ""} for el in tree.iter() if el.tag.endswith("Key")]
+
+
+@pytest.mark.s3
+def test_s3_markers_keep_a_recently_referenced_artifact_and_a_revert(
+    tmp_path: Path, bucket: Bucket, s3_env: Any
+) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket.bucket}/{prefix}"
+    a = key(7)
+    put_artifact(bucket, prefix, a)
+    start = datetime.now(UTC)
+    # Referenced for 20 days (a run every 10 days): the marker follows.
+    for day in (0, 10, 20):
+        code, msg = run_gc(tmp_path, root, [a], start + timedelta(days=day), "--delete")
+        assert code == 0
+        assert msg["kept"] == 1
+    marker = f"{prefix}/{retention.MARKER_DIR}/{a}"
+    body = bucket.client().get_object(Bucket=bucket.bucket, Key=marker)["Body"].read().decode()
+    assert retention.parse_time(body) == (start + timedelta(days=20)).replace(microsecond=0)
+    # 26 days after it was written (its own time), but 6 after its last reference: it survives.
+    code, msg = run_gc(tmp_path, root, [], start + timedelta(days=26), "--delete")
+    assert msg["expiredCount"] == 0
+    assert msg["retained"] == 1
+    # A revert references it again on day 26.5; unreferenced again, it survives until day 33.5.
+    revert = start + timedelta(days=26, hours=12)
+    assert run_gc(tmp_path, root, [a], revert, "--delete")[1]["kept"] == 1
+    assert run_gc(tmp_path, root, [], revert + timedelta(days=6), "--delete")[1]["expiredCount"] == 0
+    assert f"{prefix}/{a}/{MANIFEST_NAME}" in bucket.objects(prefix)
+    code, msg = run_gc(tmp_path, root, [], revert + timedelta(days=7), "--delete")
+    assert expired_keys(msg) == [a]
+    assert bucket.objects(prefix) == set()  # artifact and marker gone
+
+
+@pytest.mark.s3
+def test_s3_a_read_only_identity_cannot_delete(tmp_path: Path, bucket: Bucket, s3_env: Any) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket.bucket}/{prefix}"
+    a = key(8)
+    put_artifact(bucket, prefix, a)
+    before = bucket.objects(prefix)
+    s3_env("reader")
+    code, msg = run_gc(tmp_path, root, [], datetime.now(UTC) + timedelta(days=30), "--delete")
+    assert code == cli.EXIT_STORAGE_DENIED
+    assert msg["status"] == "Failed"
+    assert msg["reason"] == "StorageAccessDenied"
+    assert f"{prefix}/{a}/{MANIFEST_NAME}" in msg["message"]
+    assert "AccessDenied" in msg["message"]
+    assert bucket.objects(prefix) == before
+
+
+@pytest.mark.s3
+def test_s3_a_missing_bucket_is_storage_not_found(tmp_path: Path, s3_env: Any) -> None:
+    code, msg = run_gc(tmp_path, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p", [], T0)
+    assert (code, msg["reason"]) == (cli.EXIT_STORAGE_DENIED, "StorageNotFound")
