@@ -122,6 +122,7 @@ def _artifact_status(
         "batchSizes": list(spec.batch_sizes) if spec.batch_sizes else None,
         "buckets": spec.buckets.model_dump(mode="json", by_alias=True, exclude_none=True) if spec.buckets else None,
         "sizeBytes": result.get("sizeBytes"),
+        "totalBytes": result.get("totalBytes"),
         "compiledAt": finished.strftime("%Y-%m-%dT%H:%M:%SZ") if finished else None,
         "compileSeconds": round(float(result["compileSeconds"]), 3)
         if result.get("compileSeconds") is not None
@@ -217,6 +218,25 @@ async def _missing_claims(
     return None
 
 
+async def _compiling_elsewhere(ctx: Context, namespace: str, job_name: str, key: str) -> str | None:
+    """``namespace/name`` of an unfinished compile Job of this key and S3 storage in another namespace (the Job name
+    encodes both), or None."""
+    labels = {names.LABEL_CACHE_KEY: names.cache_key_label(key)}
+    scopes: list[str | None] = (
+        [n for n in ctx.settings.namespaces if n != namespace] if ctx.settings.namespaces else [None]
+    )
+    for scope in scopes:
+        for job in await ctx.kube.list("Job", scope, labels=labels):
+            meta = job["metadata"]
+            finished = any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in (job.get("status") or {}).get("conditions") or []
+            )
+            if meta["name"] == job_name and meta["namespace"] != namespace and not finished:
+                return f"{meta['namespace']}/{meta['name']}"
+    return None
+
+
 async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation:
     try:
         model = NeuronModel.model_validate(body)
@@ -235,8 +255,15 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
     uri = location.uri(key)
     endpoint = s3_access(model, ctx.settings).connection.endpoint_url if location.is_s3 else None
     status = body.get("status") or {}
-    # 1. Already done (the common no-op pass).
-    if status.get("cacheKey") == key and status.get("artifact") and is_true(previous_conditions(body), "ArtifactReady"):
+    # 1. Already done (the common no-op pass): same inputs, and stored where the spec and settings say now (a new
+    #    storage location, e.g. the operator's artifactUri set on an upgrade, is found or compiled there).
+    previous = status.get("artifact") or {}
+    if (
+        status.get("cacheKey") == key
+        and previous
+        and (previous.get("uri"), previous.get("endpoint")) == (uri, endpoint)
+        and is_true(previous_conditions(body), "ArtifactReady")
+    ):
         prev = get_condition(previous_conditions(body), "ArtifactReady")
         prev_reason = Reason(prev.reason) if prev is not None else Reason.COMPILED
         return ModelObservation(fit=fit, cache_key=key, artifact=status["artifact"], artifact_reason=prev_reason)
@@ -258,6 +285,10 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
             return ModelObservation(fit=fit, cache_key=key, failure=status["lastFailure"])
         if (missing := await _missing_claims(ctx, model, namespace, location.claim)) is not None:
             return ModelObservation(fit=fit, cache_key=key, blocked=missing)
+        if location.is_s3 and (elsewhere := await _compiling_elsewhere(ctx, namespace, job_name, key)) is not None:
+            # The same inputs for the same bucket, prefix and endpoint are compiling in another namespace: wait for
+            # that artifact (step 2 finds it once that model is Ready) instead of publishing the same key twice.
+            return ModelObservation(fit=fit, cache_key=key, compiling=elsewhere)
         job, created = await ctx.kube.create(build_compile_job(body, ctx.settings))
         if created:
             await ctx.kube.event(body, "Normal", Reason.COMPILING, f"created compile Job {job_name}", ctx.clock())
@@ -441,7 +472,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     plan = plan_placement(version, cores, dep.spec.instance_types, dep.spec.scheduler_name, ctx.settings)
     if isinstance(plan, Infeasible):
         return replace(base, blocked=(plan.reason, plan.message, True), cores=cores)
-    served = served_artifact(model, mstatus["cacheKey"], art["sha256"], art.get("sizeBytes"), ctx.settings)
+    served = served_artifact(model, mstatus["cacheKey"], art, ctx.settings)
     current_budget = ((existing or {}).get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
     keep = (current_budget.get("maxSurge", 1), current_budget.get("maxUnavailable", 0))
     desired = build_deployment(body, served, plan, ctx.settings, rollout=keep)

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from neuron_operator import __version__
+from neuron_runtime.config import S3_ENDPOINT_PATTERN
 
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/neuron-dev"
 #: uid and gid of the runtime images' unprivileged user (the Dockerfile's USER).
@@ -65,7 +66,7 @@ class OperatorSettings(BaseSettings):
     )
     s3_endpoint: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        pattern=S3_ENDPOINT_PATTERN,
         description="Default S3-compatible endpoint of models without spec.s3 (unset: AWS S3).",
     )
     s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]*$", description="Default AWS region.")
@@ -92,6 +93,13 @@ class OperatorSettings(BaseSettings):
     gc_interval_seconds: int = Field(default=21600, ge=300, description="Seconds between two GC runs.")
     gc_delete: bool = Field(
         default=False, description="Delete expired artifacts; false: a dry run that reports them (Events, metric)."
+    )
+    gc_service_account: str | None = Field(
+        default=None,
+        description=(
+            "ServiceAccount of GC Jobs (deleting needs s3:DeleteObject, which compile Jobs need not have); "
+            "unset: the compile ServiceAccount (for S3: that of the owning model's compile Jobs)."
+        ),
     )
     compile_service_account: str | None = Field(
         default=None,
@@ -151,6 +159,7 @@ class OperatorSettings(BaseSettings):
         "s3_credentials_secret",
         "compile_service_account",
         "runtime_service_account",
+        "gc_service_account",
         mode="before",
     )
     @classmethod

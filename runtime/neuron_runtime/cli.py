@@ -186,6 +186,11 @@ def run_compile(args: argparse.Namespace) -> int:
     except Exception as exc:
         return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     manifest = result.manifest
+    try:
+        total_bytes: int | None = _stored_bytes(result)
+    except Exception as exc:  # a size for the serving pods' download volume; never a reason to fail the compile
+        progress(f"cannot measure the artifact's size: {exc}")
+        total_bytes = None
     write_termination_message(
         log_path,
         {
@@ -194,6 +199,7 @@ def run_compile(args: argparse.Namespace) -> int:
             "uri": result.location,
             "sha256": result.digest,
             "sizeBytes": manifest.size_bytes,
+            "totalBytes": total_bytes,
             "compileSeconds": manifest.compile_seconds,
             "neuronCoreVersion": manifest.neuron_core_version,
             "compilerVersion": manifest.compiler_version,
@@ -269,6 +275,18 @@ def run_gc(args: argparse.Namespace) -> int:
     )
     write_termination_message(log_path, _fitting(result.message()))
     return EXIT_OK
+
+
+def _stored_bytes(result: Any) -> int:
+    """Bytes of every file of the compiled artifact, the manifest included (graphs, reference data)."""
+    from neuron_runtime import objectstore
+    from neuron_runtime.config import MANIFEST_NAME
+
+    if objectstore.is_s3(result.location):
+        prefix = objectstore.S3Location.parse(result.location)
+        return objectstore.stored_bytes(objectstore.client_from_env(), prefix, result.manifest)
+    directory = Path(result.location)
+    return sum((directory / name).stat().st_size for name in [*result.manifest.files, MANIFEST_NAME])
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neuron_runtime import artifact
 from neuron_runtime.config import (
@@ -41,6 +41,9 @@ from neuron_runtime.config import (
     artifact_path,
 )
 from neuron_runtime.sources import SourceError, fetch
+
+if TYPE_CHECKING:
+    from neuron_runtime.objectstore import S3Location
 
 Progress = Callable[[str], None]
 HEARTBEAT_S = 30.0
@@ -86,6 +89,7 @@ def compile_artifact(
         else:
             if manifest.cache_key == key:
                 progress(f"cache hit: {final}")
+                _refresh_marker(output_root, key, progress)
                 return CompileResult(manifest, digest, str(final.resolve()), cached=True)
             progress(f"cached artifact at {final} has cache key {manifest.cache_key}; recompiling")
 
@@ -100,6 +104,7 @@ def compile_artifact(
             final, lambda tmp: _trace_all(request, model, tmp, started, progress)
         )
     progress(f"wrote {final} ({manifest.size_bytes} bytes) in {time.monotonic() - started:.1f}s")
+    _refresh_marker(output_root, key, progress)
     return CompileResult(manifest, digest, str(final.resolve()), cached=False)
 
 
@@ -114,11 +119,25 @@ def _compile_to_s3(request: CompileRequest, output_root: str, progress: Progress
     found = objectstore.find_artifact(s3, root, key, progress)
     if found is not None:
         progress(f"cache hit: {root.child(key).uri}")
+        _refresh_marker(root, key, progress, s3)
         return CompileResult(found[0], found[1], root.child(key).uri, cached=True)
     with tempfile.TemporaryDirectory(prefix="neuron-runtime-out-") as local:
         built = compile_artifact(request, Path(local), progress)
         manifest, digest, prefix = objectstore.publish_artifact(s3, Path(built.location), root, progress)
+    _refresh_marker(root, manifest.cache_key, progress, s3)
     return CompileResult(manifest, digest, prefix.uri, cached=False)
+
+
+def _refresh_marker(root: Path | S3Location, key: str, progress: Progress, s3: Any = None) -> None:
+    """Mark `key` under the artifact root `root` referenced now (`retention.touch_marker`), so a GC Job whose keep
+    list predates this compile does not delete what it returns. Best effort: a failure is reported, never fatal
+    (the artifact is fine; only its protection from a concurrent GC run is weaker)."""
+    from neuron_runtime import retention
+
+    try:
+        retention.touch_marker(root, key, s3=s3)
+    except Exception as exc:
+        progress(f"could not refresh the GC marker of {key} ({type(exc).__name__}: {exc}); continuing")
 
 
 def load_source(request: CompileRequest, scratch: Path, progress: Progress) -> Any:

@@ -324,6 +324,9 @@ class CompileRequest(_Strict):
 
 
 S3_ENV_PREFIX = f"{ENV_PREFIX}S3{ENV_NESTED_DELIMITER}"
+S3_ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
+"""An S3-compatible endpoint: http(s)://host[:port][/path]; no query, and no user:password@ (it would end up in
+status and logs: credentials go in a Secret)."""
 """Env vars of `S3Connection` (`NEURON_RUNTIME_S3__ENDPOINT_URL`, ...): the same names for compile and serve."""
 
 
@@ -336,7 +339,7 @@ class S3Connection(_Strict):
     """
 
     endpoint_url: str | None = Field(
-        None, max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", description="S3-compatible endpoint"
+        None, max_length=2048, pattern=S3_ENDPOINT_PATTERN, description="S3-compatible endpoint"
     )
     region: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
     force_path_style: bool = Field(False, description="https://endpoint/bucket/key instead of bucket.endpoint")

@@ -52,6 +52,10 @@ _DENIED = {
 }
 
 
+#: Refusals that retrying cannot fix: the bucket is in another region, or the endpoint is not what it should be.
+_MISCONFIGURED = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+
+
 class StorageError(RuntimeError):
     """An object store operation failed."""
 
@@ -164,6 +168,11 @@ def _error(exc: BaseException, doing: str, loc: S3Location) -> StorageError:
             return AccessDenied(
                 f"cannot {doing} {where}: {said} (the credentials are wrong, or their identity is not allowed to "
                 f"{doing} here: check the ServiceAccount's IAM role or the credentials Secret, and the bucket policy)"
+            )
+        if code in _MISCONFIGURED:
+            return AccessDenied(
+                f"cannot {doing} {where}: {said} (S3 refused the request as sent: check the region and the endpoint of "
+                "spec.s3 or the operator's S3 settings)"
             )
         return StorageUnavailable(f"cannot {doing} {where}: {said}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -280,7 +289,9 @@ def find_artifact(
     prefix = root.child(cache_key)
     try:
         raw = read_bytes(s3, prefix.child(MANIFEST_NAME))
-    except ObjectNotFound:
+    except ObjectNotFound as exc:
+        if "NoSuchBucket" in str(exc):  # not a miss: compiling for an hour could not publish anyway
+            raise
         return None
     try:
         manifest = _parse_manifest(raw, prefix.child(MANIFEST_NAME).uri)
@@ -310,29 +321,73 @@ def publish_artifact(
 ) -> tuple[artifact.Manifest, str, S3Location]:
     """Upload the verified local artifact `directory` to `root/<cache key>/`: every file, then the manifest.
 
-    An artifact that already verifies there (a concurrent compile of the same inputs won) is kept and returned
-    instead: published artifacts are immutable.
+    Published artifacts are immutable: one that already verifies there is kept and returned. The manifest is written
+    with a conditional create (`If-None-Match: *`), so of two compiles of the same inputs publishing at once the
+    first manifest wins and the second adopts it (their files are the same bytes: a compile is deterministic apart
+    from the manifest's `created_at` and `compile_seconds`); files already there with this sha256 are not uploaded
+    again. Only a manifest that does not verify (a damaged or partial publication) is replaced.
     """
     manifest, digest = artifact.verify(directory)
     prefix = root.child(manifest.cache_key)
     if (existing := find_artifact(s3, root, manifest.cache_key, progress)) is not None:
         progress(f"{prefix.uri} was published meanwhile; keeping it")
         return existing[0], existing[1], prefix
+    manifest_loc = prefix.child(MANIFEST_NAME)
+    try:
+        _head(s3, manifest_loc)
+        damaged = True  # a manifest is there, and find_artifact refused it
+    except ObjectNotFound:
+        damaged = False
     started = time.monotonic()
     total = 0
     for name, sha in sorted(manifest.files.items()):
         path = directory / name
-        upload(s3, path, prefix.child(name), sha)
-        total += path.stat().st_size
-    manifest_path = directory / MANIFEST_NAME
-    upload(s3, manifest_path, prefix.child(MANIFEST_NAME), digest)
-    total += manifest_path.stat().st_size
+        loc = prefix.child(name)
+        try:
+            same = (_head(s3, loc).get("Metadata") or {}).get(SHA256_METADATA) == sha
+        except ObjectNotFound:
+            same = False
+        if not same:
+            upload(s3, path, loc, sha)
+            total += path.stat().st_size
+    raw = (directory / MANIFEST_NAME).read_bytes()
+    conditional = {} if damaged else {"IfNoneMatch": "*"}
+    try:
+        _call(
+            "write",
+            manifest_loc,
+            lambda: s3.put_object(
+                Bucket=manifest_loc.bucket,
+                Key=manifest_loc.key,
+                Body=raw,
+                Metadata={SHA256_METADATA: digest},
+                ContentType="application/json",
+                **conditional,
+            ),
+        )
+    except StorageError as exc:
+        if "PreconditionFailed" not in str(exc):
+            raise
+        if (won := find_artifact(s3, root, manifest.cache_key, progress)) is not None:
+            progress(f"{prefix.uri} was published by a concurrent compile meanwhile; keeping it")
+            return won[0], won[1], prefix
+        raise StorageUnavailable(
+            f"cannot publish {prefix.uri}: a concurrent compile published a manifest that does not verify against "
+            "the files; retrying"
+        ) from exc
+    total += len(raw)
     seconds = time.monotonic() - started
     progress(
-        f"uploaded {prefix.uri}: {len(manifest.files) + 1} objects, {total / 1e6:.1f} MB in {seconds:.1f}s "
+        f"uploaded {prefix.uri}: {total / 1e6:.1f} MB ({len(manifest.files) + 1} objects) in {seconds:.1f}s "
         f"({total / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
     )
     return manifest, digest, prefix
+
+
+def stored_bytes(s3: Any, prefix: S3Location, manifest: artifact.Manifest) -> int:
+    """Bytes of every object of a published artifact, the manifest included (HEAD requests)."""
+    names = [*sorted(manifest.files), MANIFEST_NAME]
+    return sum(int(_head(s3, prefix.child(name)).get("ContentLength") or 0) for name in names)
 
 
 def fetch_artifact(
@@ -366,6 +421,8 @@ def fetch_artifact(
     total = sum(g.size_bytes for g in manifest.graphs)
     progress(f"downloading {prefix.uri}: {len(manifest.files)} files, graphs {total / 1e6:.1f} MB")
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f".download-{directory.name[:16]}-*"):  # a container killed mid-download
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".download-{directory.name[:16]}-", dir=directory.parent))
     try:
         size = 0

@@ -7,17 +7,28 @@ except the leftovers of interrupted atomic writes on a volume (`.tmp-*`, `.old-*
 When an artifact was last referenced is recorded *outside* the artifacts (they are immutable and verified by
 their manifest): `<root>/.neuron-gc/<cache key>` holds an ISO-8601 timestamp. Every run first writes the marker of
 every referenced ("kept") key present under the root, so an artifact referenced until yesterday carries
-yesterday's time: a Git revert within the minimum age is still a cache hit. An unreferenced artifact expires when
-`now - (its marker's time, else its own: the newest file's mtime / object's LastModified) >= min_age`.
+yesterday's time: a Git revert within the minimum age is still a cache hit. Compile Jobs write the marker of the
+key they return too (`touch_marker`: on a cache hit and after writing or publishing), since the keep list is fixed
+when the GC Job is created and a compile may pick up an unreferenced artifact before the GC gets to it. An
+unreferenced artifact without a marker (the GC's first sight of it: a GC just enabled, an artifact from before the
+markers) gets one with the run's time and is retained ("first seen"): it expires the minimum age after the GC
+first saw it unreferenced, never on a first run. An unreferenced artifact expires when `now - its marker's time >=
+min_age`.
 
-A dry run (the default) deletes nothing and writes only markers. A deleting run removes each expired artifact's
-manifest first, so no reader ever trusts a half-deleted artifact (`artifact.verify` and
-`objectstore.find_artifact` refuse an artifact without one: the next compile of that key recompiles), then its
-other files, then its marker.
+A dry run (the default) deletes nothing and writes only markers. A deleting run, for each expired artifact: reads
+its marker again and skips the artifact if it changed since the run's first read or is now within the minimum age
+(a compile picked the artifact up meanwhile); then removes the manifest first, so no reader ever trusts a
+half-deleted artifact (`artifact.verify` and `objectstore.find_artifact` refuse an artifact without one: the next
+compile of that key recompiles), then the other files, then the marker. It removes only what its first listing of
+that artifact held: a file or object written since (a compile publishing the key again) survives; on a volume, a
+directory replaced since (inode) is not touched at all. A compile that picks up an artifact between the GC's last
+marker read and its deletion can still lose it (there is no lock over a volume or an S3 prefix): that window is
+one artifact's deletion, not the GC Job's lifetime.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +78,9 @@ class GcResult:
     dry_run: bool
     root: str
     kept: int = 0  # referenced artifacts present under the root (their markers refreshed)
-    retained: int = 0  # unreferenced artifacts younger than the minimum age
+    retained: int = 0  # unreferenced artifacts younger than the minimum age (first_seen included)
+    first_seen: int = 0  # unreferenced artifacts without a marker: one written with this run's time, retained
+    skipped: int = 0  # expired artifacts not deleted: their marker was refreshed during the run (a compile)
     expired: list[Expired] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # names of expired leftovers (volume only)
     deleted_bytes: int = 0
@@ -84,6 +97,8 @@ class GcResult:
             "root": self.root,
             "kept": self.kept,
             "retained": self.retained,
+            "firstSeen": self.first_seen,
+            "skipped": self.skipped,
             "expired": [e.to_json() for e in self.expired[:listed]],
             "expiredCount": len(self.expired),
             "leftovers": len(self.leftovers),
@@ -115,6 +130,10 @@ def parse_keep(text: str) -> frozenset[str]:
 
 def _age(now: datetime, then: datetime) -> float:
     return (now - then).total_seconds()
+
+
+def _plus(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
 
 
 # ------------------------------------------------------------------------------------------------ volume
@@ -153,6 +172,7 @@ def _read_marker_file(path: Path) -> datetime | None:
 
 
 def _write_marker_file(markers: Path, key: str, now: datetime) -> None:
+    """Write `markers/key` atomically (creating `markers`)."""
     markers.mkdir(exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{key[:16]}-", dir=markers)
     try:
@@ -162,6 +182,90 @@ def _write_marker_file(markers: Path, key: str, now: datetime) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def touch_marker(root: Path | S3Location, key: str, now: datetime | None = None, s3: Any = None) -> None:
+    """Record that `key` under the artifact root `root` (a directory, or an S3 prefix with the client `s3`) was
+    referenced at `now` (default: the current time): what a compile Job does for the key it returns, so a GC Job
+    whose keep list predates that compile does not delete it. Raises on failure (OSError, StorageError): callers
+    that must not fail on it catch."""
+    if not CACHE_KEY.match(key):
+        raise GcRequestError(f"{key!r} is not a cache key")
+    when = now if now is not None else datetime.now(timezone.utc)
+    if isinstance(root, S3Location):
+        if s3 is None:
+            raise ValueError("an S3 root needs a client")
+        _put(s3, root.child(MARKER_DIR).child(key), (iso(when) + "\n").encode())
+    else:
+        _write_marker_file(root / MARKER_DIR, key, when)
+
+
+def _stale(last: datetime, again: datetime | None, now: datetime, min_age_seconds: float) -> bool:
+    """Whether an artifact whose marker read `last` at first may still go, its marker now reading `again`."""
+    return again is None or (again <= last and _age(now, again) >= min_age_seconds)
+
+
+@dataclass(frozen=True)
+class _DirListing:
+    """What a run's first listing of an artifact directory held: its identity and every file's, by relative
+    path (the manifest included)."""
+
+    ident: tuple[int, int]  # (st_dev, st_ino) of the directory
+    files: dict[str, tuple[int, int]]
+    size_bytes: int
+
+
+def _list_dir(path: Path) -> _DirListing | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    files: dict[str, tuple[int, int]] = {}
+    size = 0
+    for dirpath, _dirs, names in os.walk(path):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            try:
+                fst = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            files[os.path.relpath(full, path)] = (fst.st_dev, fst.st_ino)
+            size += fst.st_size
+    return _DirListing((st.st_dev, st.st_ino), files, size)
+
+
+def _delete_listed(path: Path, listing: _DirListing) -> bool:
+    """Remove what `listing` held of the artifact directory `path`: the manifest first, then the other files, then
+    the directories left empty. Files written since (another inode, or a new name) stay. False, and nothing
+    removed, when `path` is not the directory listed any more (replaced by a new artifact)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != listing.ident:
+            return False
+        # Relative to the directory opened: even if it is renamed aside meanwhile, nothing else is touched.
+        names = sorted(listing.files, key=lambda n: (n != MANIFEST_NAME, n))
+        for name in names:
+            try:
+                fst = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if (fst.st_dev, fst.st_ino) == listing.files[name]:
+                    os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+        subdirs = {os.path.dirname(n) for n in names} - {""}
+        for sub in sorted(subdirs, key=lambda d: d.count(os.sep), reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(sub, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):  # only when empty: what was written since stays
+        now_st = path.lstat()
+        if (now_st.st_dev, now_st.st_ino) == listing.ident:
+            path.rmdir()
+    return True
 
 
 def collect_volume(
@@ -184,17 +288,24 @@ def collect_volume(
         if path.name in keep:
             _write_marker_file(markers, path.name, now)
             result.kept += 1
-    expired: list[tuple[Expired, Path]] = []
+    expired: list[tuple[Expired, Path, _DirListing]] = []
     for path in artifacts:
         if path.name in keep:
             continue
-        last = _read_marker_file(markers / path.name) or datetime.fromtimestamp(_newest_mtime(path), timezone.utc)
-        if _age(now, last) >= min_age_seconds:
-            expired.append((Expired(path.name, _tree_bytes(path), last), path))
-        else:
+        last = _read_marker_file(markers / path.name)
+        if last is None:
+            _write_marker_file(markers, path.name, now)
+            progress(f"first seen unreferenced: {path} (retained until {iso(_plus(now, min_age_seconds))})")
+            result.first_seen += 1
             result.retained += 1
+            continue
+        if _age(now, last) < min_age_seconds:
+            result.retained += 1
+            continue
+        listing = _list_dir(path)  # the first listing: only these files may go
+        if listing is not None:  # else gone meanwhile
+            expired.append((Expired(path.name, listing.size_bytes, last), path, listing))
     expired.sort(key=lambda e: (e[0].last_referenced, e[0].cache_key))
-    result.expired = [e for e, _ in expired]
     leftover_age = max(min_age_seconds, LEFTOVER_MIN_AGE_SECONDS)
     for path in leftovers:
         try:
@@ -203,17 +314,28 @@ def collect_volume(
             continue
         if _age(now, datetime.fromtimestamp(mtime, timezone.utc)) >= leftover_age:
             result.leftovers.append(path.name)
-    for item, path in expired:
+    for item, path, listing in expired:
         what = "deleting" if delete else "would delete"
         progress(
             f"{what} {path}: {item.size_bytes} bytes, last referenced {iso(item.last_referenced)} "
             f"({_age(now, item.last_referenced) / 86400:.1f} days ago)"
         )
-        if delete:
-            (path / MANIFEST_NAME).unlink(missing_ok=True)  # first: what remains is no artifact any more
-            shutil.rmtree(path, ignore_errors=True)
+        if not delete:
+            result.expired.append(item)
+            continue
+        again = _read_marker_file(markers / path.name)  # right before deleting: a compile may have taken it
+        if not _stale(item.last_referenced, again, now, min_age_seconds):
+            progress(f"not deleting {path}: referenced again at {iso(again or now)} (a compile picked it up)")
+            result.skipped += 1
+            continue
+        if not _delete_listed(path, listing):
+            progress(f"not deleting {path}: replaced since it was listed")
+            result.skipped += 1
+            continue
+        result.expired.append(item)
+        if not path.exists():
             (markers / path.name).unlink(missing_ok=True)
-            result.deleted_bytes += item.size_bytes
+        result.deleted_bytes += item.size_bytes
     for name in result.leftovers:
         path = root / name
         progress(f"{'deleting' if delete else 'would delete'} leftover {path}")
@@ -337,18 +459,24 @@ def collect_s3(
     for key in keys:
         if key in keep:
             continue
-        objects = _objects(s3, root, _prefix(root.child(key)))
+        last = _read_marker_object(s3, markers.child(key)) if key in marker_times else None
+        if last is None:
+            _put(s3, markers.child(key), (iso(now) + "\n").encode())
+            progress(
+                f"first seen unreferenced: {root.child(key).uri} (retained until {iso(_plus(now, min_age_seconds))})"
+            )
+            result.first_seen += 1
+            result.retained += 1
+            continue
+        if _age(now, last) < min_age_seconds:
+            result.retained += 1
+            continue
+        objects = _objects(s3, root, _prefix(root.child(key)))  # the first listing: only these may go
         if not objects:
             continue
-        marked = _read_marker_object(s3, markers.child(key)) if key in marker_times else None
-        last = marked or max(obj["LastModified"] for obj in objects).astimezone(timezone.utc)
-        if _age(now, last) >= min_age_seconds:
-            size = sum(int(obj.get("Size") or 0) for obj in objects)
-            expired.append((Expired(key, size, last), [str(obj["Key"]) for obj in objects]))
-        else:
-            result.retained += 1
+        size = sum(int(obj.get("Size") or 0) for obj in objects)
+        expired.append((Expired(key, size, last), [str(obj["Key"]) for obj in objects]))
     expired.sort(key=lambda e: (e[0].last_referenced, e[0].cache_key))
-    result.expired = [e for e, _ in expired]
     for item, object_keys in expired:
         prefix = root.child(item.cache_key)
         progress(
@@ -357,14 +485,22 @@ def collect_s3(
             f"({_age(now, item.last_referenced) / 86400:.1f} days ago)"
         )
         if not delete:
+            result.expired.append(item)
             continue
+        again = _read_marker_object(s3, markers.child(item.cache_key))  # right before deleting
+        if not _stale(item.last_referenced, again, now, min_age_seconds):
+            progress(f"not deleting {prefix.uri}: referenced again at {iso(again or now)} (a compile picked it up)")
+            result.skipped += 1
+            continue
+        result.expired.append(item)
         manifest = prefix.child(MANIFEST_NAME)
-        # First, on its own: from now on no reader takes what remains for an artifact.
-        _delete(s3, manifest)
-        # Listed again: objects written since the first listing go too.
-        rest = [str(o["Key"]) for o in _objects(s3, root, _prefix(prefix)) if str(o["Key"]) != manifest.key]
-        _delete_keys(s3, root, rest)
-        _delete(s3, markers.child(item.cache_key))
+        if manifest.key in object_keys:
+            # First, on its own: from now on no reader takes what remains for an artifact.
+            _delete(s3, manifest)
+        # Only what the first listing held: an object written since (a compile publishing again) stays.
+        _delete_keys(s3, root, [k for k in object_keys if k != manifest.key])
+        if not _objects(s3, root, _prefix(prefix)):
+            _delete(s3, markers.child(item.cache_key))
         result.deleted_bytes += item.size_bytes
     if delete:  # markers of artifacts gone by other means
         present = set(keys)

@@ -220,6 +220,19 @@ INVALID: tuple[Invalid, ...] = (
         ("spec.source", {"python": {"factory": "neuron_runtime.zoo:tiny_mlp", "weightsUri": "s3://a_b/w.pt"}}),
     ),
     _m("s3-endpoint-not-url", "spec.s3.endpoint", ("spec.s3", {"endpoint": "weed:8333"})),
+    _m("s3-endpoint-with-credentials", "spec.s3.endpoint", ("spec.s3", {"endpoint": "http://key:secret@s3.local"})),
+    _m("storage-uri-dotdot", "spec.storage.uri", ("spec.storage", {"uri": "s3://bucket/a/../b"})),
+    _m("storage-uri-empty-segment", "spec.storage.uri", ("spec.storage", {"uri": "s3://bucket/a//b"})),
+    _m(
+        "torchscript-uri-s3-no-key",
+        "spec.source.torchscript.uri",
+        ("spec.source", {"torchscript": {"uri": "s3://bucket/"}}),
+    ),
+    _m(
+        "torchscript-uri-s3-dot-segment",
+        "spec.source.torchscript.uri",
+        ("spec.source", {"torchscript": {"uri": "s3://bucket/./m.pt"}}),
+    ),
     _m("s3-secret-bad-name", "spec.s3.credentialsSecretRef.name", ("spec.s3", {"credentialsSecretRef": {"name": "A"}})),
     _m("compiler-sa-bad-name", "spec.compiler.serviceAccountName", ("spec.compiler", {"serviceAccountName": "x y"})),
     _m(

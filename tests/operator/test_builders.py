@@ -33,8 +33,10 @@ from neuron_operator.resources import names
 from neuron_operator.resources.compile import (
     COMPILE_CONTAINER,
     COMPILE_REQUEST_ENV,
+    artifact_location,
     build_compile_job,
     compile_request,
+    s3_access,
     storage_id,
 )
 from neuron_operator.resources.fit import PlacementPlan, plan_placement
@@ -197,7 +199,10 @@ def served(model: Manifest, settings: OperatorSettings = SETTINGS, size: int | N
     """The ServedArtifact the reconciler derives from a Ready model (``reconcile._converge_deployment``)."""
     parsed = NeuronModel.model_validate(model)
     key = compile_request(parsed, settings).cache_key()
-    return served_artifact(parsed, key, SHA_ARTIFACT, size, settings)
+    location = artifact_location(parsed, settings)
+    endpoint = s3_access(parsed, settings).connection.endpoint_url if location.is_s3 else None
+    status = {"uri": location.uri(key), "endpoint": endpoint, "sha256": SHA_ARTIFACT, "totalBytes": size}
+    return served_artifact(parsed, key, {k: v for k, v in status.items() if v is not None}, settings)
 
 
 def plan_for(model: Manifest, dep: Manifest, settings: OperatorSettings = SETTINGS) -> PlacementPlan:
@@ -597,7 +602,10 @@ def test_serving_pods_download_the_uri_the_compile_job_publishes() -> None:
     assert env_values(dep)["NEURON_RUNTIME_S3__FORCE_PATH_STYLE"] == "true"
     # Credentials are referenced, never copied into the manifests.
     assert "s3-keys" in str(dep)
-    assert 'SECRET_ACCESS_KEY": "' not in str(dep)
+    assert [e for e in container(dep)["env"] if e["name"].startswith("AWS_") and "value" in e] == []
+    assert [
+        e for e in container(build_compile_job(model, SETTINGS))["env"] if e["name"].startswith("AWS_") and "value" in e
+    ] == []
 
 
 def test_the_operator_default_artifact_uri_replaces_the_claim() -> None:

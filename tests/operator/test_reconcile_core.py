@@ -1083,3 +1083,48 @@ async def test_a_new_artifact_is_announced_by_an_event(world: World) -> None:
     assert changed
     assert SHA_B[:12] in changed[-1][2]
     assert SHA_A[:12] in changed[-1][2]
+
+
+async def test_a_new_default_storage_finds_or_compiles_the_artifact_there_before_pods_use_it(world: World) -> None:
+    """An upgrade that sets the operator's artifactUri: a Ready model on the claim is not taken as stored on S3 (its
+    pods would download an artifact that was never published); the model's Job publishes (or finds) it there."""
+    key = await world.compiled_model()
+    assert world.status("NeuronModel")["artifact"]["uri"] == f"pvc://{SETTINGS.artifact_pvc}/{key}"
+    world.settings = OperatorSettings.model_validate(
+        {**SETTINGS.model_dump(), "artifact_uri": "s3://shared-models/neuron", "s3_endpoint": "http://s3.test:8333"}
+    )
+    writes = await world.model_pass()
+    jobs = [w for w in writes if w.startswith("create Job")]
+    assert len(jobs) == 1
+    job = world.api.must("Job", job_name_of(world), NS)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["--output-root", "s3://shared-models/neuron"]
+    assert world.cond("NeuronModel", "Ready") == ("False", "Compiling")
+    world.complete_job(job_name_of(world), compile_result(key, cached=True))
+    await world.model_pass()
+    artifact = world.status("NeuronModel")["artifact"]
+    assert (artifact["uri"], artifact["endpoint"]) == (f"s3://shared-models/neuron/{key}", "http://s3.test:8333")
+    assert await world.model_pass() == []
+
+
+async def test_identical_s3_models_created_at_once_in_two_namespaces_compile_once(world: World) -> None:
+    """The second waits for the first namespace's running Job (same key, bucket, prefix and endpoint) instead of
+    publishing the same key concurrently, then takes its artifact."""
+    world.api.seed(model_manifest("first", **S3_STORAGE))
+    await world.model_pass("first")
+    first_job = job_name_of(world, "first")
+    other = model_manifest("second", **S3_STORAGE)
+    other["metadata"]["namespace"] = "team-b"
+    world.api.seed(other)
+    await world.model_pass("second", "team-b")
+    assert world.api.all("Job", "team-b") == []
+    second = world.api.must("NeuronModel", "second", "team-b")
+    reconciling = next(c for c in second["status"]["conditions"] if c["type"] == "Reconciling")
+    assert (reconciling["status"], reconciling["reason"]) == ("True", "Compiling")
+    assert f"{NS}/{first_job}" in reconciling["message"]
+    key = world.status("NeuronModel", "first")["cacheKey"]
+    world.complete_job(first_job, compile_result(key))
+    await world.model_pass("first")
+    await world.model_pass("second", "team-b")
+    second = world.api.must("NeuronModel", "second", "team-b")
+    assert [c["reason"] for c in second["status"]["conditions"] if c["type"] == "Ready"] == ["CacheHit"]
+    assert world.api.all("Job", "team-b") == []

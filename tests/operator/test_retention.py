@@ -193,6 +193,30 @@ def test_gc_job_shape_s3_dry_run() -> None:
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "AWS_ACCESS_KEY_ID"}}
 
 
+def test_gc_jobs_use_the_gc_service_account_when_set_else_the_compile_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting needs s3:DeleteObject, which the compile role should not need: the GC has an identity of its own."""
+    with_compiler = s3_model("m", "ml", 3)
+    with_compiler["spec"]["compiler"] = {"serviceAccountName": "model-compiler"}
+    models = [model("p", "ml"), with_compiler]
+
+    def accounts(settings: OperatorSettings) -> dict[str, str | None]:
+        return {
+            loc.storage: build_gc_job(loc, settings, slot=1)["spec"]["template"]["spec"].get("serviceAccountName")
+            for loc in gc_locations(models, [], settings)
+        }
+
+    compile_only = SETTINGS.model_copy(update={"compile_service_account": "compiler"})
+    assert accounts(compile_only) == {"pvc": "compiler", "s3": "model-compiler"}
+    assert accounts(SETTINGS) == {"pvc": None, "s3": "model-compiler"}
+    separate = SETTINGS.model_copy(update={"compile_service_account": "compiler", "gc_service_account": "gc"})
+    assert accounts(separate) == {"pvc": "gc", "s3": "gc"}
+    # The chart renders the unset value as "": that is unset.
+    monkeypatch.setenv("NEURON_OPERATOR_GC_SERVICE_ACCOUNT", "")
+    assert OperatorSettings().gc_service_account is None
+    monkeypatch.setenv("NEURON_OPERATOR_GC_SERVICE_ACCOUNT", "artifact-gc")
+    assert OperatorSettings().gc_service_account == "artifact-gc"
+
+
 def test_locations_and_jobs_are_deterministic() -> None:
     models = [model("a", "x"), model("b", "x", 11), s3_model("c", "y", 12), s3_model("d", "z", 13)]
     deployments = [runtime_deployment("x", "d1", SERVED_KEY), runtime_deployment("y", "d2", OLD_KEY)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -159,7 +160,9 @@ def test_a_published_artifact_is_never_replaced(store: Store, mlp_artifact: Comp
     assert any("published meanwhile; keeping it" in m for m in messages)
 
 
-@pytest.mark.parametrize("damage", ["missing-graph", "wrong-metadata", "manifest-garbage", "other-key"])
+@pytest.mark.parametrize(
+    "damage", ["missing-graph", "wrong-metadata", "same-size-other-digest", "manifest-garbage", "other-key"]
+)
 def test_a_damaged_publication_is_a_miss_so_the_job_recompiles(
     store: Store, mlp_artifact: CompileResult, damage: str
 ) -> None:
@@ -173,6 +176,9 @@ def test_a_damaged_publication_is_a_miss_so_the_job_recompiles(
         s3.delete_object(Bucket=store.bucket, Key=graph.key)
     elif damage == "wrong-metadata":
         s3.put_object(Bucket=store.bucket, Key=graph.key, Body=b"tampered", Metadata={"sha256": "0" * 64})
+    elif damage == "same-size-other-digest":  # only the sha256 metadata tells this one apart, not its size
+        size = s3.head_object(Bucket=store.bucket, Key=graph.key)["ContentLength"]
+        s3.put_object(Bucket=store.bucket, Key=graph.key, Body=b"\0" * size, Metadata={"sha256": "0" * 64})
     elif damage == "manifest-garbage":
         s3.put_object(Bucket=store.bucket, Key=prefix.child(MANIFEST_NAME).key, Body=b"{not json")
     else:  # a manifest of another cache key under this key's prefix
@@ -363,3 +369,42 @@ def test_a_downloaded_artifact_serves(serve_env: dict[str, str], mlp_artifact: C
         ) as response:
             answer = json.loads(response.read())
     assert answer["outputs"][0]["shape"][0] == 1
+
+
+def test_of_two_concurrent_publications_the_first_manifest_wins_and_the_second_adopts_it(
+    store: Store, mlp_artifact: CompileResult, tmp_path: Path
+) -> None:
+    """Both compiles missed the cache; the other one's manifest lands while this one uploads its files. The
+    conditional create (If-None-Match) refuses to replace it, and this publication returns the winner's digest."""
+    root = store.root()
+    rival = tmp_path / mlp_artifact.manifest.cache_key
+    shutil.copytree(mlp_artifact.directory, rival)
+    data = json.loads((rival / MANIFEST_NAME).read_bytes())
+    data["created_at"] = "2000-01-01T00:00:00+00:00"  # the same files, another compile's manifest
+    (rival / MANIFEST_NAME).write_bytes(artifact.Manifest.model_validate(data).to_bytes())
+    rival_digest = artifact.verify(rival)[1]
+    assert rival_digest != mlp_artifact.digest
+    s3 = store.client(store.admin)
+    other = store.client(store.admin)
+    raced: list[str] = []
+
+    def rival_publishes_first(params: dict[str, Any], **_: Any) -> None:
+        if params["url_path"].endswith(MANIFEST_NAME) and not raced:
+            raced.append("rival")
+            objectstore.publish_artifact(other, rival, root, lambda _m: None)
+
+    s3.meta.events.register("before-call.s3.PutObject", rival_publishes_first)
+    messages: list[str] = []
+    _, digest, prefix = objectstore.publish_artifact(s3, mlp_artifact.directory, root, messages.append)
+    assert raced == ["rival"]
+    assert digest == rival_digest
+    assert "published by a concurrent compile meanwhile; keeping it" in messages[-1]
+    stored = s3.get_object(Bucket=store.bucket, Key=prefix.child(MANIFEST_NAME).key)["Body"].read()
+    assert artifact.sha256_bytes(stored) == rival_digest
+
+
+def test_a_missing_bucket_fails_the_cache_check_instead_of_compiling_for_nothing(store: Store) -> None:
+    s3 = store.client(store.admin)
+    missing = objectstore.S3Location(f"no-such-bucket-{uuid.uuid4().hex[:6]}", "artifacts")
+    with pytest.raises(objectstore.ObjectNotFound, match="NoSuchBucket"):
+        objectstore.find_artifact(s3, missing, "0" * 64, lambda _m: None)

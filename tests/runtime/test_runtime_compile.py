@@ -192,6 +192,7 @@ def test_cli_compile_is_deterministic_then_cache_hit(tmp_path: Path) -> None:
         "uri",
         "sha256",
         "sizeBytes",
+        "totalBytes",
         "compileSeconds",
         "neuronCoreVersion",
         "compilerVersion",
@@ -199,6 +200,9 @@ def test_cli_compile_is_deterministic_then_cache_hit(tmp_path: Path) -> None:
         "cached",
         "maxAbsError",
     }
+    written = Path(message["uri"])
+    assert message["totalBytes"] == sum(f.stat().st_size for f in written.iterdir())  # graphs, references, manifest
+    assert message["totalBytes"] > message["sizeBytes"]
     # second run: the env var carries the request, and a hit must not even import torch
     code = (
         "import os, sys\n"
@@ -484,3 +488,19 @@ def test_neuron_path_traces_every_batch_size(tmp_path: Path, simulated_sdk: Sim)
     assert simulated_sdk.sim.core_executions() == {}
     assert [g.file for g in result.manifest.graphs] == ["model-b1.pt", "model-b2.pt", "model-b4.pt"]
     assert result.manifest.max_abs_error is None
+
+
+def test_a_gc_marker_that_cannot_be_written_never_fails_the_compile(tmp_path: Path) -> None:
+    """Compiles refresh the GC's "last referenced" marker of the key they return (`retention.touch_marker`), best
+    effort: here `.neuron-gc` is a file, so no marker can go under it."""
+    from neuron_runtime import retention
+
+    (tmp_path / retention.MARKER_DIR).write_text("not a directory")
+    messages: list[str] = []
+    written = compile_artifact(mlp_request(), tmp_path, messages.append)
+    hit = compile_artifact(mlp_request(), tmp_path, messages.append)
+    assert not written.cached
+    assert hit.cached
+    key = written.manifest.cache_key
+    assert sum(m.startswith(f"could not refresh the GC marker of {key}") for m in messages) == 2
+    assert (tmp_path / retention.MARKER_DIR).read_text() == "not a directory"

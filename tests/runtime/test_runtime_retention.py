@@ -4,8 +4,11 @@ exit code and one-line JSON termination message. Time is injected (`--now`), nev
 
 Pinned: a dry run deletes nothing and reports; a deleting run removes exactly the expired artifacts, the manifest
 first; a referenced key gets a fresh "last referenced" marker, so an artifact unreferenced for less than the
-minimum age survives, and one referenced again (a revert) before it expired survives a later run too; nothing
-under the root that is not an artifact is touched; a read-only identity cannot delete (StorageAccessDenied).
+minimum age survives, and one referenced again (a revert) before it expired survives a later run too; an artifact
+the GC sees for the first time without a marker gets one and is retained a full minimum age; a marker refreshed
+during the run (a compile's cache hit) stops the deletion, and a deletion removes only what the run first listed;
+a compile's cache hit or write refreshes the marker; nothing under the root that is not an artifact is touched; a
+read-only identity cannot delete (StorageAccessDenied).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import pytest
 
 from neuron_runtime import artifact, cli, objectstore, retention
-from neuron_runtime.compile import CompileResult
+from neuron_runtime.compile import CompileResult, compile_artifact
 from neuron_runtime.config import MANIFEST_NAME, S3Connection
 
 DAY = 86400
@@ -85,6 +88,8 @@ def test_a_volume_dry_run_deletes_nothing_and_reports_what_expired(tmp_path: Pat
     make_dir_artifact(root, old, T0)
     make_dir_artifact(root, young, T0 + timedelta(days=5))
     make_dir_artifact(root, kept, T0)
+    retention.touch_marker(root, old, T0)  # last referenced then (an earlier run, or a compile)
+    retention.touch_marker(root, young, T0 + timedelta(days=5))
     before = tree(root)
     now = T0 + timedelta(days=8)
     code, msg = run_gc(tmp_path, str(root), [kept], now)
@@ -92,13 +97,13 @@ def test_a_volume_dry_run_deletes_nothing_and_reports_what_expired(tmp_path: Pat
     assert msg["status"] == "Succeeded"
     assert msg["dryRun"] is True
     assert msg["root"] == str(root)
-    assert (msg["kept"], msg["retained"], msg["expiredCount"]) == (1, 1, 1)
+    assert (msg["kept"], msg["retained"], msg["expiredCount"], msg["firstSeen"]) == (1, 1, 1, 0)
     size = sum(len(b) for b in artifact_files(old).values())
     assert msg["expired"] == [{"cacheKey": old, "bytes": size, "lastReferenced": "2025-06-01T12:00:00Z"}]
     assert msg["deletedBytes"] == 0
     assert msg["freedOrReclaimableBytes"] == size
     # Nothing deleted; only the kept key's marker was written.
-    assert tree(root) == before | {retention.MARKER_DIR, f"{retention.MARKER_DIR}/{kept}"}
+    assert tree(root) == before | {f"{retention.MARKER_DIR}/{kept}"}
     assert retention.parse_time((root / retention.MARKER_DIR / kept).read_text()) == now
 
 
@@ -109,6 +114,8 @@ def test_a_volume_delete_removes_exactly_the_expired_manifest_first_and_leaves_t
     old, young, kept = key(1), key(2), mlp_artifact.manifest.cache_key
     make_dir_artifact(root, old, T0)
     make_dir_artifact(root, young, T0 + timedelta(days=5))
+    retention.touch_marker(root, old, T0)
+    retention.touch_marker(root, young, T0 + timedelta(days=5))
     shutil.copytree(mlp_artifact.directory, root / kept)  # a real artifact, compiled long ago
     for path in (root / kept).iterdir():
         os.utime(path, (T0.timestamp(), T0.timestamp()))
@@ -125,21 +132,27 @@ def test_a_volume_delete_removes_exactly_the_expired_manifest_first_and_leaves_t
         path.mkdir()
         (path / "model-b1.pt").write_bytes(b"x" * 10)
         os.utime(path / "model-b1.pt", (at.timestamp(), at.timestamp()))
-    ops: list[tuple[str, str]] = []  # every removal, in order
-    real_unlink = Path.unlink
+    ops: list[tuple[str, str]] = []  # every removal, in order ("@/name": relative to the artifact's directory fd)
+    real_unlink, real_rmdir, real_rmtree = os.unlink, os.rmdir, shutil.rmtree
 
-    def recording_unlink(self: Path, missing_ok: bool = False) -> None:
-        ops.append(("unlink", str(self.relative_to(root))))
-        real_unlink(self, missing_ok=missing_ok)
+    def where(path: Any, dir_fd: int | None) -> str:
+        return f"@/{path}" if dir_fd is not None else str(Path(path).relative_to(root))
 
-    real_rmtree = retention.shutil.rmtree
+    def recording_unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        ops.append(("unlink", where(path, dir_fd)))
+        real_unlink(path, dir_fd=dir_fd)
+
+    def recording_rmdir(path: Any, *, dir_fd: int | None = None) -> None:
+        ops.append(("rmdir", where(path, dir_fd)))
+        real_rmdir(path, dir_fd=dir_fd)
 
     def recording_rmtree(path: Any, ignore_errors: bool = False) -> None:
         ops.append(("rmtree", str(Path(path).relative_to(root))))
         real_rmtree(path, ignore_errors=ignore_errors)
 
-    monkeypatch.setattr(Path, "unlink", recording_unlink)
-    monkeypatch.setattr(retention.shutil, "rmtree", recording_rmtree)
+    monkeypatch.setattr(os, "unlink", recording_unlink)
+    monkeypatch.setattr(os, "rmdir", recording_rmdir)
+    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
     code, msg = run_gc(tmp_path, str(root), [kept], T0 + timedelta(days=8), "--delete")
     monkeypatch.undo()
     assert code == 0
@@ -148,11 +161,12 @@ def test_a_volume_delete_removes_exactly_the_expired_manifest_first_and_leaves_t
     assert msg["leftovers"] == 1
     size = sum(len(b) for b in artifact_files(old).values())
     assert msg["deletedBytes"] == msg["freedOrReclaimableBytes"] == size + 10
-    # The manifest went first, on its own; then the rest of the directory.
-    assert ops[:3] == [
-        ("unlink", f"{old}/{MANIFEST_NAME}"),  # the manifest first, on its own
-        ("rmtree", old),
-        ("unlink", f"{retention.MARKER_DIR}/{old}"),  # no marker was written: a no-op
+    # The manifest went first, on its own; then the rest of the directory (what was listed), then its marker.
+    assert ops[:4] == [
+        ("unlink", f"@/{MANIFEST_NAME}"),  # the manifest first, on its own
+        ("unlink", "@/model-b1.pt"),
+        ("rmdir", old),
+        ("unlink", f"{retention.MARKER_DIR}/{old}"),
     ]
     assert ("rmtree", stale.name) in ops
     assert not (root / old).exists()
@@ -206,6 +220,7 @@ def test_the_termination_message_fits_with_many_expired_artifacts(tmp_path: Path
     root = tmp_path / "artifacts"
     for n in range(80):
         make_dir_artifact(root, key(n), T0 + timedelta(minutes=n))
+        retention.touch_marker(root, key(n), T0 + timedelta(minutes=n))
     code, msg = run_gc(tmp_path, str(root), [], T0 + timedelta(days=30))
     assert code == 0
     assert msg["expiredCount"] == 80
@@ -274,6 +289,8 @@ def test_s3_dry_run_then_delete_removes_exactly_the_expired_manifest_first(
     old, kept = key(1), mlp_artifact.manifest.cache_key
     put_artifact(bucket, prefix, old)
     client = objectstore.client(bucket.connection)
+    start = datetime.now(UTC)
+    retention.touch_marker(objectstore.S3Location.parse(root), old, start, s3=client)  # last referenced now
     objectstore.publish_artifact(client, mlp_artifact.directory, objectstore.S3Location.parse(root), lambda _m: None)
     s3 = bucket.client()
     foreign = [
@@ -284,7 +301,6 @@ def test_s3_dry_run_then_delete_removes_exactly_the_expired_manifest_first(
     ]
     for k in foreign:
         s3.put_object(Bucket=bucket.bucket, Key=k, Body=b"not ours")
-    start = datetime.now(UTC)  # the objects' LastModified is the server's clock
     before = bucket.objects(prefix)
 
     code, msg = run_gc(tmp_path, root, [kept], start + timedelta(days=8))
@@ -374,6 +390,7 @@ def test_s3_a_read_only_identity_cannot_delete(tmp_path: Path, bucket: Bucket, s
     root = f"s3://{bucket.bucket}/{prefix}"
     a = key(8)
     put_artifact(bucket, prefix, a)
+    retention.touch_marker(objectstore.S3Location.parse(root), a, T0, s3=bucket.client())  # long unreferenced
     before = bucket.objects(prefix)
     s3_env("reader")
     code, msg = run_gc(tmp_path, root, [], datetime.now(UTC) + timedelta(days=30), "--delete")
@@ -389,3 +406,189 @@ def test_s3_a_read_only_identity_cannot_delete(tmp_path: Path, bucket: Bucket, s
 def test_s3_a_missing_bucket_is_storage_not_found(tmp_path: Path, s3_env: Any) -> None:
     code, msg = run_gc(tmp_path, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p", [], T0)
     assert (code, msg["reason"]) == (cli.EXIT_STORAGE_DENIED, "StorageNotFound")
+
+
+# ------------------------------------------------------------------------------------------------ races, first run
+
+
+def marker_time(root: Path, cache_key: str) -> datetime | None:
+    return retention._read_marker_file(root / retention.MARKER_DIR / cache_key)
+
+
+def test_a_first_run_marks_unmarked_artifacts_and_retains_them_a_full_minimum_age(tmp_path: Path) -> None:
+    """Enabling the GC with delete deletes nothing on its first run: an artifact unreferenced only yesterday (but
+    compiled long ago) gets a marker with the run's time and expires the minimum age after that."""
+    root = tmp_path / "artifacts"
+    a, b = key(1), key(2)
+    make_dir_artifact(root, a, T0)  # compiled months before the GC was enabled
+    make_dir_artifact(root, b, T0)
+    first = T0 + timedelta(days=90)
+    code, msg = run_gc(tmp_path, str(root), [], first)  # a dry run writes the markers too
+    assert code == 0
+    assert (msg["retained"], msg["firstSeen"], msg["expiredCount"]) == (2, 2, 0)
+    assert marker_time(root, a) == marker_time(root, b) == first
+    (root / retention.MARKER_DIR / b).unlink()  # b: first seen by a deleting run
+    code, msg = run_gc(tmp_path, str(root), [], first + timedelta(days=1), "--delete")
+    assert (msg["retained"], msg["firstSeen"], msg["expiredCount"], msg["deletedBytes"]) == (2, 1, 0, 0)
+    assert (root / a / MANIFEST_NAME).exists()
+    assert (root / b / MANIFEST_NAME).exists()
+    code, msg = run_gc(tmp_path, str(root), [], first + timedelta(days=7), "--delete")
+    assert expired_keys(msg) == [a]  # a full minimum age after the GC first saw it unreferenced
+    assert (msg["retained"], msg["firstSeen"]) == (1, 0)
+    assert not (root / a).exists()
+    assert (root / b).exists()
+    code, msg = run_gc(tmp_path, str(root), [], first + timedelta(days=8), "--delete")
+    assert expired_keys(msg) == [b]
+    assert not (root / b).exists()
+
+
+def test_a_volume_marker_refreshed_during_the_run_stops_the_deletion(tmp_path: Path) -> None:
+    """The keep list is as old as the GC Job: a compile that got a cache hit meanwhile refreshed the marker, and the
+    GC reads it again right before deleting."""
+    root = tmp_path / "artifacts"
+    a, b = key(1), key(2)
+    for k in (a, b):
+        make_dir_artifact(root, k, T0)
+        retention.touch_marker(root, k, T0)
+    now = T0 + timedelta(days=30)
+
+    def compile_meanwhile(message: str) -> None:
+        if message.startswith(f"deleting {root / a}"):
+            retention.touch_marker(root, a, now + timedelta(minutes=5))  # the compile's clock: after the run began
+        if message.startswith(f"deleting {root / b}"):
+            retention.touch_marker(root, b, T0 + timedelta(days=1))  # newer than the first read, though old
+
+    result = retention.collect_volume(root, frozenset(), WEEK, now, True, compile_meanwhile)
+    assert result.skipped == 2
+    assert result.expired == []
+    assert result.deleted_bytes == 0
+    for k in (a, b):
+        assert {p.name: p.read_bytes() for p in (root / k).iterdir()} == artifact_files(k)
+    assert marker_time(root, a) == now + timedelta(minutes=5)
+    # Unreferenced for the minimum age after that, it goes.
+    later = retention.collect_volume(root, frozenset(), WEEK, now + timedelta(days=8), True, lambda _m: None)
+    assert sorted(e.cache_key for e in later.expired) == sorted([a, b])
+    assert not (root / a).exists()
+    assert not (root / b).exists()
+
+
+def test_a_volume_deletion_removes_only_what_it_listed(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    a, b = key(1), key(2)
+    for k in (a, b):
+        make_dir_artifact(root, k, T0)
+        retention.touch_marker(root, k, T0)
+    now = T0 + timedelta(days=30)
+    replacement = artifact_files(b) | {"model-b1.pt": b"recompiled"}
+
+    def meanwhile(message: str) -> None:
+        if message.startswith(f"deleting {root / a}"):
+            (root / a / "late.bin").write_bytes(b"written after the listing")
+        if message.startswith(f"deleting {root / b}"):
+            # A compile replaced the directory (artifact.write_atomically): a new inode, the same names.
+            os.rename(root / b, root / f".old-{b[:16]}-x")
+            (root / b).mkdir()
+            for name, data in replacement.items():
+                (root / b / name).write_bytes(data)
+
+    result = retention.collect_volume(root, frozenset(), WEEK, now, True, meanwhile)
+    assert [e.cache_key for e in result.expired] == [a]
+    assert result.skipped == 1
+    assert {p.name for p in (root / a).iterdir()} == {"late.bin"}  # the listed files went, the late one stayed
+    assert marker_time(root, a) == T0  # a directory remains: so does its marker
+    assert {p.name: p.read_bytes() for p in (root / b).iterdir()} == replacement
+
+
+def test_a_compile_cache_hit_and_write_refresh_the_marker_on_a_volume(tmp_path: Path) -> None:
+    from runtime_cases import mlp_request
+
+    messages: list[str] = []
+    written = compile_artifact(mlp_request(), tmp_path, messages.append)
+    k = written.manifest.cache_key
+    marked = marker_time(tmp_path, k)
+    assert marked is not None
+    assert abs((datetime.now(UTC) - marked).total_seconds()) < 120
+    retention.touch_marker(tmp_path, k, T0)  # as if last referenced long ago
+    hit = compile_artifact(mlp_request(), tmp_path, messages.append)
+    assert hit.cached
+    refreshed = marker_time(tmp_path, k)
+    assert refreshed is not None
+    assert refreshed > T0 + timedelta(days=30)
+    # The GC that started before this compile (keep list without it) sees the refreshed marker: nothing expires.
+    result = retention.collect_volume(tmp_path, frozenset(), WEEK, refreshed, True, lambda _m: None)
+    assert result.expired == []
+    assert (tmp_path / k / MANIFEST_NAME).exists()
+    assert not any("could not refresh" in m for m in messages)
+
+
+@pytest.mark.s3
+def test_s3_first_run_a_refreshed_marker_and_objects_written_since(tmp_path: Path, bucket: Bucket, s3_env: Any) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket.bucket}/{prefix}"
+    loc = objectstore.S3Location.parse(root)
+    a = key(11)
+    put_artifact(bucket, prefix, a)
+    start = datetime.now(UTC)
+    # First sight, long after it was written: a marker with the run's time, retained.
+    code, msg = run_gc(tmp_path, root, [], start + timedelta(days=30), "--delete")
+    assert (code, msg["firstSeen"], msg["retained"], msg["expiredCount"]) == (0, 1, 1, 0)
+    marker = f"{prefix}/{retention.MARKER_DIR}/{a}"
+    assert bucket.objects(prefix) == {f"{prefix}/{a}/{n}" for n in artifact_files(a)} | {marker}
+    s3 = objectstore.client(bucket.connection)
+    now = start + timedelta(days=40)
+
+    def compile_meanwhile(message: str) -> None:
+        if message.startswith(f"deleting {loc.child(a).uri}"):
+            retention.touch_marker(loc, a, now + timedelta(minutes=1), s3=s3)
+
+    result = retention.collect_s3(s3, loc, frozenset(), WEEK, now, True, compile_meanwhile)
+    assert (result.skipped, result.expired, result.deleted_bytes) == (1, [], 0)
+    assert f"{prefix}/{a}/{MANIFEST_NAME}" in bucket.objects(prefix)
+    late = f"{prefix}/{a}/late.bin"
+
+    def publish_meanwhile(message: str) -> None:
+        if message.startswith(f"deleting {loc.child(a).uri}"):
+            bucket.client().put_object(Bucket=bucket.bucket, Key=late, Body=b"written after the listing")
+
+    result = retention.collect_s3(s3, loc, frozenset(), WEEK, now + timedelta(days=8), True, publish_meanwhile)
+    assert [e.cache_key for e in result.expired] == [a]
+    assert bucket.objects(prefix) == {late, marker}  # the listed objects went; the late one and the marker stay
+
+
+@pytest.mark.s3
+def test_s3_a_compile_cache_hit_and_publish_refresh_the_marker(
+    tmp_path: Path, bucket: Bucket, s3_env: Any, mlp_artifact: CompileResult
+) -> None:
+    from runtime_cases import mlp_request
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{bucket.bucket}/{prefix}"
+    loc = objectstore.S3Location.parse(root)
+    s3 = objectstore.client(bucket.connection)
+
+    def marked(k: str) -> datetime | None:
+        return retention._read_marker_object(s3, loc.child(retention.MARKER_DIR).child(k))
+
+    k = mlp_artifact.manifest.cache_key
+    objectstore.publish_artifact(s3, mlp_artifact.directory, loc, lambda _m: None)
+    retention.touch_marker(loc, k, T0, s3=s3)  # last referenced long ago
+    messages: list[str] = []
+    hit = compile_artifact(mlp_request(dynamic_batch=True), root, messages.append)
+    assert hit.cached
+    assert hit.location == loc.child(k).uri
+    refreshed = marked(k)
+    assert refreshed is not None
+    assert abs((datetime.now(UTC) - refreshed).total_seconds()) < 120
+    result = retention.collect_s3(s3, loc, frozenset(), WEEK, refreshed, True, lambda _m: None)
+    assert result.expired == []
+    # A compile that publishes marks its key too.
+    published = compile_artifact(mlp_request(), root, messages.append)
+    assert not published.cached
+    assert marked(published.manifest.cache_key) is not None
+    assert not any("could not refresh" in m for m in messages)
+    # Best effort: an identity that cannot write the marker still gets its cache hit.
+    s3_env("reader")
+    messages.clear()
+    again = compile_artifact(mlp_request(dynamic_batch=True), root, messages.append)
+    assert again.cached
+    assert any(m.startswith(f"could not refresh the GC marker of {k}") for m in messages)

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, Strict, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
+from neuron_runtime.config import S3_ENDPOINT_PATTERN as RUNTIME_S3_ENDPOINT_PATTERN
+
 GROUP: Final = "neuron.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -45,12 +47,28 @@ SOURCE_SCHEME_CEL: Final = "^(" + "|".join(SOURCE_SCHEMES) + ")://"
 #: ``s3://bucket`` or ``s3://bucket/key``: a general purpose bucket name (3-63 lowercase letters, digits, '.' and '-',
 #: beginning and ending with a letter or digit), then an optional key.
 S3_URI_PATTERN: Final = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
-#: An S3-compatible endpoint: http(s)://host[:port][/path], no query (the same rule as the runtime's S3Connection).
-S3_ENDPOINT_PATTERN: Final = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+#: An S3-compatible endpoint: the runtime's own rule (``S3Connection.endpoint_url``), no user:password@.
+S3_ENDPOINT_PATTERN: Final = RUNTIME_S3_ENDPOINT_PATTERN
 S3_URI_MESSAGE: Final = (
     "must be s3://<bucket>/<key> with a valid bucket name (3-63 characters: lowercase letters, digits, '.' and '-', "
-    "beginning and ending with a letter or digit)"
+    "beginning and ending with a letter or digit) and no '..', '.' or empty path segment"
 )
+
+
+def s3_uri_cel(attr: str) -> str:
+    """CEL: ``self.<attr>``, when an s3:// URI, names a valid bucket and a key the runtime accepts
+    (``neuron_runtime.objectstore.S3Location.parse``)."""
+    value = f"self.{attr}"
+    return (
+        f"!{value}.startsWith('s3://') || ({value}.matches('{S3_URI_PATTERN}') && !{value}.contains('..') && "
+        f"!{value}.substring(5).contains('//') && !{value}.contains('/./') && !{value}.endsWith('/.'))"
+    )
+
+
+def s3_uri_problem(uri: str) -> bool:
+    """The Python twin of ``s3_uri_cel``: True when an s3:// URI is refused."""
+    rest = uri[len("s3://") :]
+    return not re.match(S3_URI_PATTERN, uri) or ".." in uri or "//" in rest or "/./" in uri or uri.endswith("/.")
 
 
 def source_scheme_message(field: str) -> str:
@@ -63,8 +81,10 @@ def source_scheme_message(field: str) -> str:
 
 def s3_source_rule(field: str, attr: str) -> dict[str, str]:
     """CEL: an s3:// source names a valid bucket and a key."""
+    value = f"self.{attr}"
+    rule = s3_uri_cel(attr)
     return cel(
-        f"!has(self.{attr}) || !self.{attr}.startsWith('s3://') || self.{attr}.matches('{S3_URI_PATTERN}')",
+        f"!has({value}) || ({rule}) && !{value}.matches('^s3://[^/]*/?$')",
         f"{field}: {S3_URI_MESSAGE}",
         fieldPath=f".{attr}",
     )
@@ -75,7 +95,7 @@ def check_source_scheme(uri: str | None, field: str) -> None:
         return
     if uri.split("://", 1)[0] not in SOURCE_SCHEMES:
         raise ValueError(source_scheme_message(field))
-    if uri.startswith("s3://") and not re.match(S3_URI_PATTERN, uri):
+    if uri.startswith("s3://") and (s3_uri_problem(uri) or re.match(r"^s3://[^/]*/?$", uri)):  # a source needs a key
         raise ValueError(f"{field}: {S3_URI_MESSAGE}")
 
 

@@ -27,7 +27,6 @@ architecture-fit rules; they are not part of the request itself.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
@@ -41,7 +40,6 @@ from neuron_operator.api.common import (
     IMAGE_PATTERN,
     S3_ENDPOINT_PATTERN,
     S3_URI_MESSAGE,
-    S3_URI_PATTERN,
     SHA256_PATTERN,
     SOURCE_SCHEME_CEL,
     TOLERATIONS_FIELD_DOC,
@@ -63,6 +61,8 @@ from neuron_operator.api.common import (
     cel,
     check_source_scheme,
     s3_source_rule,
+    s3_uri_cel,
+    s3_uri_problem,
     source_scheme_message,
     validations,
 )
@@ -464,7 +464,11 @@ class StorageSpec(CamelModel):
                 "has(self.pvc) != has(self.uri)",
                 "spec.storage: set exactly one of spec.storage.pvc or spec.storage.uri",
             ),
-            cel(f"!has(self.uri) || self.uri.matches('{S3_URI_PATTERN}')", STORAGE_URI_MESSAGE, fieldPath=".uri"),
+            cel(
+                f"!has(self.uri) || (self.uri.startsWith('s3://') && ({s3_uri_cel('uri')}))",
+                STORAGE_URI_MESSAGE,
+                fieldPath=".uri",
+            ),
         )
     )
 
@@ -483,7 +487,7 @@ class StorageSpec(CamelModel):
     def _exactly_one(self) -> StorageSpec:
         if (self.pvc is None) == (self.uri is None):
             raise ValueError("spec.storage: set exactly one of spec.storage.pvc or spec.storage.uri")
-        if self.uri is not None and not re.match(S3_URI_PATTERN, self.uri):
+        if self.uri is not None and (not self.uri.startswith("s3://") or s3_uri_problem(self.uri)):
             raise ValueError(STORAGE_URI_MESSAGE)
         return self
 
@@ -733,7 +737,13 @@ class ArtifactStatus(CamelModel):
         description="Every compiled batch size, ascending (the last is batchSize), when spec.batchSizes is set.",
     )
     buckets: Buckets | None = Field(default=None, description="Compiled bucket sizes, if any.")
-    size_bytes: Int | None = Field(default=None, ge=0, description="Size of the artifact in bytes.")
+    size_bytes: Int | None = Field(default=None, ge=0, description="Size of the artifact's graphs in bytes.")
+    total_bytes: Int | None = Field(
+        default=None,
+        ge=0,
+        description="Size of every file of the artifact (graphs, reference data, manifest): what a serving pod "
+        "downloads from S3 (its download volume is sized from it).",
+    )
     compiled_at: datetime | None = Field(default=None, description="When compilation finished.")
     compile_seconds: Float | None = Field(default=None, ge=0, description="Wall-clock compile time in seconds.")
 

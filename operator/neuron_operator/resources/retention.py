@@ -15,8 +15,9 @@ recompiles must keep it).
 
 The GC Job runs ``neuron-runtime gc`` (``neuron_runtime.retention``) from the cpu runtime image, in the namespace
 of the claim, or for S3 in the namespace of the first model (by namespace, then name) using that root, with that
-model's S3 access and compile ServiceAccount. Its name hashes the location and the interval slot, so an operator
-restart within a slot finds the slot's Job instead of starting a second one.
+model's S3 access. Its ServiceAccount is ``gc_service_account`` when set (deleting needs s3:DeleteObject, which
+compile Jobs need not have), else the compile one (for S3: that model's). Its name hashes the location and the
+interval slot, so an operator restart within a slot finds the slot's Job instead of starting a second one.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def gc_locations(
             root=posixpath.join(settings.artifact_mount_path, subdir) if subdir else settings.artifact_mount_path,
             claim=claim,
             subdir=subdir,
-            service_account=settings.compile_service_account,
+            service_account=settings.gc_service_account or settings.compile_service_account,
             keep=frozenset(by_namespace.get(namespace, set())),
         )
         for namespace, claim, subdir in pvcs
@@ -183,7 +184,7 @@ def gc_locations(
                 root=use.root,
                 endpoint=use.endpoint,
                 access=access,
-                service_account=account,
+                service_account=settings.gc_service_account or account,
                 keep=everywhere,
             )
         )

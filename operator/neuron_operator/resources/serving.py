@@ -55,7 +55,7 @@ class ServedArtifact:
     directory: str  # absolute path inside the pod
     s3_uri: str | None = None  # s3://bucket/prefix/<cache key>
     s3: S3Access | None = None
-    size_bytes: int | None = None  # graphs, from the NeuronModel status (sizes the download volume)
+    size_bytes: int | None = None  # every file, from the NeuronModel status (sizes the download volume)
 
 
 #: The download volume holds a verified copy and, while a copy that no longer verifies is replaced, a second one.
@@ -63,28 +63,51 @@ DOWNLOAD_VOLUME_MIN_BYTES: Final = 256 << 20
 
 
 def served_artifact(
-    model: NeuronModel, cache_key: str, sha256: str, size_bytes: int | None, settings: OperatorSettings
+    model: NeuronModel, cache_key: str, artifact: dict[str, Any], settings: OperatorSettings
 ) -> ServedArtifact:
-    """What serving pods load for a Ready model: the claim's directory the compile Job wrote, or the S3 prefix it
-    published (downloaded into an emptyDir at the same mount path)."""
-    location = artifact_location(model, settings)
+    """What serving pods load for a Ready model: where its status says the artifact is (``status.artifact.uri``:
+    the claim's directory the compile Job wrote, or the S3 prefix it published, downloaded into an emptyDir at the
+    same mount path) — not where the spec would put a new one, so a storage change never points pods at an
+    artifact that is not there yet."""
     mount = settings.artifact_mount_path
+    uri = str(artifact.get("uri") or artifact_location(model, settings).uri(cache_key))
+    size = artifact.get("totalBytes") or artifact.get("sizeBytes")
+    name, sha256 = model.metadata.name or "", str(artifact["sha256"])
+    if uri.startswith("s3://"):
+        access = s3_access(model, settings)
+        connection = access.connection.model_copy(update={"endpoint_url": artifact.get("endpoint")})
+        return ServedArtifact(
+            model_name=name,
+            cache_key=cache_key,
+            sha256=sha256,
+            target=model.spec.target.value,
+            claim=None,
+            directory=posixpath.join(mount, cache_key),
+            s3_uri=uri,
+            s3=S3Access(connection, access.secret),
+            size_bytes=int(size) if size is not None else None,
+        )
+    claim, _, path = uri.removeprefix("pvc://").partition("/")
+    if ".." in path.split("/") or not path.endswith(cache_key):  # status is the operator's own; never trust it blindly
+        location = artifact_location(model, settings)
+        claim, path = (
+            location.claim or settings.artifact_pvc,
+            posixpath.relpath(location.artifact_dir(mount, cache_key), mount),
+        )
     return ServedArtifact(
-        model_name=model.metadata.name or "",
+        model_name=name,
         cache_key=cache_key,
         sha256=sha256,
         target=model.spec.target.value,
-        claim=location.claim,
-        directory=posixpath.join(mount, cache_key) if location.is_s3 else location.artifact_dir(mount, cache_key),
-        s3_uri=location.uri(cache_key) if location.is_s3 else None,
-        s3=s3_access(model, settings) if location.is_s3 else None,
-        size_bytes=size_bytes,
+        claim=claim,
+        directory=posixpath.join(mount, path),
+        size_bytes=int(size) if size is not None else None,
     )
 
 
 def download_volume_limit(size_bytes: int | None) -> str | None:
-    """emptyDir sizeLimit of an S3 artifact's download volume: twice the graphs plus 256 MiB (reference data,
-    manifest), in MiB; None when the size is unknown."""
+    """emptyDir sizeLimit of an S3 artifact's download volume: twice the artifact (``status.artifact.totalBytes``:
+    graphs, reference data, manifest; older statuses: the graphs) plus 256 MiB, in MiB; None when unknown."""
     if size_bytes is None:
         return None
     return f"{(2 * size_bytes + DOWNLOAD_VOLUME_MIN_BYTES + (1 << 20) - 1) >> 20}Mi"
