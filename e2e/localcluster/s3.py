@@ -387,14 +387,17 @@ class S3Server(S3Endpoint):
         pid = self.pid()
         if pid is None:
             return False
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None  # our own child: its exit status says it all
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(")")[-1].split()[0] == "Z":
                     return False
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
         except FileNotFoundError:
             return False
-        return f"-dir={self.data_dir}".encode() in cmdline
+        # Right after exec the kernel shows an empty command line for a moment (seen here): still starting.
+        return raw == b"" or f"-dir={self.data_dir}".encode() in raw.split(b"\0")
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to weed's process group, SIGKILL after ``grace`` seconds; the data stays."""
