@@ -110,7 +110,9 @@ def install_chart(cluster: KindCluster) -> None:
         "compile": {
             "nodeSelector": EXEC_SELECTOR,
             "tolerations": EXEC_TOLERATIONS,
-            "resources": {"cpu": "1", "memory": "2Gi"},
+            # Two compiles and the serving pods share the kind node's 2 CPUs (about 1 is left after the control plane):
+            # a 1-CPU request would leave a compile Pending behind a serving pod.
+            "resources": {"cpu": "500m", "memory": "2Gi"},
         },
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
     }
