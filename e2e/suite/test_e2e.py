@@ -6,6 +6,12 @@ e2e/suite`; `make test` runs it against the chart installed on the local kind cl
 and sends an OIP v2 request through the Service via the apiserver's service proxy (`kubectl create --raw`).
 `NEURON_E2E_POD_NODE_SELECTOR` (JSON) pins the serving pods, for clusters with nodes that run no containers
 (the local cluster's kwok nodes); nothing else of the examples is changed.
+
+The S3 example (`examples/neuronmodel-small-cnn-s3.yaml`) runs when `NEURON_E2E_S3_BUCKET` names an existing bucket:
+its artifacts go to `s3://<bucket>/<NEURON_E2E_S3_PREFIX or e2e>`. With `NEURON_E2E_S3_ENDPOINT` (an S3-compatible
+store) and `NEURON_E2E_S3_ACCESS_KEY` / `NEURON_E2E_S3_SECRET_KEY`, the suite creates the `s3-keys` Secret the
+example names; without an endpoint, `spec.s3` is removed and the pods use their own identity (EKS Pod Identity or
+IRSA on the namespace's ServiceAccounts, or the chart's `artifacts.s3` defaults).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = os.environ.get("NEURON_E2E_NAMESPACE", "")
 NODE_SELECTOR: dict[str, str] = json.loads(os.environ.get("NEURON_E2E_POD_NODE_SELECTOR") or "{}")
+S3_BUCKET = os.environ.get("NEURON_E2E_S3_BUCKET", "")
+S3_ENDPOINT = os.environ.get("NEURON_E2E_S3_ENDPOINT", "")
 pytestmark = pytest.mark.skipif(not NAMESPACE, reason="set NEURON_E2E_NAMESPACE (and KUBECONFIG) to run")
 
 
@@ -57,4 +65,44 @@ def test_cpu_example_compiles_serves_and_answers() -> None:
     path = f"/api/v1/namespaces/{NAMESPACE}/services/small-cnn-cpu:http/proxy/v2/models/small-cnn-cpu/infer"
     answer = json.loads(kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body)))
     assert answer["id"] == "e2e"
+    assert answer["outputs"][0]["shape"] == [1, 10]
+
+
+@pytest.mark.skipif(not S3_BUCKET, reason="set NEURON_E2E_S3_BUCKET (an existing bucket) to run the S3 example")
+def test_s3_example_compiles_to_the_bucket_serves_after_verifying_and_answers() -> None:
+    model = yaml.safe_load((REPO / "examples" / "neuronmodel-small-cnn-s3.yaml").read_text())
+    model["spec"]["storage"]["uri"] = f"s3://{S3_BUCKET}/{os.environ.get('NEURON_E2E_S3_PREFIX', 'e2e')}"
+    if S3_ENDPOINT:
+        model["spec"]["s3"]["endpoint"] = S3_ENDPOINT
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": model["spec"]["s3"]["credentialsSecretRef"]["name"]},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": os.environ["NEURON_E2E_S3_ACCESS_KEY"],
+                "AWS_SECRET_ACCESS_KEY": os.environ["NEURON_E2E_S3_SECRET_KEY"],
+            },
+        }
+        kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(secret))
+    else:
+        del model["spec"]["s3"]
+    deployment = yaml.safe_load((REPO / "examples" / "neurondeployment-small-cnn-s3.yaml").read_text())
+    if NODE_SELECTOR:
+        deployment["spec"].setdefault("pod", {})["nodeSelector"] = NODE_SELECTOR
+    for obj in (model, deployment):
+        kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(obj))
+    wait("nm", "small-cnn-s3")
+    wait("nd", "small-cnn-s3")
+    status = json.loads(kubectl("get", "-n", NAMESPACE, "nm", "small-cnn-s3", "-o", "json"))["status"]
+    assert status["artifact"]["uri"] == f"{model['spec']['storage']['uri']}/{status['cacheKey']}"
+    pods = json.loads(kubectl("get", "-n", NAMESPACE, "pods", "-l", "neuron.dev/deployment=small-cnn-s3", "-o", "json"))
+    logs = kubectl("logs", "-n", NAMESPACE, pods["items"][0]["metadata"]["name"], "-c", "runtime")
+    assert f"verified {status['artifact']['uri']}" in logs or "verifies; not downloading" in logs
+    body: dict[str, Any] = {
+        "id": "e2e-s3",
+        "inputs": [{"name": "x", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.1] * (3 * 64 * 64)}],
+    }
+    path = f"/api/v1/namespaces/{NAMESPACE}/services/small-cnn-s3:http/proxy/v2/models/small-cnn-s3/infer"
+    answer = json.loads(kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body)))
+    assert answer["id"] == "e2e-s3"
     assert answer["outputs"][0]["shape"] == [1, 10]

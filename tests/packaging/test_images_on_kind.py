@@ -71,7 +71,12 @@ def installed(cluster: KindCluster, helm: Path, tmp_path_factory: pytest.TempPat
         "nodeSelector": EXEC,
         "tolerations": EXEC_TOLERATIONS,
         "resyncSeconds": 30,
-        "compile": {"nodeSelector": EXEC, "tolerations": EXEC_TOLERATIONS, "resources": {"cpu": "1", "memory": "2Gi"}},
+        # 500m: the S3 example's compile runs while the cpu example serves, on the kind node's 2 CPUs.
+        "compile": {
+            "nodeSelector": EXEC,
+            "tolerations": EXEC_TOLERATIONS,
+            "resources": {"cpu": "500m", "memory": "2Gi"},
+        },
     }
     values_file = tmp_path_factory.mktemp("images-e2e") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -110,10 +115,18 @@ def test_operator_runs_from_its_image_as_nonroot_on_a_read_only_root(cluster: Ki
 
 
 def test_the_e2e_suite_passes_against_the_installed_chart(cluster: KindCluster, installed: str) -> None:
+    s3 = cluster.ensure_s3()
+    bucket = f"e2e-{installed[-8:]}"
+    s3.create_bucket(bucket)
     env = {
         **cluster.env(),
         "NEURON_E2E_NAMESPACE": installed,
         "NEURON_E2E_POD_NODE_SELECTOR": json.dumps(EXEC),
+        # The S3 example, against the local cluster's real S3 server.
+        "NEURON_E2E_S3_BUCKET": bucket,
+        "NEURON_E2E_S3_ENDPOINT": s3.cluster_endpoint_url,
+        "NEURON_E2E_S3_ACCESS_KEY": s3.admin.access_key,
+        "NEURON_E2E_S3_SECRET_KEY": s3.admin.secret_key,
     }
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "e2e" / "suite")],
@@ -124,10 +137,12 @@ def test_the_e2e_suite_passes_against_the_installed_chart(cluster: KindCluster, 
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "1 passed" in proc.stdout
-    # The compile ran in the runtime image as a Job; its container log is there for `kubectl logs`.
+    assert "2 passed" in proc.stdout
+    assert s3.client().list_objects_v2(Bucket=bucket, Prefix="e2e/")["KeyCount"] >= 3  # manifest, graph, references
+    # The compiles ran in the runtime image as Jobs (one per storage: the claim and the bucket); their container logs
+    # are there for `kubectl logs`.
     jobs = json.loads(cluster.kubectl("get", "jobs", "-n", installed, "-o", "json").stdout)["items"]
-    assert len(jobs) == 1
+    assert len(jobs) == 2
     job = jobs[0]
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == cluster.images["runtime"]
     logs = cluster.kubectl("logs", "-n", installed, f"job/{job['metadata']['name']}").stdout
