@@ -121,7 +121,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     ``create_bucket(name)``. Stopped at the end of the session."""
     server = S3Server(tmp_path_factory.mktemp("s3-server"), ensure_tools(("weed",)).weed)
     try:
-        server.start()
+        server.start(die_with_parent=True)
         server.wait_ready()
         yield server
     finally:

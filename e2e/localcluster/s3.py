@@ -347,8 +347,11 @@ class S3Server(S3Endpoint):
         """Our ports that cannot be bound now (S3ServerError when ``host`` is not an address of this machine)."""
         return [port for port in self.ports.all() if not _port_free(self.host, port)]
 
-    def start(self, port_wait: float = 10.0) -> None:
+    def start(self, port_wait: float = 10.0, *, die_with_parent: bool = False) -> None:
         """Launch ``weed server`` (returns at once; ``wait_ready`` waits). A no-op when it already runs.
+
+        ``die_with_parent``: the kernel sends weed SIGTERM when this process dies, even by SIGKILL (a test session's
+        own server must not outlive a killed pytest; the cluster's server must outlive ``localcluster up``).
 
         Ports still held for a moment by the connections of a server that just stopped are waited for (at most
         ``port_wait`` seconds); ports another process listens on are an error."""
@@ -374,6 +377,7 @@ class S3Server(S3Endpoint):
                 stderr=subprocess.STDOUT,
                 cwd=self.state,  # weed reads master.toml/security.toml from its cwd first: none there
                 start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509 (no threads touched)
             )
         (self.state / PID_FILE).write_text(str(proc.pid))
 
@@ -513,6 +517,14 @@ def _port_free(host: str, port: int) -> bool:
                 raise S3ServerError(f"{host} is not an address of this machine (the kind network changed?)") from exc
             return False
     return True
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _write_private(path: Path, text: str) -> None:
