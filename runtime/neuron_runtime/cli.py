@@ -103,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_serve(args)
 
 
+def storage_failure(exc: Exception, not_found_exit: int = EXIT_STORAGE_DENIED) -> tuple[int, str]:
+    """Exit code and termination reason of an `objectstore.StorageError`, the same for compile, gc and serve (serve
+    exits 3 for a missing artifact, like any artifact it cannot use: `not_found_exit`)."""
+    from neuron_runtime import objectstore
+    from neuron_runtime.reasons import CompileFailure
+
+    if isinstance(exc, objectstore.AccessDenied):
+        return EXIT_STORAGE_DENIED, CompileFailure.STORAGE_ACCESS_DENIED.value
+    if isinstance(exc, objectstore.ObjectNotFound):
+        return not_found_exit, CompileFailure.STORAGE_NOT_FOUND.value
+    return EXIT_STORAGE_UNAVAILABLE, CompileFailure.STORAGE_UNAVAILABLE.value
+
+
 def termination_log_path(explicit: str | None) -> Path | None:
     if explicit:
         return Path(explicit)
@@ -177,12 +190,8 @@ def run_compile(args: argparse.Namespace) -> int:
         return fail(EXIT_SOURCE, CompileFailure.SOURCE_FAILED.value, str(exc))
     except TraceError as exc:
         return fail(EXIT_TRACE, CompileFailure.TRACE_FAILED.value, str(exc))
-    except objectstore.AccessDenied as exc:
-        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_ACCESS_DENIED.value, str(exc))
-    except objectstore.ObjectNotFound as exc:
-        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_NOT_FOUND.value, str(exc))
     except objectstore.StorageError as exc:
-        return fail(EXIT_STORAGE_UNAVAILABLE, CompileFailure.STORAGE_UNAVAILABLE.value, str(exc))
+        return fail(*storage_failure(exc), str(exc))
     except Exception as exc:
         return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     manifest = result.manifest
@@ -260,12 +269,8 @@ def run_gc(args: argparse.Namespace) -> int:
         else:
             root = Path(args.root)
             result = retention.collect_volume(root, keep, args.min_age_seconds, now, args.delete, progress)
-    except objectstore.AccessDenied as exc:
-        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_ACCESS_DENIED.value, str(exc))
-    except objectstore.ObjectNotFound as exc:
-        return fail(EXIT_STORAGE_DENIED, CompileFailure.STORAGE_NOT_FOUND.value, str(exc))
     except objectstore.StorageError as exc:
-        return fail(EXIT_STORAGE_UNAVAILABLE, CompileFailure.STORAGE_UNAVAILABLE.value, str(exc))
+        return fail(*storage_failure(exc), str(exc))
     except Exception as exc:
         return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
     progress(

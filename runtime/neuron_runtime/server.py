@@ -451,8 +451,6 @@ EXIT_ARTIFACT = 3
 EXIT_PARITY = 6
 EXIT_INCOMPATIBLE = 7
 EXIT_CRASH_LOOP = 8
-EXIT_STORAGE_DENIED = 9
-EXIT_STORAGE_UNAVAILABLE = 10
 
 
 def serve_main(config: Path | None) -> int:
@@ -460,7 +458,7 @@ def serve_main(config: Path | None) -> int:
     from pydantic import ValidationError
 
     from neuron_runtime.artifact import ArtifactError
-    from neuron_runtime.cli import termination_log_path, write_termination_message
+    from neuron_runtime.cli import storage_failure, termination_log_path, write_termination_message
     from neuron_runtime.compat import IncompatibleRuntime
     from neuron_runtime.model import ConfigurationError
     from neuron_runtime.parity import ParityFailed
@@ -490,12 +488,8 @@ def serve_main(config: Path | None) -> int:
             fetch_artifact(settings)
         except ArtifactError as exc:
             return fail(EXIT_ARTIFACT, ServeRefusal.ARTIFACT_INVALID.value, str(exc))
-        except objectstore.ObjectNotFound as exc:
-            return fail(EXIT_ARTIFACT, ServeRefusal.STORAGE_NOT_FOUND.value, str(exc))
-        except objectstore.AccessDenied as exc:
-            return fail(EXIT_STORAGE_DENIED, ServeRefusal.STORAGE_ACCESS_DENIED.value, str(exc))
         except objectstore.StorageError as exc:
-            return fail(EXIT_STORAGE_UNAVAILABLE, ServeRefusal.STORAGE_UNAVAILABLE.value, str(exc))
+            return fail(*storage_failure(exc, not_found_exit=EXIT_ARTIFACT), str(exc))
         except ValueError as exc:  # an artifact_uri that is not a valid s3://bucket/key
             return fail(EXIT_INVALID, ServeRefusal.INVALID_SETTINGS.value, f"artifact_uri: {exc}")
     try:

@@ -139,12 +139,17 @@ def test_stalled_with_the_runtime_reason_while_the_old_replicas_serve_and_the_pa
 def test_reason_vocabulary_is_one_list_runtime_operator_and_crd() -> None:
     import inspect
 
-    from neuron_runtime import server
+    from neuron_runtime import cli, server
     from neuron_runtime.reasons import ServeRefusal
 
     written = {
         ServeRefusal[m].value
         for m in re.findall(r"fail\(EXIT_\w+, ServeRefusal\.(\w+)\.value", inspect.getsource(server.serve_main))
+    }
+    # serve_main reports storage errors through the helper compile and gc share (`fail(*storage_failure(...))`).
+    assert "fail(*storage_failure(" in inspect.getsource(server.serve_main)
+    written |= {
+        ServeRefusal[m].value for m in re.findall(r"Failure\.(\w+)\.value", inspect.getsource(cli.storage_failure))
     }
     assert written == set(SERVING_FAILURE_REASONS) == {r.value for r in ServeRefusal}
     listed = DEPLOYMENT_CONDITIONS_DOC.split("Stalled reasons (Stalled=True): ", 1)[1]

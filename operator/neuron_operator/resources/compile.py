@@ -195,6 +195,54 @@ def source_claim_names(model: NeuronModel) -> list[str]:
     return sorted({c for c in (_source_claims(u)[0] for u in _source_uris(model)) if c})
 
 
+def runtime_task_pod(
+    container: dict[str, Any],
+    claim: str | None,
+    settings: OperatorSettings,
+    *,
+    extra_volumes: tuple[tuple[dict[str, Any], dict[str, Any]], ...] = (),
+) -> dict[str, Any]:
+    """The pod spec of a one-shot runtime task (the compile Job, the artifact GC Job): ``container`` (name, image,
+    command, args, env, resources) run as uid 65532 on a read-only root with no capability, a scratch emptyDir as
+    HOME and TMPDIR, and the artifact claim (when not None) at ``settings.artifact_mount_path``; ``extra_volumes``
+    are (volume, mount) pairs."""
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
+    if claim is not None:
+        volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.insert(0, {"name": "artifacts", "mountPath": settings.artifact_mount_path})
+    for volume, mount in extra_volumes:
+        volumes.append(volume)
+        mounts.append(mount)
+    scratch_env = [{"name": "HOME", "value": SCRATCH_MOUNT}, {"name": "TMPDIR", "value": SCRATCH_MOUNT}]
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                **container,
+                "imagePullPolicy": settings.image_pull_policy,
+                "env": [*scratch_env, *(container.get("env") or [])],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": mounts,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": volumes,
+    }
+
+
 def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """The compile Job for the NeuronModel ``body`` (its name depends only on the cache key)."""
     model = NeuronModel.model_validate(body)
@@ -214,56 +262,29 @@ def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[
             "limits": {"memory": settings.compile_memory},
         }
     )
-    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
-    if location.claim is not None:
-        volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": location.claim}})
-        mounts.insert(0, {"name": "artifacts", "mountPath": settings.artifact_mount_path})
     s3_env = s3_access(model, settings).env() if uses_s3(model, settings) else []
-    for i, claim in enumerate(source_claim_names(model)):
-        volumes.append({"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True})
+    sources = tuple(
+        (
+            {"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+            {"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True},
+        )
+        for i, claim in enumerate(source_claim_names(model))
+    )
     node_selector = dict(compiler.node_selector or settings.compile_node_selector)
     tolerations = (
         [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compiler.tolerations]
         if compiler.tolerations
         else list(settings.compile_tolerations)
     )
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": COMPILE_CONTAINER,
-                "image": request.runtime_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "command": ["neuron-runtime", "compile"],
-                "args": ["--output-root", location.root(settings.artifact_mount_path)],
-                "env": [
-                    {"name": COMPILE_REQUEST_ENV, "value": request.model_dump_json(exclude_none=True)},
-                    {"name": "HOME", "value": SCRATCH_MOUNT},
-                    {"name": "TMPDIR", "value": SCRATCH_MOUNT},
-                    *s3_env,
-                ],
-                "resources": resources,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": mounts,
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-            }
-        ],
-        "volumes": volumes,
+    container = {
+        "name": COMPILE_CONTAINER,
+        "image": request.runtime_image,
+        "command": ["neuron-runtime", "compile"],
+        "args": ["--output-root", location.root(settings.artifact_mount_path)],
+        "env": [{"name": COMPILE_REQUEST_ENV, "value": request.model_dump_json(exclude_none=True)}, *s3_env],
+        "resources": resources,
     }
+    pod_spec = runtime_task_pod(container, location.claim, settings, extra_volumes=sources)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:

@@ -36,11 +36,11 @@ from pydantic import ValidationError
 from neuron_operator.api import NeuronModel
 from neuron_operator.resources import names
 from neuron_operator.resources.compile import (
-    SCRATCH_MOUNT,
     S3Access,
     _parse_message,
     artifact_location,
     compile_request,
+    runtime_task_pod,
     s3_access,
 )
 from neuron_operator.resources.podstate import clip
@@ -226,49 +226,15 @@ def build_gc_job(location: GcLocation, settings: OperatorSettings, slot: int) ->
     args = ["--root", location.root, "--min-age-seconds", str(settings.gc_min_age_seconds)]
     if settings.gc_delete:
         args.append("--delete")
-    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
-    if location.claim is not None:
-        volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": location.claim}})
-        mounts.insert(0, {"name": "artifacts", "mountPath": settings.artifact_mount_path})
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": GC_CONTAINER,
-                "image": settings.runtime_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "command": ["neuron-runtime", "gc"],
-                "args": args,
-                "env": [
-                    *keep_env(location.keep),
-                    {"name": "HOME", "value": SCRATCH_MOUNT},
-                    {"name": "TMPDIR", "value": SCRATCH_MOUNT},
-                    *(location.access.env() if location.access is not None else []),
-                ],
-                "resources": {
-                    "requests": {"cpu": "100m", "memory": "256Mi"},
-                    "limits": {"memory": "512Mi"},
-                },
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": mounts,
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-            }
-        ],
-        "volumes": volumes,
+    container = {
+        "name": GC_CONTAINER,
+        "image": settings.runtime_image,
+        "command": ["neuron-runtime", "gc"],
+        "args": args,
+        "env": [*keep_env(location.keep), *(location.access.env() if location.access is not None else [])],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
     }
+    pod_spec = runtime_task_pod(container, location.claim, settings)
     if settings.compile_node_selector:
         pod_spec["nodeSelector"] = dict(settings.compile_node_selector)
     if settings.compile_tolerations:
