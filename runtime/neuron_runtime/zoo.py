@@ -9,11 +9,13 @@ Used by the benchmarks, the tests and the operator's examples. Each factory is d
 | `heavy_mlp`   | x: float32 [B, 1024]                          | ~100 MB of weights: batching pays (weight-bound) |
 | `small_cnn`   | x: float32 [B, 3, 64, 64]                     | conv workload, 48 KiB payloads                   |
 | `bert_like`   | input_ids, attention_mask: int64 [B, S]       | sequence buckets on axis 1                       |
+| `poisoned_mlp`| x: float32 [B, 16]                            | TEST ONLY: fails on rows whose x[:, 0] == poison |
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import nn
@@ -48,6 +50,57 @@ def tiny_mlp(*, in_features: int = 256, hidden: int = 1024, out_features: int = 
 def heavy_mlp(*, in_features: int = 1024, hidden: int = 4096, out_features: int = 1000, seed: int = 0) -> nn.Module:
     """1024 → 4096 → 4096 → 1000 (~96 MB fp32): streaming the weights dominates at small batch."""
     return _init(_mlp([in_features, hidden, hidden, out_features]), seed)
+
+
+class _PoisonedMLP(nn.Module):
+    """An MLP whose graph raises on rows whose first feature is `poison` (see `poisoned_mlp`)."""
+
+    def __init__(self, mlp: nn.Module, poison: float) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.poison: torch.Tensor
+        self.guard: torch.Tensor
+        self.register_buffer("poison", torch.tensor(poison, dtype=torch.float32))
+        self.register_buffer("guard", torch.zeros(1))  # a one-entry table: only index 0 exists
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Data-dependent, so it stays in the traced graph: index 0 (in range) for a normal row, 1 (out of range) for
+        # a poisoned one. torch.gather checks its indices and raises RuntimeError, eager and traced alike.
+        hit = (x[:, 0] == self.poison).long()
+        zero = torch.gather(self.guard, 0, hit)  # [B] zeros, or RuntimeError
+        out: torch.Tensor = self.mlp(x) + zero.unsqueeze(1)
+        return out
+
+
+def poisoned_mlp(
+    *, in_features: int = 16, hidden: int = 32, out_features: int = 4, poison: float = 7.0, seed: int = 0
+) -> nn.Module:
+    """TEST ONLY, never serve it: a "bad new model version" for tests of canary gates and rollouts.
+
+    For every row whose first feature is not `poison` it returns exactly what `tiny_mlp` with the same sizes and
+    seed returns (same weights, plus an exact 0). For every row whose first feature equals `poison` exactly,
+    running the model raises RuntimeError from inside the graph: the row's index into a one-entry table becomes
+    1, out of range, and `torch.gather` refuses it ("index 1 is out of bounds ..."). The check is tensor
+    arithmetic, not Python control flow, so `torch.jit.trace` keeps it (no TracerWarning) and the traced graph
+    fails on the poisoned rows only; the runtime's batch isolation answers those requests 400 ("the model failed
+    on this request's values") and serves their batch-mates.
+
+    A pod serving it becomes ready: the compile Job's reference cases (what the parity gate replays) are seeded
+    standard normals (deterministic; hitting the default poison 7.0 would take a seven-sigma draw landing exactly
+    on it), and the warm-up and isolation probe inputs are ones, so `poison` may not be 1.0. The failure is
+    defined on the `cpu` target (TorchScript on the CPU); a Neuron graph need not check gather indices.
+
+    Drop-in for the tests' MLP NeuronModel (`neuron_runtime.zoo:tiny_mlp` with in_features 16, hidden 32,
+    out_features 4): same input x float32 [B, in_features], same single output [B, out_features].
+    """
+    if isinstance(poison, bool) or not isinstance(poison, int | float):
+        raise TypeError(f"poison: expected a number, got {type(poison).__name__}")
+    value = float(torch.tensor(float(poison), dtype=torch.float32))  # compared in float32, like the inputs
+    if not math.isfinite(value):
+        raise ValueError(f"poison: must be finite in float32 (a NaN never equals itself), got {poison!r}")
+    if value == 1.0:
+        raise ValueError("poison: must not be 1.0, the runtime's warm-up and known-good probe input (all ones)")
+    return _PoisonedMLP(_init(_mlp([in_features, hidden, hidden, out_features]), seed), value).eval()
 
 
 class _BasicBlock(nn.Module):

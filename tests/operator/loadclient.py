@@ -19,10 +19,21 @@ of one kind: ``http_<status>``, ``timeout`` (``--timeout-s`` per request), ``con
 ``connection_closed`` (closed while the request was being sent), ``connect_error``, ``dns``, ``bad_response``
 or the exception's class name. Nothing aborts the run.
 
+Poisoned requests (``--poison-every N``, default 0 = never): every N-th request, by one sequence number shared by
+all workers (the N-th, 2N-th, ... request started), sets the first element of its data to ``--poison-value``
+(default 7.0; the other requests' first element is 0.0), and its id ends in ``-poisoned``. It is for
+canary-rollout tests: a "bad new model version" (``neuron_runtime.zoo:poisoned_mlp``) fails on exactly those
+values, and the test must tell the requests that were meant to fail from real loss. Poisoned requests count in
+total/ok/errors like any other, and their outcomes are also counted apart in ``poisoned``, so "every non-poisoned
+request succeeded" reads ``result["lost"] == result["poisoned"]["lost"]``.
+
 It runs until ``--duration-s`` passes, the ``--stop-file`` appears, or SIGTERM/SIGINT; requests in flight then
 finish (bounded by their timeout). Every ``--progress-s`` it prints ``{"event": "progress", ...}``; at the end
 one line ``{"event": "result", ...}`` with total, ok, errors by kind, first/last error time (Unix seconds),
-the p50/p99 latency of the OK requests, the number of TCP connections opened, and the first errors in detail.
+the p50/p99 latency of the OK requests, the number of TCP connections opened, the first errors in detail (at most
+``ERROR_SAMPLES`` of non-poisoned requests plus ``POISONED_SAMPLES`` of poisoned ones, marked ``"poisoned": true``,
+so expected failures cannot crowd out real ones) and ``poisoned``: ``{"total", "ok", "lost", "errors": {kind: n},
+"first_error", "last_error"}`` of the poisoned requests alone (all zero without ``--poison-every``).
 """
 
 from __future__ import annotations
@@ -31,7 +42,9 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
+import math
 import os
 import signal
 import sys
@@ -42,8 +55,32 @@ from typing import Any
 
 import aiohttp
 
-#: Errors kept in detail in the result (the counts cover all of them).
+#: Errors of non-poisoned requests kept in detail in the result (the counts cover all of them).
 ERROR_SAMPLES = 40
+#: Errors of poisoned requests kept in detail besides those (expected failures must not crowd out real ones).
+POISONED_SAMPLES = 10
+
+
+@dataclass
+class Outcomes:
+    """How the poisoned requests ended (they are counted in the `Tally`'s totals too)."""
+
+    total: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: float | None = None
+    last_error: float | None = None
+    samples: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "ok": self.ok,
+            "lost": self.total - self.ok,
+            "errors": dict(sorted(self.errors.items())),
+            "first_error": self.first_error,
+            "last_error": self.last_error,
+        }
 
 
 @dataclass
@@ -57,21 +94,33 @@ class Tally:
     samples: list[dict[str, Any]] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     connections: int = 0
+    poisoned: Outcomes = field(default_factory=Outcomes)
 
-    def success(self, latency_s: float) -> None:
+    def success(self, latency_s: float, poisoned: bool = False) -> None:
         self.total += 1
         self.ok += 1
         self.latencies_ms.append(latency_s * 1000.0)
+        if poisoned:
+            self.poisoned.total += 1
+            self.poisoned.ok += 1
 
-    def failure(self, kind: str, at: float, latency_s: float, detail: str) -> None:
+    def failure(self, kind: str, at: float, latency_s: float, detail: str, poisoned: bool = False) -> None:
         self.total += 1
         self.errors[kind] += 1
         self.first_error = at if self.first_error is None else self.first_error
         self.last_error = at
-        if len(self.samples) < ERROR_SAMPLES:
-            self.samples.append(
-                {"t": round(at, 3), "kind": kind, "after_ms": round(latency_s * 1000, 1), "detail": detail}
-            )
+        sample = {"t": round(at, 3), "kind": kind, "after_ms": round(latency_s * 1000, 1), "detail": detail}
+        if poisoned:
+            p = self.poisoned
+            p.total += 1
+            p.errors[kind] += 1
+            p.first_error = at if p.first_error is None else p.first_error
+            p.last_error = at
+            if p.samples < POISONED_SAMPLES:
+                p.samples += 1
+                self.samples.append(sample | {"poisoned": True})
+        elif len(self.samples) - self.poisoned.samples < ERROR_SAMPLES:
+            self.samples.append(sample)
 
     def snapshot(self, event: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,7 +131,7 @@ class Tally:
             "lost": self.total - self.ok,
         }
         if event == "progress":
-            return out
+            return out | {"poisoned": {k: self.poisoned.as_dict()[k] for k in ("total", "ok", "lost")}}
         lat = sorted(self.latencies_ms)
         return out | {
             "seconds": round(time.time() - self.started, 3),
@@ -93,6 +142,7 @@ class Tally:
             "p99_ms": _percentile(lat, 0.99),
             "connections": self.connections,
             "error_samples": self.samples,
+            "poisoned": self.poisoned.as_dict(),
         }
 
 
@@ -128,23 +178,32 @@ def classify(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def infer_body(request_id: str, input_name: str, shape: list[int], datatype: str) -> dict[str, Any]:
+def infer_body(
+    request_id: str, input_name: str, shape: list[int], datatype: str, poison: float | None = None
+) -> dict[str, Any]:
+    """The request's body; `poison` (a poisoned request) replaces the first element of its data (else 0.0)."""
     count = 1
     for d in shape:
         count *= d
     data = [((i * 7) % 11) / 10.0 for i in range(count)]
+    if poison is not None and data:
+        data[0] = poison
     return {"id": request_id, "inputs": [{"name": input_name, "shape": shape, "datatype": datatype, "data": data}]}
 
 
-async def _one(session: aiohttp.ClientSession, args: argparse.Namespace, tally: Tally, request_id: str) -> None:
-    body = infer_body(request_id, args.input_name, args.shape, args.datatype)
+async def _one(
+    session: aiohttp.ClientSession, args: argparse.Namespace, tally: Tally, request_id: str, poisoned: bool = False
+) -> None:
+    poison = args.poison_value if poisoned else None
+    body = infer_body(request_id, args.input_name, args.shape, args.datatype, poison)
     t0 = time.perf_counter()
     try:
         async with session.post(args.url, json=body) as resp:
             payload = await resp.read()
             elapsed = time.perf_counter() - t0
             if resp.status != 200:
-                tally.failure(f"http_{resp.status}", time.time(), elapsed, payload[:200].decode(errors="replace"))
+                detail = payload[:200].decode(errors="replace")
+                tally.failure(f"http_{resp.status}", time.time(), elapsed, detail, poisoned)
                 return
             try:
                 answer = json.loads(payload)
@@ -152,22 +211,30 @@ async def _one(session: aiohttp.ClientSession, args: argparse.Namespace, tally: 
             except ValueError:
                 good = False
             if not good:
-                tally.failure("bad_response", time.time(), elapsed, payload[:200].decode(errors="replace"))
+                tally.failure("bad_response", time.time(), elapsed, payload[:200].decode(errors="replace"), poisoned)
                 return
-            tally.success(elapsed)
+            tally.success(elapsed, poisoned)
     except Exception as exc:
-        tally.failure(classify(exc), time.time(), time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"[:200])
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        tally.failure(classify(exc), time.time(), time.perf_counter() - t0, detail, poisoned)
 
 
 async def _worker(
-    index: int, session: aiohttp.ClientSession, args: argparse.Namespace, tally: Tally, stop: asyncio.Event
+    index: int,
+    session: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    tally: Tally,
+    stop: asyncio.Event,
+    sequence: itertools.count[int],
 ) -> None:
     seq = 0
     interval = args.interval_ms / 1000.0
     while not stop.is_set():
         started = time.perf_counter()
         seq += 1
-        await _one(session, args, tally, f"w{index}-{seq}")
+        number = next(sequence)  # shared by the workers: one event loop, so no two requests get the same
+        poisoned = args.poison_every > 0 and number % args.poison_every == 0
+        await _one(session, args, tally, f"w{index}-{seq}" + ("-poisoned" if poisoned else ""), poisoned)
         pause = interval - (time.perf_counter() - started)
         if pause > 0:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -206,7 +273,10 @@ async def run(args: argparse.Namespace, tally: Tally | None = None) -> dict[str,
     connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=args.connections == "fresh")
     timeout = aiohttp.ClientTimeout(total=args.timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
-        workers = [asyncio.ensure_future(_worker(i, session, args, tally, stop)) for i in range(args.concurrency)]
+        sequence = itertools.count(1)
+        workers = [
+            asyncio.ensure_future(_worker(i, session, args, tally, stop, sequence)) for i in range(args.concurrency)
+        ]
         await _watch(args, tally, stop)
         await asyncio.gather(*workers)
     return tally.snapshot("result")
@@ -225,9 +295,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input-name", default="x")
     p.add_argument("--shape", type=lambda s: [int(d) for d in s.split(",")], default=[1, 16])
     p.add_argument("--datatype", default="FP32")
+    p.add_argument(
+        "--poison-every",
+        type=int,
+        default=0,
+        help="poison every N-th request (one sequence over all workers): its first data element is --poison-value; "
+        "0 = never",
+    )
+    p.add_argument("--poison-value", type=float, default=7.0, help="the first data element of a poisoned request")
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    if args.poison_every < 0:
+        p.error(f"--poison-every must be 0 (never) or a positive N, got {args.poison_every}")
+    if not math.isfinite(args.poison_value):
+        p.error(f"--poison-value must be a finite number (JSON has no NaN or infinity), got {args.poison_value}")
+    if args.poison_every and args.poison_value == infer_body("", "", [1], "")["inputs"][0]["data"][0]:
+        p.error(f"--poison-value {args.poison_value} is what every request's first element is already")
     return args
 
 
