@@ -24,7 +24,12 @@ response). What the apiserver does, as the real one does it:
 - built-in kinds get the defaults the operator must tolerate: quantities in canonical form (``2`` -> ``"2"``,
   ``"1024Mi"`` -> ``"1Gi"``), ``fieldRef.apiVersion``, container and pod defaults, a Service's cluster IP;
 - lists by label selector, in one namespace or all (``*``); items of built-in kinds carry no apiVersion/kind;
-- ``generateName``; pod logs (``set_log``), 404 for a missing pod, 400 for a container without a log yet.
+- ``generateName``; pod logs (``set_log``), 404 for a missing pod, 400 for a container without a log yet;
+- the pod proxy, GET ``/api/v1/namespaces/{ns}/pods/{name}[:{port}]/proxy/{path}`` (``set_metrics``: what the pod
+  answers on ``/metrics`` of a port): 404 NotFound for a missing pod, 400 BadRequest ``address not allowed`` for a
+  pod without a (global unicast) IP in ``status.podIPs`` (or ``podIP``), 503 ServiceUnavailable ``error trying to
+  reach service: dial tcp <ip>:<port>: connect: connection refused`` when nothing listens on the port, else the
+  pod's answer (200 ``text/plain; version=0.0.4``; 404 for another path); no port: the first container port.
 
 Every write request is journaled (``Write``: verb, kind, name, subresource, response code), so a test asserts
 "a no-op pass writes nothing" on what reached the apiserver; ``requests`` records every request (reads too) and
@@ -32,13 +37,14 @@ Every write request is journaled (``Write``: verb, kind, name, subresource, resp
 makes matching requests fail with a given ``Status`` (e.g. a 422 on applying a Deployment).
 
 The test (or a simulated controller: Job, Deployment, kubelet) changes the world with ``seed``, ``edit``,
-``set_status``, ``delete`` and ``set_log``, which bypass HTTP and the journal.
+``set_status``, ``delete``, ``set_log`` and ``set_metrics``, which bypass HTTP and the journal.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import ipaddress
 import json
 import re
 import uuid
@@ -111,7 +117,7 @@ class Write:
 
 @dataclass
 class Injection:
-    verb: str  # get | list | create | update | apply | patch | delete | log
+    verb: str  # get | list | create | update | apply | patch | delete | log | proxy
     kind: str
     name: str | None
     subresource: str | None
@@ -554,6 +560,19 @@ def _body_name(content: bytes) -> str:
         return ""
 
 
+_POD_PROXY = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<id>[^/]+)/proxy(?P<path>/.*)?")
+
+
+def _global_unicast(ip: str) -> bool:
+    """Go's ``net.IP.IsGlobalUnicast`` (private ranges included): what the apiserver requires to proxy to a pod."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    broadcast = addr == ipaddress.IPv4Address("255.255.255.255")
+    return not (addr.is_unspecified or addr.is_loopback or addr.is_multicast or addr.is_link_local or broadcast)
+
+
 def _fixed_clock() -> datetime:
     return datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -570,6 +589,8 @@ class MemApi:
     #: every request, reads included: (verb, kind, namespace ('*' = all), name or None, subresource)
     requests: list[tuple[str, str, str | None, str | None, str | None]] = field(default_factory=list)
     logs: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    #: (namespace, pod, port) -> what the pod answers on GET /metrics of that port (through the pod proxy)
+    metrics: dict[tuple[str, str, int], str] = field(default_factory=dict)
     injections: list[Injection] = field(default_factory=list)
     version: int = 0
     #: (kind, namespace, name) -> manager -> fields it applied (server-side apply ownership)
@@ -659,6 +680,13 @@ class MemApi:
 
     def set_log(self, namespace: str, pod: str, container: str, lines: list[str]) -> None:
         self.logs[(namespace, pod, container)] = list(lines)
+
+    def set_metrics(self, namespace: str, pod: str, port: int, text: str | None) -> None:
+        """What the pod answers on ``GET /metrics`` of ``port`` through the pod proxy; None: nothing listens."""
+        if text is None:
+            self.metrics.pop((namespace, pod, port), None)
+        else:
+            self.metrics[(namespace, pod, port)] = text
 
     def inject(
         self,
@@ -833,6 +861,9 @@ class MemApi:
         sub: str | None = None
         namespace: str | None = None
         try:
+            if proxy := _POD_PROXY.fullmatch(request.url.path):
+                verb = "proxy"
+                return self._proxy(request.method, unquote(proxy["ns"]), unquote(proxy["id"]), proxy["path"] or "/")
             k, namespace, name, sub = self._route(request)
             method, params = request.method, request.url.params
             if params.get("dryRun"):
@@ -922,6 +953,47 @@ class MemApi:
             )
         text = "".join(line + "\n" for line in lines)
         return httpx2.Response(200, text=text, headers={"Content-Type": "text/plain"})
+
+    def _proxy(self, method: str, namespace: str, ident: str, path: str) -> httpx2.Response:
+        """The pod proxy (``pods/proxy``): the apiserver dials the pod's IP and relays the answer."""
+        # ident: "name", "name:port" or "scheme:name:port" (the apiserver's SplitSchemeNamePort)
+        parts = ident.split(":")
+        scheme = name = port = ""
+        if len(parts) == 1:
+            name = ident
+        elif len(parts) == 2:
+            name, port = parts
+        elif len(parts) == 3:
+            scheme, name, port = parts
+        if not name or scheme not in ("", "http", "https"):
+            raise StatusError(400, "BadRequest", f"invalid pod request {ident!r}")
+        pod_kind = BY_NAME["Pod"]
+        self.requests.append(("proxy", "Pod", namespace, name, "proxy"))
+        self._injected("proxy", pod_kind, name, "proxy")
+        if method != "GET":
+            raise StatusError(500, "InternalError", f"memapi does not implement {method} through the pod proxy")
+        pod = self.objects.get(("Pod", namespace, name))
+        if pod is None:
+            raise not_found(pod_kind, name)
+        if not port:  # the first port a container declares
+            declared = [p for c in (pod.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            port = str(declared[0]["containerPort"]) if declared else ""
+        status = pod.get("status") or {}
+        ips = [str(p.get("ip") or "") for p in status.get("podIPs") or []] or [str(status.get("podIP") or "")]
+        if not _global_unicast(ips[0]):
+            raise StatusError(400, "BadRequest", "address not allowed")
+        port = port or ("443" if scheme == "https" else "80")
+        host = f"[{ips[0]}]:{port}" if ":" in ips[0] else f"{ips[0]}:{port}"
+        text = self.metrics.get((namespace, name, int(port))) if port.isdigit() else None
+        if text is None:
+            raise StatusError(
+                503,
+                "ServiceUnavailable",
+                f"error trying to reach service: dial tcp {host}: connect: connection refused",
+            )
+        if path != "/metrics":  # what the runtime's web server answers for any other path
+            return httpx2.Response(404, text="404: Not Found", headers={"Content-Type": "text/plain; charset=utf-8"})
+        return httpx2.Response(200, content=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
     def _write(
         self,
