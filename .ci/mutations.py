@@ -38,6 +38,8 @@ COPIED = ("operator", "runtime", "tests", "e2e", "crds", "pyproject.toml")
 STAGES = (
     ("tests/operator/test_job_outcome.py", "tests/operator/test_reconcile_core.py"),
     ("tests/operator/test_status.py",),
+    # Autoscaling and canary rules: their pure tests and the load-aware reconcile passes.
+    ("tests/operator/test_autoscale.py", "tests/operator/test_canary.py", "tests/operator/test_load_reconcile.py"),
     # The S3 rules, against the real local S3 server (the fast tests that need only the weed binary); the CLI and
     # serve tests (subprocesses) are left to the full run.
     ("tests/runtime/test_objectstore.py", "-k", "not compile_publishes and not serve"),

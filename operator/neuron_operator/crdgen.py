@@ -105,6 +105,8 @@ KINDS: Final = (
             _column("Ready", "string", ".status.readySummary", "Ready replicas / desired replicas."),
             _column("Cores/replica", "integer", ".status.coresPerReplica", "NeuronCores per replica."),
             _column("MaxBatch", "integer", ".spec.batching.maxBatchSize", "Server-side batch limit."),
+            _column("Load", "string", ".status.autoscaling.summary", "Autoscaler: load/target per replica."),
+            _column("Canary", "string", ".status.canary.summary", "Canary rollout: step, traffic, or outcome."),
             _AGE,
             _column("Endpoint", "string", ".status.endpoint", "In-cluster URL.", priority=1),
         ),

@@ -118,6 +118,7 @@ async def deployment_event(event: dict[str, Any], namespace: str, name: str, mem
     rt = runtime(memo)
     if event.get("type") == "DELETED":
         rt.queue.forget("NeuronDeployment", namespace, name)
+        rt.ctx.load.forget((namespace, name))
         metrics.forget(namespace, name)
     else:
         rt.queue.trigger("NeuronDeployment", namespace, name)

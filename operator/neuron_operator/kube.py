@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final, cast
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.types import PatchType
@@ -57,6 +58,10 @@ class Rejected(Exception):
 
 class Forbidden(Exception):
     """RBAC does not allow the request (403)."""
+
+
+class MetricsUnavailable(Exception):
+    """A pod's /metrics could not be read (not listening yet, gone, too large, timed out)."""
 
 
 class Kube:
@@ -169,6 +174,66 @@ class Kube:
             field_manager=self.field_manager,
         )
         return dict(result)
+
+    async def patch(self, kind: str, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """JSON-merge-patch the main resource (the autoscaler's ``spec.replicas``, as an HPA writes the scale)."""
+        self._count("patch", kind)
+        try:
+            result = await self.client.patch(
+                resource(kind),
+                name,
+                body,
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+                field_manager=self.field_manager,
+            )
+        except ApiError as exc:
+            if exc.status.code == 403:
+                raise Forbidden(str(exc.status.message)) from exc
+            if exc.status.code in (400, 422):
+                raise Rejected(kind, name, str(exc.status.message or "")) from exc
+            raise
+        return dict(result)
+
+    async def delete(self, kind: str, name: str, namespace: str) -> bool:
+        """Delete (background propagation: a Deployment's pods go with it); False when it was already gone."""
+        self._count("delete", kind)
+        try:
+            await self.client.delete(resource(kind), name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            if exc.status.code == 403:
+                raise Forbidden(str(exc.status.message)) from exc
+            raise
+        return True
+
+    async def pod_metrics(self, pod: str, namespace: str, port: int, limit: int, deadline: float) -> str:
+        """A pod's Prometheus text through the apiserver's pod proxy (``pods/proxy`` get), at most ``limit`` bytes.
+
+        Through the apiserver so the same code works in the cluster and from outside it (no route to pod IPs
+        needed). Raises ``MetricsUnavailable`` naming the pod when it does not answer.
+        """
+        # lightkube has no pods/proxy call: its own authenticated httpx client (base URL = the apiserver) sends it.
+        http: httpx2.AsyncClient = self.client._client._client
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics"
+        try:
+            async with http.stream("GET", path, timeout=deadline) as response:
+                if response.status_code != 200:
+                    body = (await response.aread())[:300].decode("utf-8", "replace")
+                    if response.status_code == 403:
+                        raise Forbidden(f"pods/proxy of {namespace}/{pod}: {body}")
+                    raise MetricsUnavailable(f"pod {namespace}/{pod}:{port}/metrics answered {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise MetricsUnavailable(f"pod {namespace}/{pod}:{port}/metrics is larger than {limit} bytes")
+                    chunks.append(chunk)
+        except httpx2.HTTPError as exc:
+            raise MetricsUnavailable(f"pod {namespace}/{pod}:{port}/metrics: {type(exc).__name__}: {exc}") from exc
+        return b"".join(chunks).decode("utf-8", "replace")
 
     async def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Update with optimistic locking (``metadata.resourceVersion`` must be set); 409 on conflict."""

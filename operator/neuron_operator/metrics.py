@@ -36,7 +36,7 @@ RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 COMPILE_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 
 #: Rollout states of a NeuronDeployment, exported one-hot (a state not listed here is added for its object).
-ROLLOUT_STATES: Final = ("Pending", "RollingOut", "Scaling", "Ready", "Stalled", "Suspended")
+ROLLOUT_STATES: Final = ("Pending", "RollingOut", "CanaryProgressing", "Scaling", "Ready", "Stalled", "Suspended")
 #: Compile outcomes that are not failures (any other outcome is a failure reason).
 COMPILE_SUCCESSES: Final = ("Compiled", "CacheHit")
 
@@ -103,6 +103,18 @@ class OperatorMetrics(Collector):
             ["storage"],
             registry=None,
         )
+        self.pod_metric_reads = Counter(
+            "neuron_operator_pod_metric_reads",
+            "Serving pods' /metrics read for autoscaling and canary gates, by outcome (ok, unreadable)",
+            ["outcome"],
+            registry=None,
+        )
+        self.scale_events = Counter(
+            "neuron_operator_autoscaler_scale_events",
+            "Changes of spec.replicas by the autoscaler, by direction (ScaledUp, ScaledDown)",
+            ["direction"],
+            registry=None,
+        )
         self._lock = threading.Lock()  # the scrape runs in prometheus_client's HTTP thread
         self._rollout: dict[tuple[str, str], str] = {}
         self._queues: list[weakref.ref[QueueStats]] = []  # (work queues are dataclasses: unhashable)
@@ -154,6 +166,8 @@ class OperatorMetrics(Collector):
             self.compiles,
             self.gc_expired,
             self.gc_deleted_bytes,
+            self.pod_metric_reads,
+            self.scale_events,
         ):
             yield from metric.collect()
 
@@ -229,3 +243,17 @@ def observe_gc(storage: str, mode: str, expired: int, deleted_bytes: int) -> Non
 def forget(namespace: str, name: str) -> None:
     """The NeuronDeployment is gone: stop exporting its rollout state."""
     METRICS.forget(namespace, name)
+
+
+def observe_scrapes(ok: int, unreadable: int) -> None:
+    """One pass read ``ok`` pods' /metrics and could not read ``unreadable`` of them."""
+    if ok:
+        METRICS.pod_metric_reads.labels("ok").inc(ok)
+    if unreadable:
+        METRICS.pod_metric_reads.labels("unreadable").inc(unreadable)
+
+
+def observe_scale(namespace: str, name: str, direction: str) -> None:
+    """The autoscaler changed spec.replicas of ``namespace/name`` (``ScaledUp`` or ``ScaledDown``)."""
+    del namespace, name  # per-object detail is in status.autoscaling and the Event; the counter stays low-cardinality
+    METRICS.scale_events.labels(direction).inc()

@@ -16,12 +16,13 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from neuron_operator import logs, metrics
+from neuron_operator import loadaware, logs, metrics
 from neuron_operator.api import NeuronDeployment, NeuronModel, Reason
+from neuron_operator.api.deployment import RolloutStrategy
 from neuron_operator.catalogue import NeuronCoreVersion
 from neuron_operator.conditions import get_condition, is_true, utc_now
 from neuron_operator.kube import Forbidden, Kube, Rejected
-from neuron_operator.resources import names
+from neuron_operator.resources import canary, loadmetrics, names
 from neuron_operator.resources.capacity import CUSTOM, IN_PLACE, RolloutPlan, explicit_plan, plan_rollout
 from neuron_operator.resources.compile import (
     artifact_location,
@@ -35,7 +36,7 @@ from neuron_operator.resources.compile import (
     source_claim_names,
     storage_id,
 )
-from neuron_operator.resources.fit import Fit, Infeasible, architecture_fit, plan_placement
+from neuron_operator.resources.fit import Fit, Infeasible, PlacementPlan, architecture_fit, plan_placement
 from neuron_operator.resources.pods import (
     PARITY_LOG_PREFIX,
     TEMPLATE_HASH_LABEL,
@@ -84,6 +85,8 @@ class Context:
     artifacts: ArtifactLookup = field(default=lambda ns, key: [])
     #: Pods whose log had no parity line (a runtime without the gate, or no log at all): not read again.
     parity_misses: collections.OrderedDict[tuple[str, str], None] = field(default_factory=collections.OrderedDict)
+    #: The autoscaler's and canary gates' memory between passes.
+    load: loadaware.LoadState = field(default_factory=loadaware.LoadState)
 
 
 #: Pods remembered in ``Context.parity_misses`` (oldest forgotten first).
@@ -170,7 +173,7 @@ def _deployment_state(status: dict[str, Any]) -> str:
     if ready.get("reason") == Reason.SUSPENDED:
         return "Suspended"
     reconciling = _condition_of(status, "Reconciling")
-    if reconciling.get("reason") in (Reason.ROLLING_OUT, Reason.SCALING):
+    if reconciling.get("reason") in (Reason.ROLLING_OUT, Reason.CANARY_PROGRESSING, Reason.SCALING):
         return str(reconciling["reason"])
     return "Pending"
 
@@ -321,10 +324,12 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
 # ------------------------------------------------------------------------------------- NeuronDeployment
 
 
-async def reconcile_deployment(ctx: Context, namespace: str, name: str) -> None:
+async def reconcile_deployment(ctx: Context, namespace: str, name: str) -> float | None:
+    """One pass; returns how soon the next one is due (the autoscaler's interval, a canary's step), else None."""
     body = await ctx.kube.get("NeuronDeployment", name, namespace)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return
+        ctx.load.forget((namespace, name))
+        return None
     obs = await _converge_deployment(ctx, body)
     patch, events = deployment_status(body, obs, ctx.clock)
     new = {**(body.get("status") or {}), **{k: v for k, v in patch.items() if v is not None}}
@@ -332,6 +337,7 @@ async def reconcile_deployment(ctx: Context, namespace: str, name: str) -> None:
     metrics.set_rollout_state(namespace, name, state)
     _log_decision(body, patch, events, state)
     await _write_status(ctx, body, patch, events)
+    return obs.requeue
 
 
 async def _observe_parity(
@@ -485,17 +491,28 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         desired = build_deployment(
             body, served, plan, ctx.settings, rollout=(rollout.max_surge, rollout.max_unavailable)
         )
+    pods = await ctx.kube.list("Pod", namespace, labels=selector_labels(name))
+    load = await _load_aware(ctx, dep, body, desired, existing, pods, plan, template_changed)
     old_key = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY)
     rolling = existing is not None and old_key != served.cache_key
-    events: list[Event] = []
+    events: list[Event] = list(load.events)
+    cplan = load.canary_plan
+    canary_deployment: dict[str, Any] | None = None
     try:
-        applied = await ctx.kube.apply(desired, existing)
+        if cplan is not None:
+            applied = await ctx.kube.apply(cplan.stable, existing)
+            if cplan.canary is not None:
+                canary_deployment = await ctx.kube.apply(cplan.canary, load.existing_canary)
+        else:
+            applied = await ctx.kube.apply(desired, existing)
+        if load.existing_canary is not None and (cplan is None or cplan.canary is None):
+            await ctx.kube.delete("Deployment", canary.canary_name(name), namespace)
         for manifest in (build_service(body), build_pdb(body)):
             observed = await ctx.kube.get(manifest["kind"], name, namespace)
             await ctx.kube.apply(manifest, observed)
     except Rejected as exc:
         return replace(base, blocked=(Reason.APPLY_REJECTED, clip(str(exc)), True), cores=plan.cores)
-    if rolling and applied is not existing:
+    if cplan is None and rolling and applied is not existing:
         old_sha = (
             (existing or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
         ).get(names.ANNOTATION_ARTIFACT_SHA, "")
@@ -507,18 +524,26 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
                 f"(cache key {served.cache_key}), replacing {old_sha[:12] or old_key}",
             )
         )
-    if existing is not None and template_changed and rollout is not None:
+    promoting = cplan is not None and (cplan.status or {}).get("phase") == "Promoting"
+    # Once, when the new template is applied to the stable Deployment (a canary steps without touching it).
+    if (
+        existing is not None
+        and template_changed
+        and rollout is not None
+        and (cplan is None or promoting)
+        and (applied is not existing)
+    ):
         kind = "Warning" if rollout.strategy == IN_PLACE else "Normal"
         events.append(
             Event(kind, Reason(rollout.strategy) if rollout.strategy != CUSTOM else Reason.ROLLING_OUT, rollout.message)
         )
-    pods = await ctx.kube.list("Pod", namespace, labels=selector_labels(name))
+    stable_pods = [p for p in pods if not canary.is_canary_pod(p)]
     container = desired["spec"]["template"]["spec"]["containers"][0]
-    failure = serving_failure(pods, container)
+    failure = serving_failure(stable_pods, container) if cplan is None else None
     problem = None
-    if failure is None:
-        events_by_pod = await _pod_events(ctx, namespace, pods_waiting_for_mount(pods, container))
-        problem = serving_pod_problem(pods, container, events_by_pod, ctx.clock())
+    if failure is None and cplan is None:
+        events_by_pod = await _pod_events(ctx, namespace, pods_waiting_for_mount(stable_pods, container))
+        problem = serving_pod_problem(stable_pods, container, events_by_pod, ctx.clock())
     parity = None
     if dep.spec.validation.parity and failure is None:
         parity = await _observe_parity(ctx, namespace, ready_current_pods(pods, container), body)
@@ -529,7 +554,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         model={"name": model_name, "sha256": served.sha256, "cacheKey": served.cache_key},
         cores=plan.cores,
         deployment=applied,
-        desired_replicas=base.desired_replicas,
+        desired_replicas=0 if dep.spec.suspend else dep.spec.replicas,
         suspended=dep.spec.suspend,
         endpoint=endpoint(body, model_name),
         selector=selector,
@@ -537,4 +562,129 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         artifact_reason=artifact_reason,
         rollout=rollout,
         events=tuple(events),
+        autoscaling=load.autoscaling,
+        scaling_limited=load.scaling_limited,
+        canary=load.canary_status,
+        canary_aborted=cplan.aborted if cplan else None,
+        canary_progressing=cplan.progressing if cplan else None,
+        canary_deployment=canary_deployment,
+        requeue=load.requeue,
     )
+
+
+@dataclass(frozen=True)
+class _Load:
+    """What the load-aware steps decided in one pass."""
+
+    events: tuple[Event, ...] = ()
+    autoscaling: dict[str, Any] | None = None
+    scaling_limited: tuple[bool, Reason, str] | None = None
+    canary_plan: canary.Plan | None = None
+    canary_status: dict[str, Any] | None = None
+    existing_canary: dict[str, Any] | None = None
+    requeue: float | None = None
+
+
+async def _load_aware(
+    ctx: Context,
+    dep: NeuronDeployment,
+    body: dict[str, Any],
+    desired: dict[str, Any],
+    existing: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    plan: PlacementPlan,
+    template_changed: bool,
+) -> _Load:
+    """Autoscaling (may write spec.replicas, and updates ``body`` and ``desired`` to it) and the canary's step."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    key = (namespace, name)
+    now = ctx.clock()
+    read_once: dict[str, tuple[dict[str, loadmetrics.PodSample], list[str]]] = {}
+
+    async def read() -> tuple[dict[str, loadmetrics.PodSample], list[str]]:
+        if "samples" not in read_once:
+            read_once["samples"] = await loadaware.scrape(
+                ctx.kube, namespace, pods, dep.spec.server.port, now.timestamp()
+            )
+        return read_once["samples"]
+
+    events: list[Event] = []
+    autoscaling = limited = None
+    requeue: float | None = None
+    if dep.spec.autoscaling is not None and not dep.spec.suspend:
+        scaled = await loadaware.autoscale_pass(
+            ctx.kube,
+            ctx.load,
+            dep,
+            body,
+            pods,
+            desired["spec"]["template"]["spec"],
+            plan.cores,
+            list(plan.instance_types),
+            now,
+            read,
+        )
+        events += scaled.events
+        autoscaling, limited, requeue = scaled.status, scaled.limited, scaled.requeue
+        if scaled.replicas != dep.spec.replicas:
+            try:
+                patched = await ctx.kube.patch(
+                    "NeuronDeployment", name, namespace, {"spec": {"replicas": scaled.replicas}}
+                )
+            except Forbidden as exc:
+                log.warning("cannot scale NeuronDeployment %s/%s (%s): replicas kept", namespace, name, exc)
+                events = [e for e in events if e.reason not in (Reason.SCALED_UP, Reason.SCALED_DOWN)]
+            else:
+                body["metadata"]["generation"] = patched["metadata"].get("generation")
+                body["spec"]["replicas"] = dep.spec.replicas = scaled.replicas
+                if "replicas" in desired["spec"]:
+                    desired["spec"]["replicas"] = scaled.replicas
+    else:
+        ctx.load.scalers.pop(key, None)
+    previous = (body.get("status") or {}).get("canary")
+    is_canary = dep.spec.rollout.strategy is RolloutStrategy.CANARY
+    canary_pods = [p for p in pods if canary.is_canary_pod(p)]
+    existing_canary = (
+        await ctx.kube.get("Deployment", canary.canary_name(name), namespace)
+        if is_canary or previous or canary_pods
+        else None
+    )
+    promoting = (previous or {}).get("phase") == "Promoting"
+    if not (is_canary and existing is not None and not dep.spec.suspend and (template_changed or promoting)):
+        ctx.load.baselines.pop(key, None)
+        status = previous if (previous or {}).get("phase") == "Promoted" and is_canary else None
+        if previous and previous.get("phase") in ("Progressing", "Aborted") and existing_canary is not None:
+            events.append(
+                Event(
+                    "Normal",
+                    Reason.CANARY_REVERTED,
+                    f"the spec no longer asks for template {previous.get('templateHash')}: canary removed, the "
+                    "stable pods serve",
+                )
+            )
+        return _Load(tuple(events), autoscaling, limited, None, status, existing_canary, requeue)
+    thash = canary.template_hash(desired["spec"]["template"])
+    names_canary = {p["metadata"]["name"] for p in canary_pods}
+    verdict = None
+    if (previous or {}).get("templateHash") == thash and (previous or {}).get("stepStartedAt"):
+        samples, _ = await read()
+        verdict = loadaware.canary_verdict(ctx.load, key, dep, previous, thash, samples, names_canary)
+    container = desired["spec"]["template"]["spec"]["containers"][0]
+    replicas = int(desired["spec"].get("replicas", (existing or {}).get("spec", {}).get("replicas", 1)))
+    cplan = canary.plan(
+        dep.spec.rollout,
+        canary.Observed(
+            replicas=replicas,
+            stable=existing,
+            canary=existing_canary,
+            desired=desired,
+            previous=previous,
+            verdict=verdict,
+            refused=loadaware.canary_refusal(canary_pods, container, now),
+            now=now,
+        ),
+    )
+    events += [Event(t, r, m) for t, r, m in cplan.events]
+    if cplan.progressing is not None:
+        requeue = min(requeue or loadaware.CANARY_RESYNC, loadaware.CANARY_RESYNC)
+    return _Load(tuple(events), autoscaling, limited, cplan, cplan.status, existing_canary, requeue)

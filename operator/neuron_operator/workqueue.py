@@ -27,7 +27,8 @@ from neuron_operator.metrics import METRICS, OperatorMetrics, error_reason
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
-Reconcile = Callable[[str, str], Awaitable[None]]
+#: A pass; it may return seconds until its object needs the next one (sooner than the resync), else None.
+Reconcile = Callable[[str, str], Awaitable[float | None]]
 
 _current_pass: contextvars.ContextVar[int] = contextvars.ContextVar("neuron_operator_pass", default=0)
 
@@ -151,8 +152,9 @@ class WorkQueue:
             worker.running = True
             token = _current_pass.set(worker.passes + 1)
             error: Exception | None = None
+            sooner: float | None = None
             try:
-                await reconcile(namespace, name)
+                sooner = await reconcile(namespace, name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: log, back off, retry (level-triggered)
@@ -181,6 +183,7 @@ class WorkQueue:
                 await asyncio.sleep(delay)
             else:
                 worker.backoff.reset()
+                wait = self.resync if sooner is None else max(0.0, min(self.resync, float(sooner)))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(trigger.wait(), timeout=self.resync)
+                    await asyncio.wait_for(trigger.wait(), timeout=wait)
             trigger.set()

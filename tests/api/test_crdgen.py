@@ -134,7 +134,7 @@ def test_crd_metadata() -> None:
     columns = [c["name"] for c in model["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
     assert columns == ["Target", "Ready", "Phase", "Artifact", "Age"]
     columns = [c["name"] for c in dep["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Model", "Ready", "Cores/replica", "MaxBatch", "Age"]
+    assert columns == ["Model", "Ready", "Cores/replica", "MaxBatch", "Load", "Canary", "Age"]
 
 
 def test_defaults_and_enums_are_carried() -> None:

@@ -28,6 +28,7 @@ from memapi import MemApi, Obj
 from neuron_operator.api import NeuronModel
 from neuron_operator.handlers import artifacts_by_key
 from neuron_operator.kube import Kube
+from neuron_operator.loadaware import LoadState
 from neuron_operator.reconcile import Context, reconcile_deployment, reconcile_model
 from neuron_operator.resources import names
 from neuron_operator.resources.compile import COMPILE_REQUEST_ENV, build_compile_job, compile_request
@@ -151,12 +152,14 @@ class World:
         """The operator keeps one Context per process (``handlers.Runtime``): its memory outlives a pass."""
         if not hasattr(self, "_parity_misses"):
             self._parity_misses: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+            self.load = LoadState()
         return Context(
             kube=self.kube,
             settings=self.settings,
             clock=self.clock,
             artifacts=self.lookup,
             parity_misses=self._parity_misses,
+            load=self.load,
         )
 
     def lookup(self, namespace: str, key: str) -> list[dict[str, Any]]:
@@ -175,7 +178,7 @@ class World:
 
     async def deployment_pass(self, name: str = "cnn") -> list[str]:
         mark = self.api.mark()
-        await reconcile_deployment(self.ctx(), NS, name)
+        self.requeue = await reconcile_deployment(self.ctx(), NS, name)
         return self.api.writes_since(mark)
 
     def status(self, kind: str, name: str = "cnn") -> Obj:
@@ -361,6 +364,11 @@ def claim_in(name: str, namespace: str) -> Obj:
 
 @pytest.fixture
 def world() -> World:
+    return new_world()
+
+
+def new_world() -> World:
+    """An apiserver with the artifact claims, at T0 (also the fixture of test_load_reconcile)."""
     clock = Clock()
     api = MemApi(clock=clock, default_namespace=NS)
     for name in (SETTINGS.artifact_pvc, "models", "other"):

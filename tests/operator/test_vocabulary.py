@@ -241,6 +241,18 @@ def test_every_documented_deployment_reason_is_produced(produced: set[tuple[str,
         DeploymentObservation(blocked=(Reason.INVALID_SPEC, "m", True), desired_replicas=1),
         DeploymentObservation(blocked=(Reason.APPLY_REJECTED, "m", True), desired_replicas=1),
         *(DeploymentObservation(blocked=(i.reason, i.message, True), desired_replicas=1) for i in infeasible()),
+        # canary rollouts (the reasons the reconciler passes from resources.canary's plan)
+        DeploymentObservation(deployment=ok, desired_replicas=3, canary_progressing="step 1/2", **served),
+        DeploymentObservation(deployment=ok, desired_replicas=3, canary_aborted="gate failed", **served),
+        # the autoscaler's ScalingLimited (tests/operator/test_autoscale.py drives each from loadaware)
+        *(
+            DeploymentObservation(deployment=ok, desired_replicas=3, scaling_limited=(limited, r, "m"), **served)
+            for limited, r in (
+                (False, Reason.WITHIN_LIMITS),
+                (True, Reason.MAX_REPLICAS),
+                (True, Reason.INSUFFICIENT_NEURON_CORES),
+            )
+        ),
     ]
     for obs in observations:
         deployment_status(ndep(), obs, FakeClock())

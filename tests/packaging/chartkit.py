@@ -25,7 +25,7 @@ DOCKERFILE = REPO / "Dockerfile"
 #: binary is built from Go modules without its version ldflags) and fail the chart's kubeVersion.
 KUBE_VERSION = "1.34.4"
 RULES_FILE = "rbac/rules.yaml"
-RULE_SETS = ("workload", "diagnostics", "capacity", "leaderElection")
+RULE_SETS = ("workload", "diagnostics", "scaling", "capacity", "leaderElection")
 
 STANDARD_LABELS = (
     "helm.sh/chart",

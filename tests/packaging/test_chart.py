@@ -301,13 +301,13 @@ def test_rbac_rules_file_is_the_only_source(
     assert set(rules) == set(RULE_SETS)
     roles = {(o["kind"], o["metadata"]["name"]): o["rules"] for o in default_objects if "rules" in o}
     assert roles == {
-        ("ClusterRole", "neuron-operator"): rules["workload"] + rules["diagnostics"],
+        ("ClusterRole", "neuron-operator"): rules["workload"] + rules["diagnostics"] + rules["scaling"],
         ("ClusterRole", "neuron-operator-capacity"): rules["capacity"],
         ("Role", "neuron-operator-leader-election"): rules["leaderElection"],
     }
     per_namespace = find(custom_objects, "Role", "neuron-operator")
     assert sorted(r["metadata"]["namespace"] for r in per_namespace) == ["team-a", "team-b"]
-    assert all(r["rules"] == rules["workload"] + rules["diagnostics"] for r in per_namespace)
+    assert all(r["rules"] == rules["workload"] + rules["diagnostics"] + rules["scaling"] for r in per_namespace)
     # Capacity-aware rollouts read nodes and pods cluster-wide, also when watching some namespaces only.
     assert one(custom_objects, "ClusterRole", "neuron-operator-capacity")["rules"] == rules["capacity"]
     assert not find(custom_objects, "ClusterRole", "neuron-operator"), "no cluster-wide workload rules"
@@ -333,15 +333,18 @@ def test_rbac_rule_set() -> None:
                     flat[(group, resource)] = sorted({*flat.get((group, resource), []), *rule["verbs"]})
     assert flat == {
         ("neuron.dev", "neuronmodels"): ["get", "list", "watch"],
-        ("neuron.dev", "neurondeployments"): ["get", "list", "watch"],
+        # patch: the autoscaler's spec.replicas (scaling set)
+        ("neuron.dev", "neurondeployments"): ["get", "list", "patch", "watch"],
         ("neuron.dev", "neuronmodels/status"): ["patch"],
         ("neuron.dev", "neurondeployments/status"): ["patch"],
         ("batch", "jobs"): sorted(["get", "list", "watch", "create", "patch"]),
-        ("apps", "deployments"): sorted(["get", "list", "watch", "create", "patch"]),
+        # delete: a promoted or reverted canary Deployment (scaling set)
+        ("apps", "deployments"): sorted(["get", "list", "watch", "create", "patch", "delete"]),
         ("", "services"): sorted(["get", "create", "patch"]),
         ("policy", "poddisruptionbudgets"): sorted(["get", "create", "patch"]),
         ("", "pods"): ["list", "watch"],
         ("", "pods/log"): ["get"],
+        ("", "pods/proxy"): ["get"],  # the serving pods' /metrics (scaling set)
         ("", "events"): ["create", "list"],
         ("", "persistentvolumeclaims"): ["get"],
         ("", "nodes"): ["list"],
@@ -355,7 +358,8 @@ def test_one_rule_can_be_dropped(helm: Path, tmp_path: Path) -> None:
     objects = helm_template(helm, chart=chart)
     workload = one(objects, "ClusterRole", "neuron-operator")["rules"]
     assert removed not in workload
-    assert len(workload) == len(rbac_rules()["workload"]) + len(rbac_rules()["diagnostics"]) - 1
+    rules = rbac_rules()
+    assert len(workload) == len(rules["workload"]) + len(rules["diagnostics"]) + len(rules["scaling"]) - 1
 
 
 def test_leader_election_off_drops_the_lease_role(helm: Path) -> None:

@@ -205,6 +205,8 @@ class ConditionType(StrEnum):
     ARCHITECTURE_FIT = "ArchitectureFit"
     #: Some allowed instance type can hold one replica (cores, memory, core generation).
     SCHEDULABLE = "Schedulable"
+    #: The autoscaler wants more replicas than it may create or than the free NeuronCores hold.
+    SCALING_LIMITED = "ScalingLimited"
     #: At least ``replicas - maxUnavailable`` replicas are ready.
     AVAILABLE = "Available"
 

@@ -9,6 +9,7 @@ preferred_batch_sizes} (the mapping lives in ``neuron_operator.resources``). A r
 
 from __future__ import annotations
 
+import itertools
 import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -264,8 +265,89 @@ _ZERO_SURGE = "(type(self.maxSurge) == int ? self.maxSurge == 0 : self.maxSurge 
 _ZERO_UNAVAILABLE = "(type(self.maxUnavailable) == int ? self.maxUnavailable == 0 : self.maxUnavailable == '0%')"
 
 
+class RolloutStrategy(StrEnum):
+    """How a new pod template (new artifact, new settings) replaces the serving one."""
+
+    #: The runtime Deployment's rolling update, with the budget of maxSurge/maxUnavailable.
+    ROLLING_UPDATE = "RollingUpdate"
+    #: A second Deployment with the new template behind the same Service, grown step by step while gates read
+    #: from the runtime metrics of both hold; promoted after the last step, aborted at the first failed gate.
+    CANARY = "Canary"
+
+
+MAX_CANARY_STEPS: Final = 10
+
+
+class CanaryStep(CamelModel):
+    """One step of a canary: the share of replicas that run the new template, and how long to hold it."""
+
+    weight: Int = Field(
+        ge=1,
+        le=99,
+        description=(
+            "Percentage of the replicas that run the new template in this step: canary replicas = "
+            "ceil(replicas x weight / 100), at least 1, and the stable Deployment keeps the rest (at least 1). "
+            "Traffic follows replicas (the Service balances connections over every ready pod), so the share served "
+            "is canary / (canary + stable) pods, reported in status.canary.trafficPercent."
+        ),
+    )
+    pause_seconds: Int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description=(
+            "How long the step holds once every canary replica is ready; the gates are judged over this window and "
+            "the step passes only when it is over and the gates hold."
+        ),
+    )
+
+
+class CanaryGates(CamelModel):
+    """Checks on the canary pods against the stable pods, from the runtime's own metrics (requests by status code,
+    the request-duration histogram), measured from the start of each step."""
+
+    max_error_ratio: Float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description=(
+            "Most the canary's error ratio (responses >= 400 other than 429, over all its responses in the step) may "
+            "exceed the stable pods' error ratio over the same window."
+        ),
+    )
+    max_latency_ratio: Float = Field(
+        default=1.5,
+        ge=1,
+        le=1000,
+        description=(
+            "Most the canary's p99 request latency may be, as a multiple of the stable pods' p99 over the same "
+            "window (from neuron_runtime_request_duration_seconds buckets)."
+        ),
+    )
+    latency_floor_ms: Float = Field(
+        default=10.0,
+        ge=0,
+        le=3600000,
+        description=(
+            "A canary p99 at or under this many milliseconds passes the latency gate whatever the ratio: the runtime's "
+            "latency buckets are 0.5, 1, 2, 5 and 10 ms apart at that scale, too coarse for a ratio to mean anything."
+        ),
+    )
+    min_requests: Int = Field(
+        default=50,
+        ge=1,
+        le=1000000,
+        description=(
+            "Requests the canary must have answered in a step before its gates are judged; a step waits for them "
+            "(status.canary.message says so) and aborts as soon as they fail."
+        ),
+    )
+
+
 class Rollout(CamelModel):
-    """Rolling-update budget. Unset (the default): capacity-aware, chosen by the operator at each update.
+    """How updates roll out: the rolling-update budget, or a gated canary (strategy Canary).
+
+    Budget unset (the default): capacity-aware, chosen by the operator at each update.
 
     Default: surge by one replica (maxSurge 1, maxUnavailable 0: no request is lost) when some node a replica
     may run on has its NeuronCores free (cpu replicas always surge); otherwise replace pods in place
@@ -280,7 +362,24 @@ class Rollout(CamelModel):
                 f"!(has(self.maxSurge) && {_ZERO_SURGE} && (!has(self.maxUnavailable) || {_ZERO_UNAVAILABLE}))"
                 f" && !(has(self.maxUnavailable) && {_ZERO_UNAVAILABLE} && !has(self.maxSurge))",
                 "spec.rollout: maxSurge and maxUnavailable must not both be zero",
-            )
+            ),
+            cel(
+                "self.strategy != 'Canary' || (has(self.steps) && size(self.steps) >= 1)",
+                "spec.rollout.steps: strategy Canary needs at least one step",
+                fieldPath=".steps",
+            ),
+            cel(
+                "self.strategy == 'Canary' || (!has(self.steps) && !has(self.gates))",
+                "spec.rollout.steps and spec.rollout.gates apply only to strategy Canary",
+                fieldPath=".strategy",
+            ),
+            cel(
+                "!has(self.steps) || size(self.steps) < 2 || "
+                "[1, 2, 3, 4, 5, 6, 7, 8, 9].all(i, i >= size(self.steps) || "
+                "self.steps[i].weight > self.steps[i - 1].weight)",
+                "spec.rollout.steps: weights must increase from step to step",
+                fieldPath=".steps",
+            ),
         )
     )
 
@@ -294,15 +393,153 @@ class Rollout(CamelModel):
         description="Replicas (count or percentage) that may be down during an update. "
         "Unset with maxSurge unset: capacity-aware (see spec.rollout).",
     )
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.ROLLING_UPDATE,
+        description=(
+            "RollingUpdate: the runtime Deployment's rolling update. Canary: the new template first runs as a second "
+            "Deployment (<name>-canary) behind the same Service, grown through spec.rollout.steps while "
+            "spec.rollout.gates hold; after the last step the stable Deployment is updated (with the budget above) "
+            "and the canary removed. A failed gate, or a canary pod refused by the runtime (parity, artifact), "
+            "aborts: the canary is scaled to zero, the stable pods keep serving, and the NeuronDeployment is Stalled "
+            "with reason CanaryAborted until the spec changes. Reverting the spec during a canary removes it."
+        ),
+    )
+    steps: list[CanaryStep] | None = Field(
+        default=None,
+        max_length=MAX_CANARY_STEPS,
+        description="Canary steps, in order of increasing weight (strategy Canary).",
+    )
+    gates: CanaryGates | None = Field(
+        default=None,
+        description="What every canary step must hold; defaults apply when unset (strategy Canary).",
+    )
 
     @model_validator(mode="after")
     def _progress(self) -> Rollout:
+        if self.strategy is RolloutStrategy.CANARY and not self.steps:
+            raise ValueError("spec.rollout.steps: strategy Canary needs at least one step")
+        if self.strategy is not RolloutStrategy.CANARY and (self.steps is not None or self.gates is not None):
+            raise ValueError("spec.rollout.steps and spec.rollout.gates apply only to strategy Canary")
+        weights = [step.weight for step in self.steps or []]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError("spec.rollout.steps: weights must increase from step to step")
         if self.max_surge is None and self.max_unavailable is None:
             return self
         surge = 0 if self.max_surge is None else self.max_surge
         unavailable = 0 if self.max_unavailable is None else self.max_unavailable
         if _is_zero(surge) and _is_zero(unavailable):
             raise ValueError("spec.rollout: maxSurge and maxUnavailable must not both be zero")
+        return self
+
+
+class LoadMetric(StrEnum):
+    """The load signal the autoscaler scales on, read from every ready serving pod's /metrics."""
+
+    #: Requests in the pod at once (queued, batching or running), averaged over the last interval: the rise of
+    #: neuron_runtime_request_duration_seconds_sum over the interval (Little's law), and at least
+    #: neuron_runtime_requests_in_flight now (requests that have not finished count too).
+    CONCURRENCY = "Concurrency"
+    #: Rows waiting in the batch queue now (neuron_runtime_queue_depth_rows).
+    QUEUED_ROWS = "QueuedRows"
+
+
+class TargetPer(StrEnum):
+    """What ``target`` is per."""
+
+    REPLICA = "Replica"
+    #: Per NeuronCore of a replica (workers x coresPerWorker; a cpu replica counts its workers).
+    NEURON_CORE = "NeuronCore"
+
+
+class BeyondCapacity(StrEnum):
+    """What the autoscaler does with replicas no node has free NeuronCores for now."""
+
+    #: Create them anyway: they stay Pending until Karpenter or the Cluster Autoscaler adds nodes (EKS).
+    PROVISION = "Provision"
+    #: Create only the replicas that fit the free NeuronCores now (a fixed fleet).
+    CAP = "Cap"
+
+
+class Autoscaling(CamelModel):
+    """Load-driven replicas, decided by the operator from the serving pods' own metrics (no extra components).
+
+    Every intervalSeconds the operator reads /metrics of each ready pod (through the apiserver's pod proxy), sums
+    the load signal and wants ceil(total / target) replicas, between minReplicas and maxReplicas. A scale-up needs
+    every recommendation of the last scaleUpStabilizationSeconds to agree, a scale-down every one of the last
+    scaleDownStabilizationSeconds; a burst of panicThreshold x target per ready replica scales up at once and blocks
+    scale-downs for panicWindowSeconds. The operator owns spec.replicas while this is set: it writes the decision
+    there (as a HorizontalPodAutoscaler writes the scale subresource), so kubectl scale, the scale subresource and
+    status agree; leave spec.replicas out of Git (or ignore its difference) and do not also point an HPA at it.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.minReplicas <= self.maxReplicas",
+                "spec.autoscaling.maxReplicas must be >= spec.autoscaling.minReplicas",
+                fieldPath=".maxReplicas",
+            ),
+        )
+    )
+
+    min_replicas: Int = Field(default=1, ge=1, le=1000, description="Fewest replicas (at least 1).")
+    max_replicas: Int = Field(ge=1, le=1000, description="Most replicas.")
+    metric: LoadMetric = Field(
+        default=LoadMetric.CONCURRENCY,
+        description=(
+            "Concurrency: requests in a pod at once, averaged over the interval; QueuedRows: rows waiting in the "
+            "batch queue."
+        ),
+    )
+    target: Float | None = Field(
+        default=None,
+        gt=0,
+        le=1000000,
+        description=(
+            "Load each replica (or NeuronCore, see per) should carry. Default: workers x "
+            "spec.batching.maxBatchSize requests per replica for Concurrency (enough to fill a batch in every worker), "
+            "spec.batching.maxBatchSize rows for QueuedRows."
+        ),
+    )
+    per: TargetPer = Field(default=TargetPer.REPLICA, description="Whether target is per replica or per NeuronCore.")
+    interval_seconds: Int = Field(default=5, ge=1, le=300, description="Seconds between two readings and decisions.")
+    scale_up_stabilization_seconds: Int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="A scale-up takes the lowest recommendation of this window (0: the latest one).",
+    )
+    scale_down_stabilization_seconds: Int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description="A scale-down takes the highest recommendation of this window (also after an operator restart).",
+    )
+    panic_threshold: Float = Field(
+        default=2.0,
+        ge=1,
+        le=1000,
+        description=(
+            "Load per ready replica, as a multiple of target, that starts panic mode: scale up to the recommendation "
+            "at once (no stabilization) and never down while it lasts."
+        ),
+    )
+    panic_window_seconds: Int = Field(
+        default=60, ge=0, le=3600, description="How long panic mode lasts after the last reading above the threshold."
+    )
+    beyond_capacity: BeyondCapacity = Field(
+        default=BeyondCapacity.PROVISION,
+        description=(
+            "Replicas that no node has free NeuronCores for now: Provision creates them (Pending until Karpenter or "
+            "the Cluster Autoscaler adds a node), Cap creates only those that fit. Either way the ScalingLimited "
+            "condition says how many NeuronCores are missing on which instance types."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("spec.autoscaling.maxReplicas must be >= spec.autoscaling.minReplicas")
         return self
 
 
@@ -380,7 +617,14 @@ class NeuronDeploymentSpec(CamelModel):
         default=1,
         ge=0,
         le=1000,
-        description="Number of serving pods; changed by kubectl scale and autoscalers.",
+        description=(
+            "Number of serving pods; changed by kubectl scale and autoscalers. With spec.autoscaling the operator "
+            "writes it."
+        ),
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Scale spec.replicas on the load the serving pods report, NeuronCore-aware.",
     )
     placement: Placement = Field(
         default_factory=Placement,
@@ -490,6 +734,66 @@ class RolloutStatus(CamelModel):
     message: Str = Field(default="", max_length=1024, description="Why: the free NeuronCores found, or spec.rollout.")
 
 
+class ScaleDecision(CamelModel):
+    """The autoscaler's last change of spec.replicas."""
+
+    time: Str = Field(max_length=64, description="When (RFC 3339).")
+    from_replicas: Int = Field(ge=0, alias="from", description="spec.replicas before.")
+    to_replicas: Int = Field(ge=0, alias="to", description="spec.replicas after.")
+    reason: Literal["ScaledUp", "ScaledDown"] = Field(description="ScaledUp or ScaledDown (also the Event's reason).")
+    message: Str = Field(default="", max_length=1024, description="The load, target and rule that decided it.")
+
+
+class AutoscalingStatus(CamelModel):
+    """What the autoscaler read and decided in its latest reading."""
+
+    metric: LoadMetric = Field(description="The load signal.")
+    target: Float = Field(ge=0, description="Target load per replica (per NeuronCore target x cores).")
+    current_load: Float | None = Field(
+        default=None, ge=0, description="Load per reporting replica in the latest reading (None: no pod reported)."
+    )
+    reporting_pods: Int = Field(default=0, ge=0, description="Ready pods whose metrics were read.")
+    desired_replicas: Int = Field(ge=0, description="Replicas the autoscaler wants now (after its limits).")
+    panic: Bool = Field(default=False, description="Whether panic mode is on.")
+    last_scale: ScaleDecision | None = Field(default=None, description="The last change of spec.replicas.")
+    summary: Str = Field(default="", max_length=64, description="Load/target per replica, for kubectl get.")
+
+
+class CanaryMeasurement(CamelModel):
+    """The gates' inputs over the current step (from the step's start)."""
+
+    canary_requests: Int = Field(ge=0, description="Responses of the canary pods.")
+    canary_errors: Int = Field(ge=0, description="Of which errors (>= 400 other than 429).")
+    stable_requests: Int = Field(ge=0, description="Responses of the stable pods.")
+    stable_errors: Int = Field(ge=0, description="Of which errors.")
+    canary_p99_ms: Float | None = Field(default=None, ge=0, description="p99 latency of the canary, in ms.")
+    stable_p99_ms: Float | None = Field(default=None, ge=0, description="p99 latency of the stable pods, in ms.")
+
+
+class CanaryStatus(CamelModel):
+    """Where the canary of the latest pod template stands."""
+
+    phase: Literal["Progressing", "Promoting", "Promoted", "Aborted"] = Field(
+        description=(
+            "Progressing (stepping), Promoting (the stable Deployment takes the new template), Promoted (done), "
+            "Aborted (a gate failed or a canary pod was refused; the stable pods serve)."
+        )
+    )
+    template_hash: Str = Field(max_length=64, description="Hash of the canary's pod template.")
+    step: Int = Field(ge=0, description="Index of the current step (0-based; = number of steps once all passed).")
+    steps: Int = Field(ge=0, description="Number of steps.")
+    weight: Int = Field(default=0, ge=0, le=100, description="The current step's weight.")
+    canary_replicas: Int = Field(default=0, ge=0, description="Replicas of the canary Deployment.")
+    stable_replicas: Int = Field(default=0, ge=0, description="Replicas of the stable Deployment.")
+    traffic_percent: Int = Field(
+        default=0, ge=0, le=100, description="Share of the ready pods that are canary pods (what the Service sends)."
+    )
+    step_started_at: Str | None = Field(default=None, max_length=64, description="When the step began (RFC 3339).")
+    measurement: CanaryMeasurement | None = Field(default=None, description="The gates' inputs in this step.")
+    message: Str = Field(default="", max_length=1024, description="What the canary waits for, or why it stopped.")
+    summary: Str = Field(default="", max_length=64, description="Short form for kubectl get.")
+
+
 class NeuronDeploymentStatus(CamelModel):
     """Observed state of a NeuronDeployment, written by the operator only."""
 
@@ -525,6 +829,8 @@ class NeuronDeploymentStatus(CamelModel):
         default=None, description="The parity gate as measured by a serving pod of the current pod template."
     )
     rollout: RolloutStatus | None = Field(default=None, description="The update budget in use and why.")
+    autoscaling: AutoscalingStatus | None = Field(default=None, description="The autoscaler's reading and decision.")
+    canary: CanaryStatus | None = Field(default=None, description="The canary rollout (strategy Canary).")
 
 
 class NeuronDeployment(CamelModel):

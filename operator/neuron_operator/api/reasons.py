@@ -71,6 +71,12 @@ class Reason(StrEnum):
     REPLICAS_READY = "ReplicasReady"
     REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    # canary rollouts (spec.rollout.strategy Canary)
+    CANARY_PROGRESSING = "CanaryProgressing"
+    CANARY_ABORTED = "CanaryAborted"
+    # autoscaling (condition ScalingLimited)
+    WITHIN_LIMITS = "WithinLimits"
+    MAX_REPLICAS = "MaxReplicas"
     # the runtime's refusals to serve (termination message of a serving pod)
     INVALID_SETTINGS = ServeRefusal.INVALID_SETTINGS.value
     ARTIFACT_INVALID = ServeRefusal.ARTIFACT_INVALID.value
@@ -85,6 +91,12 @@ class Reason(StrEnum):
     ARTIFACTS_EXPIRED = "ArtifactsExpired"  # an artifact GC dry run found expired artifacts
     ARTIFACTS_COLLECTED = "ArtifactsCollected"  # an artifact GC run deleted expired artifacts
     ARTIFACT_GC_FAILED = "ArtifactGCFailed"  # an artifact GC Job failed
+    SCALED_UP = "ScaledUp"  # the autoscaler raised spec.replicas
+    SCALED_DOWN = "ScaledDown"  # the autoscaler lowered spec.replicas
+    CANARY_STARTED = "CanaryStarted"  # a new template started as a canary
+    CANARY_STEP_PASSED = "CanaryStepPassed"  # a canary step's gates held for its pause
+    CANARY_PROMOTED = "CanaryPromoted"  # every step passed: the stable Deployment takes the new template
+    CANARY_REVERTED = "CanaryReverted"  # the spec went back to the stable template during a canary
 
 
 R = Reason
@@ -146,6 +158,7 @@ DEPLOYMENT_STALLED: Final = (
     R.PROGRESS_DEADLINE_EXCEEDED,
     *SERVING_POD_PROBLEMS,
     *SERVE_REFUSALS,
+    R.CANARY_ABORTED,
 )
 
 #: One entry per condition type: (what it means, reasons it can carry), in the order the docs list them.
@@ -181,18 +194,35 @@ DEPLOYMENT_VOCABULARY: Final[Vocabulary] = {
             R.REPLICAS_READY,
             R.REPLICAS_UNAVAILABLE,
             R.ROLLING_OUT,
+            R.CANARY_PROGRESSING,
             R.MODEL_NOT_READY,
             R.SUSPENDED,
             *DEPLOYMENT_STALLED,
         ),
     ),
     C.RECONCILING: (
-        "True while the operator works towards the spec: a rollout, a scale, a model compiling",
-        (R.ROLLING_OUT, R.SCALING, R.MODEL_NOT_READY, R.RECONCILED, R.SUSPENDED, *DEPLOYMENT_STALLED),
+        "True while the operator works towards the spec: a rollout, a canary, a scale, a model compiling",
+        (
+            R.ROLLING_OUT,
+            R.CANARY_PROGRESSING,
+            R.SCALING,
+            R.MODEL_NOT_READY,
+            R.RECONCILED,
+            R.SUSPENDED,
+            *DEPLOYMENT_STALLED,
+        ),
     ),
     C.STALLED: (
         "True when progress needs a change (spec, model, image, capacity); Argo CD shows Degraded",
-        (R.RECONCILED, R.ROLLING_OUT, R.SCALING, R.MODEL_NOT_READY, R.SUSPENDED, *DEPLOYMENT_STALLED),
+        (
+            R.RECONCILED,
+            R.ROLLING_OUT,
+            R.CANARY_PROGRESSING,
+            R.SCALING,
+            R.MODEL_NOT_READY,
+            R.SUSPENDED,
+            *DEPLOYMENT_STALLED,
+        ),
     ),
     C.ARTIFACT_READY: (
         "the referenced NeuronModel has an artifact for its current spec",
@@ -205,6 +235,11 @@ DEPLOYMENT_VOCABULARY: Final[Vocabulary] = {
     C.AVAILABLE: (
         "at least max(1, replicas - maxUnavailable) replicas are available; False when scaled to zero",
         (R.REPLICAS_READY, R.REPLICAS_UNAVAILABLE, R.SUSPENDED, R.SCALED_TO_ZERO),
+    ),
+    C.SCALING_LIMITED: (
+        "spec.autoscaling only: True when the autoscaler wants more replicas than maxReplicas or than the free "
+        "NeuronCores hold (the message names the missing cores per instance type)",
+        (R.WITHIN_LIMITS, R.MAX_REPLICAS, R.INSUFFICIENT_NEURON_CORES),
     ),
 }
 

@@ -177,6 +177,8 @@ def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> t
         events.append(e)
     if (c := b.flipped_to(C.RECONCILING, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
+    if (c := b.flipped_to(C.SCALING_LIMITED, "True")) is not None:
+        events.append(Event("Warning", c.reason, c.message))
     return _with_removals(prev, status), events
 
 
@@ -223,6 +225,13 @@ class DeploymentObservation:
     artifact_reason: Reason = Reason.COMPILED  # the model's ArtifactReady reason (Compiled | CacheHit)
     rollout: RolloutPlan | None = None  # the update budget chosen in this pass (None: keep status.rollout)
     events: tuple[Event, ...] = ()  # Events decided by the reconciler (artifact change, rollout budget)
+    autoscaling: dict[str, Any] | None = None  # status.autoscaling (None: spec.autoscaling unset)
+    scaling_limited: tuple[bool, Reason, str] | None = None  # condition ScalingLimited (None: not autoscaled)
+    canary: dict[str, Any] | None = None  # status.canary (None: no canary)
+    canary_aborted: str | None = None  # the canary was aborted: Stalled CanaryAborted with this message
+    canary_progressing: str | None = None  # a canary steps or promotes: Reconciling CanaryProgressing
+    canary_deployment: dict[str, Any] | None = None  # the canary Deployment after apply (its pods count as replicas)
+    requeue: float | None = None  # seconds until the next pass is due (autoscaler interval, canary step)
 
 
 def _int_or_percent(value: Any, total: int, round_up: bool) -> int:
@@ -247,10 +256,13 @@ def deployment_status(
     b = StatusBuilder(previous_conditions(body), gen, clock, DEPLOYMENT_VOCABULARY)
     status: dict[str, Any] = {"observedGeneration": gen, "selector": obs.selector}
     dstat = (obs.deployment or {}).get("status", {})
-    replicas = int(dstat.get("replicas", 0))
-    ready = int(dstat.get("readyReplicas", 0))
-    updated = int(dstat.get("updatedReplicas", 0))
-    available = int(dstat.get("availableReplicas", 0))
+    cstat = (obs.canary_deployment or {}).get("status", {})
+    replicas = int(dstat.get("replicas", 0)) + int(cstat.get("replicas", 0))
+    ready = int(dstat.get("readyReplicas", 0)) + int(cstat.get("readyReplicas", 0))
+    updated = (
+        int(dstat.get("updatedReplicas", 0)) if obs.canary_progressing is None else int(cstat.get("updatedReplicas", 0))
+    )
+    available = int(dstat.get("availableReplicas", 0)) + int(cstat.get("availableReplicas", 0))
     want = obs.desired_replicas
     status |= {
         "replicas": replicas,
@@ -308,6 +320,16 @@ def deployment_status(
                 f"{replicas} pods left",
             )
             b.set(C.STALLED, False, Reason.SUSPENDED, "")
+        elif obs.canary_aborted is not None:
+            message = f"{obs.canary_aborted} ({serving})"
+            b.set(C.READY, False, Reason.CANARY_ABORTED, message)
+            b.set(C.RECONCILING, False, Reason.CANARY_ABORTED, "")
+            b.set(C.STALLED, True, Reason.CANARY_ABORTED, message)
+        elif obs.canary_progressing is not None:
+            msg = f"{obs.canary_progressing}; {ready} ready, {available} available, {replicas} pods"
+            b.set(C.READY, False, Reason.CANARY_PROGRESSING, msg)
+            b.set(C.RECONCILING, True, Reason.CANARY_PROGRESSING, msg)
+            b.set(C.STALLED, False, Reason.CANARY_PROGRESSING, "")
         elif (failure := obs.serving_failure) is not None and not rolled_out:
             message = f"pod {failure.pod}: {failure.message} ({serving})"
             b.set(C.READY, False, failure.reason, message)
@@ -358,6 +380,14 @@ def deployment_status(
     # While blocked (e.g. the model recompiles) the pods of the last template still describe what serves.
     status["parity"] = obs.parity if obs.parity is not None or obs.blocked is None else prev.get("parity")
     status["rollout"] = obs.rollout.status() if obs.rollout is not None else prev.get("rollout")
+    # While blocked (nothing was decided) the last decisions stand; otherwise they are this pass's.
+    status["autoscaling"] = obs.autoscaling if obs.blocked is None else prev.get("autoscaling")
+    status["canary"] = obs.canary if obs.blocked is None else prev.get("canary")
+    if obs.scaling_limited is not None:
+        limited, why, text = obs.scaling_limited
+        b.set(C.SCALING_LIMITED, limited, why, text or "the wanted replicas are within maxReplicas and fit")
+    elif obs.blocked is None:  # not autoscaled: the condition does not apply
+        b.conditions = [c for c in b.conditions if c.type != C.SCALING_LIMITED]
     if "lastFailure" not in status and prev.get("lastFailure") and not is_ready(b):
         status["lastFailure"] = prev["lastFailure"]  # kept until the next success, as on NeuronModel
     status["conditions"] = b.dump()
@@ -368,4 +398,6 @@ def deployment_status(
         events.append(e)
     if (c := b.flipped_to(C.RECONCILING, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
+    if (c := b.flipped_to(C.SCALING_LIMITED, "True")) is not None:
+        events.append(Event("Warning", c.reason, c.message))
     return _with_removals(prev, status), events

@@ -1,0 +1,339 @@
+"""Canary rollouts without a service mesh: a second Deployment with the new pod template behind the same Service.
+
+Pure (no I/O). The reconciler calls ``plan`` once per pass with what it observed (the stable and canary
+Deployments, the previous ``status.canary``, the gates' verdict over the current step, a canary pod the runtime
+refused) and applies what it returns. The state lives in ``status.canary`` (phase, step, when the step began,
+the hash of the canary's template), so an operator restart resumes the same step; only the metric baselines of a
+step live in memory (a restart starts measuring the step again).
+
+Traffic follows replicas: the Service balances connections over every ready pod of both Deployments, so a step of
+weight w runs ceil(N x w / 100) canary replicas (at least 1) beside max(1, N - canary) stable ones, and serves
+canary / (canary + stable) of the connections. Exact weights need a mesh or Gateway API; this is the granularity
+that needs nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from neuron_operator.api.deployment import CanaryGates, Rollout
+from neuron_operator.api.reasons import Reason
+from neuron_operator.resources import loadmetrics, names
+from neuron_operator.subset import is_subset
+
+#: Label that tells the canary's pods from the stable ones (the stable pods do not carry it).
+TRACK_LABEL: Final = "neuron.dev/track"
+CANARY_TRACK: Final = "canary"
+SUFFIX: Final = "-canary"
+TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def canary_name(name: str) -> str:
+    return f"{name}{SUFFIX}"
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A stable identity of a pod template (the canary's, as the operator builds it)."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def split(replicas: int, weight: int) -> tuple[int, int]:
+    """(canary, stable) replicas for a step of ``weight`` percent of ``replicas``."""
+    if replicas <= 0:
+        return 0, 0
+    canary = max(1, math.ceil(replicas * weight / 100))
+    return canary, max(1, replicas - canary)
+
+
+def is_canary_pod(pod: dict[str, Any]) -> bool:
+    return (pod["metadata"].get("labels") or {}).get(TRACK_LABEL) == CANARY_TRACK
+
+
+def canary_manifest(desired: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The canary Deployment: the desired Deployment under another name, its pods labelled as the canary track."""
+    out = copy.deepcopy(desired)
+    meta = out["metadata"]
+    meta["name"] = canary_name(meta["name"])
+    meta["labels"] = {**meta.get("labels", {}), TRACK_LABEL: CANARY_TRACK}
+    spec = out["spec"]
+    spec["replicas"] = replicas
+    spec["selector"] = {"matchLabels": {**spec["selector"]["matchLabels"], TRACK_LABEL: CANARY_TRACK}}
+    tmeta = spec["template"]["metadata"]
+    tmeta["labels"] = {**tmeta.get("labels", {}), TRACK_LABEL: CANARY_TRACK}
+    return out
+
+
+def stable_manifest(desired: dict[str, Any], existing: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The stable Deployment as it runs (its template and artifact annotations kept), at ``replicas``."""
+    out = copy.deepcopy(desired)
+    out["spec"]["replicas"] = replicas
+    out["spec"]["template"] = copy.deepcopy(existing["spec"]["template"])
+    ours = {names.ANNOTATION_CACHE_KEY}
+    old = existing["metadata"].get("annotations") or {}
+    annotations = {k: v for k, v in (out["metadata"].get("annotations") or {}).items() if k not in ours}
+    annotations |= {k: v for k, v in old.items() if k in ours}
+    out["metadata"]["annotations"] = annotations
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ gates
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool | None  # None: not enough canary requests yet
+    message: str
+    measurement: dict[str, Any]
+
+
+def _ratio(errors: float, requests: float) -> float:
+    return errors / requests if requests else 0.0
+
+
+def judge(gates: CanaryGates, canary: loadmetrics.Window, stable: loadmetrics.Window) -> Verdict:
+    """The gates over one step: canary error ratio and p99 against the stable pods' over the same window."""
+    cp99 = loadmetrics.quantile(0.99, canary.buckets)
+    sp99 = loadmetrics.quantile(0.99, stable.buckets)
+    measurement = {
+        "canaryRequests": int(canary.requests),
+        "canaryErrors": int(canary.errors),
+        "stableRequests": int(stable.requests),
+        "stableErrors": int(stable.errors),
+        "canaryP99Ms": round(cp99 * 1000, 3) if cp99 is not None else None,
+        "stableP99Ms": round(sp99 * 1000, 3) if sp99 is not None else None,
+    }
+    measurement = {k: v for k, v in measurement.items() if v is not None}
+    cerr, serr = _ratio(canary.errors, canary.requests), _ratio(stable.errors, stable.requests)
+    errors = (
+        f"error ratio {cerr:.4f} ({int(canary.errors)}/{int(canary.requests)}) vs stable {serr:.4f} "
+        f"({int(stable.errors)}/{int(stable.requests)})"
+    )
+    if canary.requests < gates.min_requests:
+        return Verdict(
+            None, f"waiting for {gates.min_requests - int(canary.requests)} more canary request(s)", measurement
+        )
+    if cerr - serr > gates.max_error_ratio:
+        return Verdict(
+            False,
+            f"canary {errors}: exceeds the stable pods' by more than maxErrorRatio {gates.max_error_ratio:g}",
+            measurement,
+        )
+    latency = "p99 not comparable (no stable requests)"
+    if cp99 is not None and sp99 is not None and sp99 > 0:
+        ratio = cp99 / sp99
+        latency = f"p99 {cp99 * 1000:.1f} ms vs stable {sp99 * 1000:.1f} ms (x{ratio:.2f})"
+        if ratio > gates.max_latency_ratio and cp99 * 1000 > gates.latency_floor_ms:
+            return Verdict(
+                False, f"canary {latency}: above maxLatencyRatio {gates.max_latency_ratio:g} ({errors})", measurement
+            )
+    return Verdict(True, f"gates hold: {errors}; {latency}", measurement)
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the reconciler saw for one pass of a canary."""
+
+    replicas: int  # N: spec.replicas (0 when suspended)
+    stable: dict[str, Any]  # the running stable Deployment
+    canary: dict[str, Any] | None  # the canary Deployment, if any
+    desired: dict[str, Any]  # the Deployment built from the spec
+    previous: dict[str, Any] | None  # status.canary
+    verdict: Verdict | None  # gates over the current step (None: not judged in this pass)
+    refused: str | None  # a canary pod cannot serve (runtime refusal, crash loop): its message
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: dict[str, Any] | None  # status.canary to write
+    stable: dict[str, Any]  # manifest for the stable Deployment
+    canary: dict[str, Any] | None  # manifest for the canary Deployment (None: delete it)
+    events: tuple[tuple[str, Reason, str], ...]  # (type, reason, message)
+    aborted: str | None  # Stalled CanaryAborted with this message
+    progressing: str | None  # Reconciling CanaryProgressing with this message
+    step_started: bool = False  # a step began in this pass: measure from now
+
+
+def _ready(deployment: dict[str, Any] | None, replicas: int) -> bool:
+    if deployment is None:
+        return replicas == 0
+    st = deployment.get("status") or {}
+    current = int(st.get("observedGeneration", 0)) >= int(deployment["metadata"].get("generation", 1))
+    return (
+        current
+        and int(st.get("readyReplicas", 0)) >= replicas
+        and int(st.get("updatedReplicas", 0)) >= replicas
+        and int(st.get("replicas", 0)) == replicas
+    )
+
+
+def _summary(phase: str, step: int, steps: int, traffic: int) -> str:
+    if phase == "Progressing":
+        return f"step {min(step + 1, steps)}/{steps} {traffic}%"
+    return phase
+
+
+def _status(
+    phase: str,
+    thash: str,
+    step: int,
+    steps: int,
+    weight: int,
+    counts: tuple[int, int],
+    started: str | None,
+    measurement: dict[str, Any] | None,
+    message: str,
+) -> dict[str, Any]:
+    canary, stable = counts
+    traffic = round(100 * canary / (canary + stable)) if canary + stable else 0
+    out = {
+        "phase": phase,
+        "templateHash": thash,
+        "step": step,
+        "steps": steps,
+        "weight": weight,
+        "canaryReplicas": canary,
+        "stableReplicas": stable,
+        "trafficPercent": traffic,
+        "stepStartedAt": started,
+        "measurement": measurement,
+        "message": message[:1024],
+        "summary": _summary(phase, step, steps, traffic),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def plan(rollout: Rollout, obs: Observed) -> Plan:
+    """One pass of a canary of ``obs.desired``'s template over the stable Deployment ``obs.stable``."""
+    steps = rollout.steps or []
+    thash = template_hash(obs.desired["spec"]["template"])
+    prev = obs.previous if obs.previous and obs.previous.get("templateHash") == thash else None
+    n = obs.replicas
+    events: list[tuple[str, Reason, str]] = []
+    phase = prev["phase"] if prev else "Progressing"
+    step = int(prev["step"]) if prev else 0
+    started = prev.get("stepStartedAt") if prev else None
+    measurement = prev.get("measurement") if prev else None
+    if prev is None:
+        events.append(("Normal", Reason.CANARY_STARTED, f"canary of template {thash} started: {len(steps)} step(s)"))
+    if phase == "Aborted":
+        message = str(prev["message"]) if prev else ""
+        return Plan(
+            status=_status("Aborted", thash, step, len(steps), 0, (0, n), None, measurement, message),
+            stable=stable_manifest(obs.desired, obs.stable, n),
+            canary=canary_manifest(obs.desired, 0),
+            events=tuple(events),
+            aborted=message,
+            progressing=None,
+        )
+    if phase in ("Promoting", "Promoted"):
+        # The stable Deployment takes the new template (its own rolling update, with the spec's budget); the canary
+        # serves beside it until every stable replica runs the new template, then goes.
+        done = _ready(obs.stable, n) and _is_template(obs.stable, obs.desired)
+        canary_replicas = int(((obs.canary or {}).get("spec") or {}).get("replicas", 0)) if not done else 0
+        status = _status(
+            "Promoted" if done else "Promoting",
+            thash,
+            len(steps),
+            len(steps),
+            100,
+            (canary_replicas, n),
+            None,
+            measurement,
+            "promoted: every replica runs the new template"
+            if done
+            else "promoting: the stable Deployment takes the new template",
+        )
+        return Plan(
+            status=status,
+            stable=obs.desired,
+            canary=None if done else canary_manifest(obs.desired, canary_replicas),
+            events=tuple(events),
+            aborted=None,
+            progressing=None if done else status["message"],
+        )
+    weight = steps[step].weight
+    canary_n, stable_n = split(n, weight)
+    canary_ready = _ready(obs.canary, canary_n) and obs.canary is not None and _is_template(obs.canary, obs.desired)
+
+    def abort(why: str) -> Plan:
+        message = f"canary aborted at step {step + 1}/{len(steps)} (weight {weight}%): {why}"
+        events.append(("Warning", Reason.CANARY_ABORTED, message))
+        return Plan(
+            status=_status("Aborted", thash, step, len(steps), weight, (0, n), None, measurement, message),
+            stable=stable_manifest(obs.desired, obs.stable, n),
+            canary=canary_manifest(obs.desired, 0),
+            events=tuple(events),
+            aborted=message,
+            progressing=None,
+        )
+
+    if obs.refused is not None:
+        return abort(obs.refused)
+    step_started = False
+    if not canary_ready:
+        started, message = None, f"waiting for {canary_n} canary replica(s) to be ready"
+    elif started is None:
+        started, step_started, measurement = obs.now.strftime(TIME_FORMAT), True, None
+        message = f"step {step + 1} started: measuring the canary"
+    else:
+        verdict = obs.verdict
+        message = "measuring the canary"
+        if verdict is not None:
+            measurement = verdict.measurement
+            message = verdict.message
+            if verdict.passed is False:
+                return abort(verdict.message)
+        elapsed = (obs.now - datetime.strptime(started, TIME_FORMAT).replace(tzinfo=obs.now.tzinfo)).total_seconds()
+        pause = steps[step].pause_seconds
+        if verdict is not None and verdict.passed and elapsed >= pause:
+            events.append(
+                ("Normal", Reason.CANARY_STEP_PASSED, f"step {step + 1}/{len(steps)} ({weight}%) passed: {message}")
+            )
+            step += 1
+            started = None
+            if step == len(steps):
+                events.append(
+                    ("Normal", Reason.CANARY_PROMOTED, f"every step passed: promoting template {thash} ({message})")
+                )
+                status = _status(
+                    "Promoting", thash, step, len(steps), 100, (canary_n, n), None, measurement, "promoting"
+                )
+                return Plan(
+                    status=status,
+                    stable=obs.desired,
+                    canary=canary_manifest(obs.desired, canary_n),
+                    events=tuple(events),
+                    aborted=None,
+                    progressing="promoting: the stable Deployment takes the new template",
+                )
+            weight = steps[step].weight
+            canary_n, stable_n = split(n, weight)
+            message = f"step {step + 1} of {len(steps)}: scaling the canary to {canary_n} replica(s)"
+        elif elapsed < pause:
+            message = f"{message}; step holds {pause - elapsed:.0f}s more"
+    status = _status(
+        "Progressing", thash, step, len(steps), weight, (canary_n, stable_n), started, measurement, message
+    )
+    return Plan(
+        status=status,
+        stable=stable_manifest(obs.desired, obs.stable, stable_n),
+        canary=canary_manifest(obs.desired, canary_n),
+        events=tuple(events),
+        aborted=None,
+        progressing=f"canary step {step + 1}/{len(steps)} ({status['trafficPercent']}% of pods): {message}",
+        step_started=step_started,
+    )
+
+
+def _is_template(deployment: dict[str, Any], desired: dict[str, Any]) -> bool:
+    return is_subset(desired["spec"]["template"], deployment["spec"].get("template") or {})
