@@ -166,6 +166,14 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = [*out.get(key, []), *value]
         else:
             out[key] = structural(value, defs)
+    # JSON Schema 2020-12 (pydantic's gt/lt) states exclusive bounds as numbers; Kubernetes' OpenAPI v3 schema
+    # wants the bound in minimum/maximum and exclusiveMinimum/exclusiveMaximum as booleans (the apiserver refuses
+    # the CRD otherwise: "exclusiveMinimum: expected boolean").
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(exclusive)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[bound] = value
+            out[exclusive] = True
     if out.get("x-kubernetes-preserve-unknown-fields"):
         out.pop("additionalProperties", None)
     if out.get("default") == {} and "properties" in out:

@@ -304,6 +304,118 @@ INVALID: tuple[Invalid, ...] = (
     ),
     _d("suspend-string", "spec.suspend", ("spec.suspend", "yes")),
     _d("name-not-dns1035", "metadata.name", ("metadata.name", "1-bert")),
+    # spec.autoscaling
+    _d(
+        "autoscaling-min-above-max",
+        "spec.autoscaling.maxReplicas",
+        ("spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
+    ),
+    _d("autoscaling-max-zero", "spec.autoscaling.maxReplicas", ("spec.autoscaling", {"maxReplicas": 0})),
+    _d("autoscaling-max-missing", "spec.autoscaling.maxReplicas", ("spec.autoscaling", {"minReplicas": 1})),
+    _d(
+        "autoscaling-min-zero",
+        "spec.autoscaling.minReplicas",
+        ("spec.autoscaling", {"minReplicas": 0, "maxReplicas": 4}),
+    ),
+    _d("autoscaling-target-zero", "spec.autoscaling.target", ("spec.autoscaling", {"maxReplicas": 4, "target": 0})),
+    _d("autoscaling-target-string", "spec.autoscaling.target", ("spec.autoscaling", {"maxReplicas": 4, "target": "8"})),
+    _d(
+        "canary-error-ratio-bool",
+        "spec.rollout.gates.maxErrorRatio",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 50}], "gates": {"maxErrorRatio": True}}),
+    ),
+    _d(
+        "autoscaling-target-negative",
+        "spec.autoscaling.target",
+        ("spec.autoscaling", {"maxReplicas": 4, "target": -2.5}),
+    ),
+    _d(
+        "autoscaling-metric-unknown",
+        "spec.autoscaling.metric",
+        ("spec.autoscaling", {"maxReplicas": 4, "metric": "RequestsPerSecond"}),
+    ),
+    _d("autoscaling-per-unknown", "spec.autoscaling.per", ("spec.autoscaling", {"maxReplicas": 4, "per": "Pod"})),
+    _d(
+        "autoscaling-beyond-capacity-unknown",
+        "spec.autoscaling.beyondCapacity",
+        ("spec.autoscaling", {"maxReplicas": 4, "beyondCapacity": "Ignore"}),
+    ),
+    _d(
+        "autoscaling-panic-threshold-below-one",
+        "spec.autoscaling.panicThreshold",
+        ("spec.autoscaling", {"maxReplicas": 4, "panicThreshold": 0.5}),
+    ),
+    _d(
+        "autoscaling-interval-zero",
+        "spec.autoscaling.intervalSeconds",
+        ("spec.autoscaling", {"maxReplicas": 4, "intervalSeconds": 0}),
+    ),
+    # spec.rollout: canary
+    _d("canary-without-steps", "spec.rollout.steps", ("spec.rollout", {"strategy": "Canary"})),
+    _d("canary-empty-steps", "spec.rollout.steps", ("spec.rollout", {"strategy": "Canary", "steps": []})),
+    _d("steps-without-canary", "spec.rollout.steps", ("spec.rollout", {"steps": [{"weight": 50}]})),
+    _d(
+        "steps-with-rolling-update",
+        "spec.rollout.steps",
+        ("spec.rollout", {"strategy": "RollingUpdate", "steps": [{"weight": 50}]}),
+    ),
+    _d("gates-without-canary", "spec.rollout.gates", ("spec.rollout", {"gates": {"minRequests": 10}})),
+    _d("rollout-strategy-unknown", "spec.rollout.strategy", ("spec.rollout", {"strategy": "BlueGreen"})),
+    _d(
+        "canary-weights-equal",
+        "spec.rollout.steps",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 50}, {"weight": 50}]}),
+    ),
+    _d(
+        "canary-weights-decreasing",
+        "spec.rollout.steps",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 10}, {"weight": 50}, {"weight": 25}]}),
+    ),
+    _d(
+        "canary-weight-zero",
+        "spec.rollout.steps[0].weight",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 0}]}),
+    ),
+    _d(
+        "canary-weight-100",
+        "spec.rollout.steps[1].weight",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 50}, {"weight": 100}]}),
+    ),
+    _d(
+        "canary-weight-missing",
+        "spec.rollout.steps[0].weight",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"pauseSeconds": 30}]}),
+    ),
+    _d(
+        "canary-pause-negative",
+        "spec.rollout.steps[0].pauseSeconds",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 20, "pauseSeconds": -1}]}),
+    ),
+    _d(
+        "canary-too-many-steps",
+        "spec.rollout.steps",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": w} for w in range(5, 60, 5)]}),
+    ),
+    _d(
+        "canary-max-error-ratio-above-one",
+        "spec.rollout.gates.maxErrorRatio",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 20}], "gates": {"maxErrorRatio": 1.5}}),
+    ),
+    _d(
+        "canary-max-latency-ratio-below-one",
+        "spec.rollout.gates.maxLatencyRatio",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 20}], "gates": {"maxLatencyRatio": 0.9}}),
+    ),
+    _d(
+        "canary-latency-floor-negative",
+        "spec.rollout.gates.latencyFloorMs",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 20}], "gates": {"latencyFloorMs": -1}}),
+    ),
+    _d(
+        "canary-min-requests-zero",
+        "spec.rollout.gates.minRequests",
+        ("spec.rollout", {"strategy": "Canary", "steps": [{"weight": 20}], "gates": {"minRequests": 0}}),
+    ),
 )
 
 
@@ -432,6 +544,42 @@ def deployment_specs(draw: st.DrawFn, *, valid_only: bool = False) -> Manifest:
         spec["instanceTypes"] = draw(
             st.lists(st.sampled_from(["inf2.xlarge", "inf2.48xlarge", "trn1.32xlarge"]), max_size=3, unique=True)
         )
+    if draw(st.booleans()):
+        fewest = draw(st.integers(low, 4))
+        autoscaling: Manifest = {
+            "minReplicas": fewest,
+            "maxReplicas": draw(st.integers(max(1, fewest), 6) if valid_only else st.integers(0, 6)),
+        }
+        if draw(st.booleans()):
+            autoscaling["target"] = draw(st.sampled_from([0.5, 1, 8, 24.5] if valid_only else [-1, 0, 0.5, 8]))
+        if draw(st.booleans()):
+            autoscaling["metric"] = draw(st.sampled_from(["Concurrency", "QueuedRows"]))
+            autoscaling["per"] = draw(st.sampled_from(["Replica", "NeuronCore"]))
+        spec["autoscaling"] = autoscaling
+    if draw(st.booleans()):
+        # canary: increasing weights in [1, 99] under strategy Canary; otherwise also 0/100, repeats, no strategy
+        weights = draw(
+            st.lists(
+                st.integers(1, 99) if valid_only else st.integers(0, 100),
+                min_size=1 if valid_only else 0,
+                max_size=4,
+                unique=valid_only,
+            )
+        )
+        rollout = spec.setdefault("rollout", {})
+        strategy = "Canary" if valid_only else draw(st.sampled_from(["Canary", "RollingUpdate", None]))
+        if strategy is not None:
+            rollout["strategy"] = strategy
+        rollout["steps"] = [
+            {"weight": w, "pauseSeconds": draw(st.integers(0, 30) if valid_only else st.integers(-1, 30))}
+            for w in (sorted(weights) if valid_only else weights)
+        ]
+        if draw(st.booleans()):
+            rollout["gates"] = {
+                "maxErrorRatio": draw(st.sampled_from([0, 0.05, 1] if valid_only else [0, 0.05, 1.5])),
+                "maxLatencyRatio": draw(st.sampled_from([1, 1.5, 3] if valid_only else [0.5, 1, 1.5])),
+                "minRequests": draw(st.integers(1, 100) if valid_only else st.integers(0, 100)),
+            }
     return spec
 
 

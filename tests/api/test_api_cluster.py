@@ -136,7 +136,7 @@ def test_every_example_is_accepted(crds: Cluster, ns: str) -> None:
     listed = crds.kubectl("get", "nm,nd", "-n", ns).stdout
     header_nm, header_nd = (line for line in listed.splitlines() if line.startswith("NAME"))
     assert header_nm.split() == ["NAME", "TARGET", "READY", "PHASE", "ARTIFACT", "AGE"]
-    assert header_nd.split() == ["NAME", "MODEL", "READY", "CORES/REPLICA", "MAXBATCH", "AGE"]
+    assert header_nd.split() == ["NAME", "MODEL", "READY", "CORES/REPLICA", "MAXBATCH", "LOAD", "CANARY", "AGE"]
     for path in EXAMPLES.glob("*.yaml"):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
         assert name in listed
@@ -186,7 +186,8 @@ def test_defaults_appear_after_create(crds: Cluster, ns: str) -> None:
     assert dep["placement"] == {"workers": 1, "coresPerWorker": 1, "mode": "pinned"}
     assert dep["batching"] == {"maxBatchSize": 8, "maxDelayMs": 5, "maxQueue": 256, "timeoutMs": 30000}
     assert dep["server"] == {"port": 8080, "grpcPort": 8001}
-    assert dep["rollout"] == {}  # unset: capacity-aware, chosen by the operator at each update
+    # unset: a rolling update whose budget the operator chooses from free capacity at each update
+    assert dep["rollout"] == {"strategy": "RollingUpdate"}
     # The apiserver and pydantic fill in the same defaults.
     assert NeuronModel.model_validate({**minimal_model, "spec": model}) == NeuronModel.model_validate(minimal_model)
     assert NeuronDeployment.model_validate({**minimal_dep, "spec": dep}) == NeuronDeployment.model_validate(minimal_dep)

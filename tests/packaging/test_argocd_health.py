@@ -129,3 +129,73 @@ def test_suspended_deployment() -> None:
 def test_ready_false_is_progressing_with_its_reason(kind: str) -> None:
     o = obj(kind, [cond("Ready", "False", "ModelNotReady", message="model m is compiling")])
     assert health(kind, o) == ("Progressing", "ModelNotReady: model m is compiling")
+
+
+# --------------------------------------------------------------------------------------------------
+# canary rollouts and autoscaling (NeuronDeployment): the conditions the operator writes in each state
+# --------------------------------------------------------------------------------------------------
+
+CANARY_STEP = "canary step 1/3 (25% of pods): measuring the canary; step holds 80s more; 4 ready, 4 available, 4 pods"
+CANARY_ABORT = (
+    "canary aborted at step 2/3 (weight 50%): canary error ratio 0.0800 (8/100) vs stable 0.0000 (0/300): exceeds "
+    "the stable pods' by more than maxErrorRatio 0.01 (4 replica(s) of the previous spec keep serving)"
+)
+
+
+def test_canary_progressing_is_progressing_with_its_message() -> None:
+    o = obj(
+        "NeuronDeployment",
+        [
+            cond("Ready", "False", "CanaryProgressing", message=CANARY_STEP),
+            cond("Reconciling", "True", "CanaryProgressing", message=CANARY_STEP),
+            cond("Stalled", "False", "CanaryProgressing"),
+            cond("Available", "True", "ReplicasReady", message="4 of 4 replicas available"),
+        ],
+    )
+    assert health("NeuronDeployment", o) == ("Progressing", f"CanaryProgressing: {CANARY_STEP}")
+
+
+def test_canary_aborted_is_degraded_with_its_message() -> None:
+    """The stable pods still serve (Available=True), but the change did not go out: Degraded until the spec changes."""
+    o = obj(
+        "NeuronDeployment",
+        [
+            cond("Ready", "False", "CanaryAborted", message=CANARY_ABORT),
+            cond("Reconciling", "False", "CanaryAborted"),
+            cond("Stalled", "True", "CanaryAborted", message=CANARY_ABORT),
+            cond("Available", "True", "ReplicasReady", message="4 of 4 replicas available"),
+        ],
+    )
+    assert health("NeuronDeployment", o) == ("Degraded", f"CanaryAborted: {CANARY_ABORT}")
+
+
+def test_canary_promoted_is_healthy() -> None:
+    o = obj(
+        "NeuronDeployment",
+        [
+            cond("Ready", "True", "ReplicasReady", message="4/4 replicas ready on the current artifact"),
+            cond("Reconciling", "False", "Reconciled"),
+            cond("Stalled", "False", "Reconciled"),
+        ],
+    )
+    o["status"]["canary"] = {"phase": "Promoted", "step": 3, "steps": 3, "summary": "Promoted"}
+    assert health("NeuronDeployment", o) == ("Healthy", "ReplicasReady: 4/4 replicas ready on the current artifact")
+
+
+@pytest.mark.parametrize("reason", ["MaxReplicas", "InsufficientNeuronCores"])
+def test_scaling_limited_does_not_change_health(reason: str) -> None:
+    """ScalingLimited=True says the autoscaler wants more than it may have; the replicas it has serve: Healthy. The
+    script must not read ScalingLimited at all: the same object without it gets exactly the same verdict."""
+    base = [
+        cond("Ready", "True", "ReplicasReady", message="4/4 replicas ready on the current artifact"),
+        cond("Reconciling", "False", "Reconciled"),
+        cond("Stalled", "False", "Reconciled"),
+    ]
+    limited = cond("ScalingLimited", "True", reason, message="the load asks for more than maxReplicas 4: 6 wanted")
+    with_limit = health("NeuronDeployment", obj("NeuronDeployment", [*base, limited]))
+    assert with_limit == ("Healthy", "ReplicasReady: 4/4 replicas ready on the current artifact")
+    assert with_limit == health("NeuronDeployment", obj("NeuronDeployment", base))
+    # not even when it is the only condition that could say anything: no verdict comes from it
+    alone = health("NeuronDeployment", obj("NeuronDeployment", [limited]))
+    assert alone == health("NeuronDeployment", obj("NeuronDeployment", []))
+    assert "ScalingLimited" not in SCRIPTS["NeuronDeployment"].read_text()

@@ -107,7 +107,9 @@ IMAGE_PATTERN: Final = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$"
 Int = Annotated[int, Strict()]
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
-Float = Annotated[float, Field(allow_inf_nan=False)]
+#: A number as the apiserver takes one: an int or a float, never a string or a bool (pydantic's lax mode converts
+#: "8" and true, which the apiserver refuses).
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 #: A Kubernetes quantity: an integer or a string such as ``500m``, ``2Gi``, ``1.5``.
 Quantity = Annotated[
