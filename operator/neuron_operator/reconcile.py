@@ -554,7 +554,7 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         model={"name": model_name, "sha256": served.sha256, "cacheKey": served.cache_key},
         cores=plan.cores,
         deployment=applied,
-        desired_replicas=0 if dep.spec.suspend else dep.spec.replicas,
+        desired_replicas=base.desired_replicas if dep.spec.suspend else dep.spec.replicas,  # the autoscaled count
         suspended=dep.spec.suspend,
         endpoint=endpoint(body, model_name),
         selector=selector,
