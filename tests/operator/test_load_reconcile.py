@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from test_reconcile_core import NS, World, deployment_manifest, new_world
 
+from neuron_operator.loadaware import LoadState
 from neuron_operator.resources import canary
 from neuron_operator.resources.pods import TEMPLATE_HASH_LABEL
 from neuron_operator.resources.serving import RUNTIME_CONTAINER
@@ -374,3 +375,20 @@ def is_new(stable_template: dict[str, Any], canary_template: dict[str, Any]) -> 
     labels = dict(canary_template["metadata"]["labels"])
     labels.pop(canary.TRACK_LABEL)
     return stable_template == {**canary_template, "metadata": {**canary_template["metadata"], "labels": labels}}
+
+
+async def test_an_operator_restart_mid_step_resumes_the_step_and_measures_it_again(world: World) -> None:
+    s0, c0 = await canary_started(world)
+    started = world.status("NeuronDeployment")["canary"]["stepStartedAt"]
+    s0.serve(40, 0.004)
+    c0.serve(10, 0.004, code="500")  # served before the restart: the new operator does not see them as the step's
+    world.load = LoadState()  # the operator restarts: its memory is gone, the status is not
+    world.clock.advance(2)
+    await world.deployment_pass()
+    status = world.status("NeuronDeployment")["canary"]
+    assert (status["phase"], status["step"], status["stepStartedAt"]) == ("Progressing", 0, started)
+    assert "waiting for 20 more canary request(s)" in status["message"]  # measured from the restart
+    c0.serve(20, 0.004)
+    world.clock.advance(20)  # the step's pause (10 s) is long over: the gates decide at once
+    await world.deployment_pass()
+    assert world.status("NeuronDeployment")["canary"]["phase"] == "Promoting"
