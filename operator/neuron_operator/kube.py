@@ -10,6 +10,7 @@ and the metrics endpoint exports.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -62,6 +63,19 @@ class Forbidden(Exception):
 
 class MetricsUnavailable(Exception):
     """A pod's /metrics could not be read (not listening yet, gone, too large, timed out)."""
+
+
+#: Bytes of a failed pod-proxy answer read to tell an RBAC refusal from the pod's (or the proxy's) own answer.
+_ERROR_BODY_BYTES: Final = 4096
+
+
+def _is_status(body: str) -> bool:
+    """Whether ``body`` is a Kubernetes ``Status`` object (what the apiserver itself answers with)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == "Status"
 
 
 class Kube:
@@ -220,10 +234,20 @@ class Kube:
         try:
             async with http.stream("GET", path, timeout=deadline) as response:
                 if response.status_code != 200:
-                    body = (await response.aread())[:300].decode("utf-8", "replace")
-                    if response.status_code == 403:
-                        raise Forbidden(f"pods/proxy of {namespace}/{pod}: {body}")
-                    raise MetricsUnavailable(f"pod {namespace}/{pod}:{port}/metrics answered {response.status_code}")
+                    head = b""
+                    async for chunk in response.aiter_bytes():  # bounded: the body may come from the pod
+                        head += chunk
+                        if len(head) >= _ERROR_BODY_BYTES:
+                            break
+                    body = head[:_ERROR_BODY_BYTES].decode("utf-8", "replace")
+                    # RBAC's refusal is the apiserver's own Status object; any other 403 comes from the proxy's
+                    # destination check (e.g. "resolve_deny: denied destination" for a simulated pod's IP) or from
+                    # the pod itself: the metrics are unavailable, the operator is not forbidden.
+                    if response.status_code == 403 and _is_status(body):
+                        raise Forbidden(f"pods/proxy of {namespace}/{pod}: {body[:300]}")
+                    raise MetricsUnavailable(
+                        f"pod {namespace}/{pod}:{port}/metrics answered {response.status_code}: {body[:200]}"
+                    )
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():

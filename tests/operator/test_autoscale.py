@@ -91,10 +91,10 @@ def test_panic_scales_up_at_once_and_blocks_scale_down_for_its_window() -> None:
 
 def test_no_reading_holds_the_replicas_within_the_limits() -> None:
     s = spec(minReplicas=2, maxReplicas=4)
-    for current, want in ((3, 3), (1, 2), (7, 4)):
+    for current, want, why in ((3, 3, "held"), (1, 2, "brought to minReplicas 2"), (7, 4, "brought to maxReplicas 4")):
         d = decide(s, ScalerMemory(created=0.0), 0.0, current, reading(0.0, 0), 4.0)
         assert d.desired == want
-        assert "no ready pod reported" in d.message
+        assert d.message == f"no ready pod reported its load: replicas {why}"
 
 
 def test_target_defaults_fill_one_batch_per_worker() -> None:

@@ -252,7 +252,7 @@ def test_a_failed_gate_aborts_at_once_and_stays_aborted() -> None:
     assert aborted.canary["spec"]["replicas"] == 0
     assert aborted.stable["spec"]["replicas"] == 4
     assert aborted.stable["spec"]["template"]["spec"]["containers"][0]["image"] == "old"
-    assert [(e[0], e[1]) for e in aborted.events] == [("Warning", Reason.CANARY_ABORTED)]
+    assert aborted.events == ()  # the Warning is Stalled's Event (one per abort)
     again = plan(r, observed(canary=ready, previous=s, verdict=PASS, now=T0 + timedelta(hours=1)))
     assert step(again)["phase"] == "Aborted"
     assert again.events == ()

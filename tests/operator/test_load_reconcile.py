@@ -317,7 +317,7 @@ async def test_a_canary_whose_errors_exceed_the_stable_pods_is_aborted_and_a_rev
     stalled = cond(world, "Stalled")
     assert stalled[:2] == ("True", "CanaryAborted")
     assert "error ratio 0.2500 (6/24) vs stable 0.0000 (0/40)" in stalled[2]
-    assert ("Warning", "CanaryAborted") in [(e[0], e[1]) for e in world.events()]
+    assert [(e[0], e[1]) for e in world.events() if e[1] == "CanaryAborted"] == [("Warning", "CanaryAborted")]
     assert world.api.must("Deployment", "cnn-canary", NS)["spec"]["replicas"] == 0
     stable = world.api.must("Deployment", "cnn", NS)
     assert stable["spec"]["replicas"] == 2

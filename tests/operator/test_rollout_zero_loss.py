@@ -160,6 +160,8 @@ class LoadPod:
     name: str
     url: str
     connections: str = LOAD_CONNECTIONS
+    #: More ``loadclient.py`` options, after the defaults (argparse keeps an option's last value).
+    options: tuple[str, ...] = ()
 
     def start(self) -> None:
         script = Path(loadclient.__file__).read_text()
@@ -182,6 +184,7 @@ class LoadPod:
             f"--connections={self.connections}",
             "--input-name=x",
             "--shape=1,16",
+            *self.options,
         ]
         pod = {
             "apiVersion": "v1",

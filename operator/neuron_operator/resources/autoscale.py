@@ -117,7 +117,12 @@ def decide(
         memory.seed = (memory.created, current)
     if reading.reporting == 0:
         desired = clamp(current, spec)
-        return Decision(desired, desired, False, False, "no ready pod reported its load: replicas held")
+        if desired == current:
+            why = "no ready pod reported its load: replicas held"
+        else:
+            bound = "minReplicas" if desired > current else "maxReplicas"
+            why = f"no ready pod reported its load: replicas brought to {bound} {desired}"
+        return Decision(desired, desired, False, False, why)
     raw = math.ceil(reading.total / target - 1e-9) if reading.total > 0 else 0
     rec = clamp(raw, spec)
     per = reading.total / reading.reporting

@@ -266,8 +266,8 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     canary_ready = _ready(obs.canary, canary_n) and obs.canary is not None and _is_template(obs.canary, obs.desired)
 
     def abort(why: str) -> Plan:
+        # The Warning Event is Stalled's (CanaryAborted, this message): one per abort.
         message = f"canary aborted at step {step + 1}/{len(steps)} (weight {weight}%): {why}"
-        events.append(("Warning", Reason.CANARY_ABORTED, message))
         return Plan(
             status=_status("Aborted", thash, step, len(steps), weight, (0, n), None, measurement, message),
             stable=stable_manifest(obs.desired, obs.stable, n),

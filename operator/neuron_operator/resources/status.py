@@ -360,7 +360,9 @@ def deployment_status(
             b.set(C.RECONCILING, False, Reason.RECONCILED, "")
             b.set(C.STALLED, False, Reason.RECONCILED, "")
         else:
-            reason = Reason.ROLLING_OUT if obs.rolling_to_new_artifact or updated < want else Reason.SCALING
+            # Pods of another template exist: a rollout. Only the count differs (a scale, new pods on the current
+            # template still starting): scaling.
+            reason = Reason.ROLLING_OUT if obs.rolling_to_new_artifact or updated < replicas else Reason.SCALING
             msg = f"{updated}/{want} updated, {ready} ready, {available} available, {replicas} pods"
             b.set(C.READY, False, reason if reason is Reason.ROLLING_OUT else Reason.REPLICAS_UNAVAILABLE, msg)
             b.set(C.RECONCILING, True, reason, msg)
