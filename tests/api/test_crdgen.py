@@ -92,7 +92,8 @@ def test_schema_is_structural_and_documented(name: str, schema: dict[str, Any]) 
         # OpenAPI v3 (what the apiserver reads): exclusive bounds are booleans beside minimum/maximum.
         for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
             if exclusive in node:
-                assert node[exclusive] is True and bound in node, f"{name}: {path}: {exclusive} must be a boolean"
+                assert node[exclusive] is True, f"{name}: {path}: {exclusive} must be a boolean"
+                assert bound in node, f"{name}: {path}: {exclusive} without {bound}"
         assert node.get("nullable") is None, f"{name}: {path}: optional fields are omitted, not null"
         if node.get("x-kubernetes-preserve-unknown-fields"):
             assert path in PRESERVE_ALLOWED, f"{name}: {path}: preserve-unknown-fields not justified"
