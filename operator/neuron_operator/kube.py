@@ -9,6 +9,7 @@ and the metrics endpoint exports.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import logging
@@ -24,6 +25,8 @@ from lightkube.types import PatchType
 from neuron_operator.subset import first_difference, is_subset
 
 FIELD_MANAGER: Final = "neuron-operator"
+#: Pod-proxy reads (serving pods' /metrics) in flight at once, over every NeuronDeployment.
+PROXY_READS: Final = 32
 log = logging.getLogger(__name__)
 
 # Every kind the operator reads or writes, as dict-based generic resources.
@@ -85,6 +88,8 @@ class Kube:
         self.client = client
         self.field_manager = field_manager
         self.writes: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: Pod-proxy reads at once, process-wide: they share lightkube's connection pool with every API call.
+        self._proxy_slots = asyncio.Semaphore(PROXY_READS)
 
     def _count(self, verb: str, kind: str) -> None:
         self.writes[(verb, kind)] += 1
@@ -228,11 +233,15 @@ class Kube:
         Through the apiserver so the same code works in the cluster and from outside it (no route to pod IPs
         needed). Raises ``MetricsUnavailable`` naming the pod when it does not answer.
         """
-        # lightkube has no pods/proxy call: its own authenticated httpx client (base URL = the apiserver) sends it.
-        http: httpx2.AsyncClient = self.client._client._client
+        # lightkube has no pods/proxy call: its own authenticated httpx client (base URL = the apiserver) sends it
+        # (lightkube 1.x keeps it there; pyproject pins <2).
+        try:
+            http: httpx2.AsyncClient = self.client._client._client
+        except AttributeError as exc:
+            raise MetricsUnavailable(f"this lightkube keeps no HTTP client at _client._client: {exc}") from exc
         path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics"
         try:
-            async with http.stream("GET", path, timeout=deadline) as response:
+            async with self._proxy_slots, http.stream("GET", path, timeout=deadline) as response:
                 if response.status_code != 200:
                     head = b""
                     async for chunk in response.aiter_bytes():  # bounded: the body may come from the pod

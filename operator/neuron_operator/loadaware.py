@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from neuron_operator import metrics
@@ -38,9 +38,14 @@ Key = tuple[str, str]
 
 @dataclass
 class CanaryBaseline:
+    """A step's first measurement (per pod), and the latest verdict with when it was read."""
+
     template_hash: str
     step: int
     samples: dict[str, loadmetrics.PodSample]
+    taken_at: float
+    read_at: float = 0.0
+    verdict: canary.Verdict | None = None
 
 
 @dataclass
@@ -72,12 +77,19 @@ async def scrape(
     async def one(pod: str) -> loadmetrics.PodSample | str:
         async with gate:
             try:
-                text = await kube.pod_metrics(
-                    pod, namespace, port, limit=loadmetrics.MAX_METRICS_BYTES, deadline=SCRAPE_TIMEOUT
+                # One deadline for the whole read: httpx's timeout is per operation, and a pod trickling a byte a
+                # second would hold the pass (and a connection of the shared pool) for ever.
+                text = await asyncio.wait_for(
+                    kube.pod_metrics(
+                        pod, namespace, port, limit=loadmetrics.MAX_METRICS_BYTES, deadline=SCRAPE_TIMEOUT
+                    ),
+                    timeout=SCRAPE_TIMEOUT,
                 )
                 return loadmetrics.parse_metrics(text, now)
+            except TimeoutError:
+                return f"pod {namespace}/{pod}:{port}/metrics took longer than {SCRAPE_TIMEOUT:g}s"
             except (MetricsUnavailable, loadmetrics.MetricsError, Forbidden) as exc:
-                return f"{exc}"  # Forbidden: the optional scaling RBAC set is missing; logged, the pod is unread
+                return f"{exc}"  # Forbidden: the scaling RBAC set is missing; logged, the pod is unread
 
     names = [p["metadata"]["name"] for p in ready]
     results = await asyncio.gather(*(one(n) for n in names))
@@ -101,10 +113,51 @@ class Scaled:
     """The autoscaler's outcome of one pass."""
 
     replicas: int  # spec.replicas to run (written back when it differs)
-    status: dict[str, Any]  # status.autoscaling
+    status: dict[str, Any]  # status.autoscaling, lastScale as before
     limited: tuple[bool, Reason, str]  # condition ScalingLimited
-    events: tuple[Event, ...]
+    scale: Event | None  # the ScaledUp/ScaledDown Event when replicas != spec.replicas
+    last_scale: dict[str, Any] | None  # status.autoscaling.lastScale once that write succeeded
     requeue: float  # seconds until the next reading
+
+
+async def _capacity(
+    kube: Kube,
+    memory: autoscale.ScalerMemory,
+    spec: Autoscaling,
+    wanted: int,
+    current: int,
+    t: float,
+    pods: list[dict[str, Any]],
+    pod_spec: dict[str, Any],
+    cores: int,
+    instance_types: list[str],
+) -> tuple[int, tuple[bool, Reason, str] | None]:
+    """(replicas after beyondCapacity, ScalingLimited from capacity or None): nodes and pods are listed for a
+    scale-out at once, and at most every CAPACITY_RECHECK seconds while replicas wait for NeuronCores."""
+    if not autoscale.needs_capacity_check(wanted, pods, cores):
+        memory.capacity_read, memory.capacity = None, None
+        return wanted, None
+    fresh = wanted > current or memory.capacity_read is None
+    if not fresh and memory.capacity_read is not None and t - memory.capacity_read < autoscale.CAPACITY_RECHECK:
+        return wanted, memory.capacity
+    memory.capacity_read, memory.capacity = t, None
+    try:
+        nodes, every_pod = await kube.list("Node"), await kube.list("Pod")
+    except Forbidden as exc:
+        log.warning("cannot read nodes or pods for NeuronCore capacity (%s): scaling without it", exc)
+        return wanted, None
+    found = autoscale.placement(wanted, cores, pods, pod_spec, nodes, every_pod)
+    if found.missing == 0:
+        return wanted, None
+    memory.capacity = (True, Reason.INSUFFICIENT_NEURON_CORES, found.message(instance_types))
+    if spec.beyond_capacity is BeyondCapacity.CAP:
+        wanted = min(wanted, found.capped(spec))
+        memory.capacity = (
+            True,
+            Reason.INSUFFICIENT_NEURON_CORES,
+            f"capped at {wanted} (beyondCapacity Cap): {found.message(instance_types)}",
+        )
+    return wanted, memory.capacity
 
 
 async def autoscale_pass(
@@ -133,8 +186,6 @@ async def autoscale_pass(
     )
     prev = (body.get("status") or {}).get("autoscaling") or {}
     wanted = autoscale.clamp(current, spec)
-    events: list[Event] = []
-    limited: tuple[bool, Reason, str] = (False, Reason.WITHIN_LIMITS, "")
     if memory.due(t, spec.interval_seconds):
         samples, unreadable = await read()
         memory.reading = autoscale.read_load(memory, spec.metric, samples, unreadable)
@@ -148,33 +199,20 @@ async def autoscale_pass(
                 Reason.MAX_REPLICAS,
                 f"the load asks for more than maxReplicas {spec.max_replicas}: {memory.decision.message}",
             )
-        if autoscale.needs_capacity_check(wanted, pods, cores):
-            try:
-                nodes, every_pod = await kube.list("Node"), await kube.list("Pod")
-            except Forbidden as exc:
-                log.warning("cannot read nodes or pods for NeuronCore capacity (%s): scaling without it", exc)
-            else:
-                found = autoscale.placement(wanted, cores, pods, pod_spec, nodes, every_pod)
-                if found.missing > 0:
-                    memory.limited = (True, Reason.INSUFFICIENT_NEURON_CORES, found.message(instance_types))
-                    if spec.beyond_capacity is BeyondCapacity.CAP:
-                        wanted = min(wanted, found.capped(spec))
-                        memory.limited = (
-                            True,
-                            Reason.INSUFFICIENT_NEURON_CORES,
-                            f"capped at {wanted} (beyondCapacity Cap): {found.message(instance_types)}",
-                        )
-    if memory.limited is not None:
-        limited = memory.limited
-    last_scale = prev.get("lastScale")
+        wanted, capacity = await _capacity(
+            kube, memory, spec, wanted, current, t, pods, pod_spec, cores, instance_types
+        )
+        memory.limited = capacity or memory.limited
+    limited = memory.limited or (False, Reason.WITHIN_LIMITS, "")
     decision = memory.decision
+    scale = last_scale = None
     if wanted != current:
         reason = Reason.SCALED_UP if wanted > current else Reason.SCALED_DOWN
         why = decision.message if decision is not None else "outside [minReplicas, maxReplicas]"
         if limited[0] and limited[1] is Reason.INSUFFICIENT_NEURON_CORES:
             why += f"; {limited[2]}"
         message = f"{current} -> {wanted} replicas: {why}"
-        events.append(Event("Normal", reason, message))
+        scale = Event("Normal", reason, message)
         last_scale = {
             "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "from": current,
@@ -182,7 +220,6 @@ async def autoscale_pass(
             "reason": reason.value,
             "message": message[:1024],
         }
-        metrics.observe_scale(meta["namespace"], meta["name"], reason.value)
     reading = memory.reading
     status = {
         "metric": spec.metric.value,
@@ -191,11 +228,11 @@ async def autoscale_pass(
         "reportingPods": reading.reporting if reading else 0,
         "desiredReplicas": wanted,
         "panic": bool(decision and decision.panic),
-        "lastScale": last_scale,
+        "lastScale": prev.get("lastScale"),
         "summary": autoscale.summary(reading, target),
     }
     requeue = max(0.5, spec.interval_seconds - (t - (memory.last_read or t)))
-    return Scaled(wanted, {k: v for k, v in status.items() if v is not None}, limited, tuple(events), requeue)
+    return Scaled(wanted, {k: v for k, v in status.items() if v is not None}, limited, scale, last_scale, requeue)
 
 
 # ------------------------------------------------------------------------------------------------ canary
@@ -212,41 +249,72 @@ def canary_refusal(pods: list[dict[str, Any]], container: dict[str, Any], now: d
     return None
 
 
+def canary_reading_due(state: LoadState, key: Key, previous: dict[str, Any] | None, thash: str, t: float) -> bool:
+    """Whether this pass reads the pods for the canary's gates (a step runs; at most every CANARY_RESYNC seconds)."""
+    if not previous or previous.get("templateHash") != thash or previous.get("phase") != "Progressing":
+        state.baselines.pop(key, None)
+        return False
+    if not previous.get("stepStartedAt"):
+        return False
+    base = state.baselines.get(key)
+    fresh = base is None or (base.template_hash, base.step) != (thash, int(previous.get("step", 0)))
+    return fresh or t - base.read_at >= CANARY_RESYNC  # type: ignore[union-attr]  # fresh covers None
+
+
+def _created(pod: dict[str, Any]) -> float:
+    stamp = pod["metadata"].get("creationTimestamp")
+    if not stamp:
+        return 0.0
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
 def canary_verdict(
     state: LoadState,
     key: Key,
     dep: NeuronDeployment,
-    previous: dict[str, Any] | None,
+    previous: dict[str, Any],
     thash: str,
     samples: dict[str, loadmetrics.PodSample],
-    canary_pods: set[str],
-) -> canary.Verdict | None:
-    """The gates over the current step, from baselines taken at the step's first measurement (None: no step)."""
-    if not previous or previous.get("templateHash") != thash or previous.get("phase") != "Progressing":
-        state.baselines.pop(key, None)
-        return None
-    if not previous.get("stepStartedAt"):
-        return None
+    pods: list[dict[str, Any]],
+    t: float,
+) -> canary.Verdict:
+    """The gates over the current step, from baselines taken at the step's first measurement.
+
+    A pod absent from that measurement counts from zero when it was created after it (all it served is in the
+    step), else from its first sample now (a pod that could not be read then: its past is not the step's).
+    """
     step = int(previous.get("step", 0))
     base = state.baselines.get(key)
     if base is None or (base.template_hash, base.step) != (thash, step):
-        state.baselines[key] = CanaryBaseline(thash, step, dict(samples))
-        base = state.baselines[key]
+        base = state.baselines[key] = CanaryBaseline(thash, step, dict(samples), taken_at=t)
+    by_name = {p["metadata"]["name"]: p for p in pods}
     windows_c: list[loadmetrics.Window] = []
     windows_s: list[loadmetrics.Window] = []
     for pod, sample in samples.items():
         before = base.samples.get(pod)
-        if before is None:  # a pod that became ready after the step's first measurement: all it served is in it
-            base.samples[pod] = before = loadmetrics.PodSample(
-                at=sample.at,
-                requests={},
-                duration_sum=0.0,
-                duration_count=0.0,
-                buckets=tuple((le, 0.0) for le, _ in sample.buckets),
-                in_flight=0.0,
-                queued_rows=0.0,
-            )
-        (windows_c if pod in canary_pods else windows_s).append(loadmetrics.window(before, sample))
-    return canary.judge(
+        if before is None:
+            born = _created(by_name[pod]) if pod in by_name else 0.0
+            before = sample
+            if born >= base.taken_at:
+                before = loadmetrics.PodSample(
+                    at=sample.at,
+                    requests={},
+                    duration_sum=0.0,
+                    duration_count=0.0,
+                    buckets=tuple((le, 0.0) for le, _ in sample.buckets),
+                    in_flight=0.0,
+                    queued_rows=0.0,
+                )
+            base.samples[pod] = before
+        track = canary.is_canary_pod(by_name[pod]) if pod in by_name else False
+        (windows_c if track else windows_s).append(loadmetrics.window(before, sample))
+    base.read_at = t
+    base.verdict = canary.judge(
         dep.spec.rollout.gates or CanaryGates(), loadmetrics.merge(windows_c), loadmetrics.merge(windows_s)
     )
+    return base.verdict
+
+
+def last_verdict(state: LoadState, key: Key) -> canary.Verdict | None:
+    base = state.baselines.get(key)
+    return base.verdict if base is not None else None

@@ -506,7 +506,10 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         else:
             applied = await ctx.kube.apply(desired, existing)
         if load.existing_canary is not None and (cplan is None or cplan.canary is None):
-            await ctx.kube.delete("Deployment", canary.canary_name(name), namespace)
+            try:
+                await ctx.kube.delete("Deployment", canary.canary_name(name), namespace)
+            except Forbidden as exc:  # the scaling RBAC set is missing: it stays, and says why in the log
+                log.warning("cannot delete canary Deployment %s/%s (%s)", namespace, canary.canary_name(name), exc)
         for manifest in (build_service(body), build_pdb(body)):
             observed = await ctx.kube.get(manifest["kind"], name, namespace)
             await ctx.kube.apply(manifest, observed)
@@ -624,21 +627,23 @@ async def _load_aware(
             now,
             read,
         )
-        events += scaled.events
         autoscaling, limited, requeue = scaled.status, scaled.limited, scaled.requeue
-        if scaled.replicas != dep.spec.replicas:
+        if scaled.scale is not None:
             try:
                 patched = await ctx.kube.patch(
                     "NeuronDeployment", name, namespace, {"spec": {"replicas": scaled.replicas}}
                 )
-            except Forbidden as exc:
+            except Forbidden as exc:  # the optional scaling RBAC set is missing: nothing scaled, nothing recorded
                 log.warning("cannot scale NeuronDeployment %s/%s (%s): replicas kept", namespace, name, exc)
-                events = [e for e in events if e.reason not in (Reason.SCALED_UP, Reason.SCALED_DOWN)]
+                autoscaling = {**autoscaling, "desiredReplicas": dep.spec.replicas}
             else:
                 body["metadata"]["generation"] = patched["metadata"].get("generation")
                 body["spec"]["replicas"] = dep.spec.replicas = scaled.replicas
                 if "replicas" in desired["spec"]:
                     desired["spec"]["replicas"] = scaled.replicas
+                events.append(scaled.scale)
+                autoscaling = {**autoscaling, "lastScale": scaled.last_scale}
+                metrics.observe_scale(namespace, name, scaled.scale.reason)
     else:
         ctx.load.scalers.pop(key, None)
     previous = (body.get("status") or {}).get("canary")
@@ -649,8 +654,13 @@ async def _load_aware(
         if is_canary or previous or canary_pods
         else None
     )
-    promoting = (previous or {}).get("phase") == "Promoting"
-    if not (is_canary and existing is not None and not dep.spec.suspend and (template_changed or promoting)):
+    thash = canary.template_hash(desired["spec"]["template"])
+    phase = (previous or {}).get("phase")
+    if phase == "Progressing" and not template_changed and (previous or {}).get("templateHash") == thash:
+        # The stable Deployment already runs the canary's template: the promotion was applied and its status write
+        # lost (an apiserver error, an operator restart). Finish it; it is not a revert.
+        previous, phase = {**(previous or {}), "phase": "Promoting"}, "Promoting"
+    if not (is_canary and existing is not None and (template_changed or phase == "Promoting")):
         ctx.load.baselines.pop(key, None)
         status = previous if (previous or {}).get("phase") == "Promoted" and is_canary else None
         if previous and previous.get("phase") in ("Progressing", "Aborted") and existing_canary is not None:
@@ -663,12 +673,13 @@ async def _load_aware(
                 )
             )
         return _Load(tuple(events), autoscaling, limited, None, status, existing_canary, requeue)
-    thash = canary.template_hash(desired["spec"]["template"])
-    names_canary = {p["metadata"]["name"] for p in canary_pods}
     verdict = None
-    if (previous or {}).get("templateHash") == thash and (previous or {}).get("stepStartedAt"):
+    if loadaware.canary_reading_due(ctx.load, key, previous, thash, now.timestamp()):
+        assert previous is not None  # a step runs
         samples, _ = await read()
-        verdict = loadaware.canary_verdict(ctx.load, key, dep, previous, thash, samples, names_canary)
+        verdict = loadaware.canary_verdict(ctx.load, key, dep, previous, thash, samples, pods, now.timestamp())
+    elif (previous or {}).get("templateHash") == thash:
+        verdict = loadaware.last_verdict(ctx.load, key)
     container = desired["spec"]["template"]["spec"]["containers"][0]
     replicas = int(desired["spec"].get("replicas", (existing or {}).get("spec", {}).get("replicas", 1)))
     cplan = canary.plan(

@@ -196,3 +196,23 @@ def test_capacity_is_read_only_for_a_scale_out_of_neuroncore_replicas() -> None:
     assert not autoscale.needs_capacity_check(5, placed, cores=0)  # cpu replicas need no NeuronCore
     finished = [pod("r0", "a", 2), pod("old", "a", 2, phase="Succeeded")]
     assert autoscale.needs_capacity_check(2, finished, cores=2)
+
+
+def test_a_terminating_pod_still_holds_its_cores_so_a_replacement_is_not_capped_away() -> None:
+    nodes = [node("a", "inf2.xlarge", 4)]
+    leaving = pod("r0", "a", 2)
+    leaving["metadata"]["deletionTimestamp"] = "2026-12-07T12:00:00Z"
+    own = [leaving, pod("r1", "a", 2), pod("r2", None, 2)]  # r2 replaces r0, Pending until r0 is gone
+    found = autoscale.placement(2, 2, own, POD_SPEC, nodes, own)
+    assert (found.placed, found.fits, found.missing) == (2, 0, 0)
+    assert found.capped(spec()) == 2  # Cap keeps both replicas
+
+
+def test_pods_that_do_not_answer_count_at_target_for_a_scale_down_only() -> None:
+    s = spec(scaleDownStabilizationSeconds=0)
+    silent = Reading(total=4.0, reporting=2, unreadable=("c", "d"))
+    assert decide(s, ScalerMemory(created=0.0), 1.0, 4, silent, 2.0).desired == 4  # (4 + 2 x 2) / 2
+    idle = Reading(total=0.0, reporting=2, unreadable=("c", "d"))
+    assert decide(s, ScalerMemory(created=0.0), 1.0, 4, idle, 2.0).desired == 2  # (0 + 2 x 2) / 2
+    busy = Reading(total=12.0, reporting=2, unreadable=("c",))
+    assert decide(s, ScalerMemory(created=0.0), 1.0, 4, busy, 2.0).desired == 6  # a scale-up counts them idle

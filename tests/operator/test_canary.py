@@ -174,12 +174,13 @@ def test_a_canary_steps_through_its_weights_and_promotes() -> None:
     r = rollout((25, 30), (50, 30))
     first = plan(r, observed())
     s = step(first)
+    # no canary pod is ready yet: the Service sends it nothing
     assert (s["phase"], s["step"], s["canaryReplicas"], s["stableReplicas"], s["trafficPercent"]) == (
         "Progressing",
         0,
         1,
         3,
-        25,
+        0,
     )
     assert "stepStartedAt" not in s
     assert "waiting for 1 canary replica(s)" in s["message"]
@@ -200,7 +201,7 @@ def test_a_canary_steps_through_its_weights_and_promotes() -> None:
     # gates hold but the pause is not over
     holding = plan(r, observed(canary=ready_canary, previous=s, verdict=PASS, now=T0 + timedelta(seconds=20)))
     assert step(holding)["step"] == 0
-    assert "holds 15s more" in step(holding)["message"]
+    assert "the step holds until 2026-12-07T12:00:35Z" in step(holding)["message"]
     assert step(holding)["measurement"] == PASS.measurement
     # pause over, gates hold: next step, the canary grows
     nxt = plan(r, observed(canary=ready_canary, previous=s, verdict=PASS, now=T0 + timedelta(seconds=36)))
@@ -272,14 +273,48 @@ def test_a_refused_canary_pod_aborts_with_the_runtimes_reason() -> None:
     assert "ParityFailed: max abs error 0.3" in refused.aborted
 
 
-def test_waiting_for_requests_never_passes_a_step() -> None:
+def test_waiting_for_requests_never_passes_a_step_and_the_deadline_aborts() -> None:
     r = rollout((50, 5))
     s = step(plan(r, observed()))
+    assert s["stepEnteredAt"] == "2026-12-07T12:00:00Z"
     ready = with_status(canary.canary_manifest(deployment("new", 4), 2), 2)
     s = step(plan(r, observed(canary=ready, previous=s)))
     few = Verdict(None, "waiting for 40 more canary request(s)", {"canaryRequests": 10})
-    late = plan(r, observed(canary=ready, previous=s, verdict=few, now=T0 + timedelta(hours=2)))
+    # within the progress deadline (1800 s after the 5 s pause could have ended): wait
+    late = plan(r, observed(canary=ready, previous=s, verdict=few, now=T0 + timedelta(seconds=1800)))
     assert step(late)["phase"] == "Progressing"
     assert step(late)["step"] == 0
     assert "waiting for 40 more" in step(late)["message"]
     assert late.events == ()
+    # beyond it: no verdict, the canary goes
+    gone = plan(r, observed(canary=ready, previous=step(late), verdict=few, now=T0 + timedelta(seconds=1806)))
+    assert step(gone)["phase"] == "Aborted"
+    assert gone.aborted is not None
+    assert "no verdict 1800s after the step's pause (5s) could have ended: waiting for 40 more" in gone.aborted
+
+
+def test_a_canary_that_never_becomes_ready_is_aborted_at_its_deadline() -> None:
+    r = Rollout.model_validate(
+        {"strategy": "Canary", "steps": [{"weight": 50, "pauseSeconds": 0}], "gates": {"progressDeadlineSeconds": 60}}
+    )
+    s = step(plan(r, observed()))
+    pending = with_status(canary.canary_manifest(deployment("new", 4), 2), 0)  # e.g. no free NeuronCores
+    s = step(plan(r, observed(canary=pending, previous=s, now=T0 + timedelta(seconds=60))))
+    assert s["phase"] == "Progressing"
+    gone = plan(r, observed(canary=pending, previous=s, now=T0 + timedelta(seconds=61)))
+    assert step(gone)["phase"] == "Aborted"
+    assert gone.aborted is not None
+    assert "waiting for 2 canary replica(s) to be ready" in gone.aborted
+
+
+def test_a_started_step_keeps_its_start_when_the_replicas_change() -> None:
+    r = rollout((50, 30))
+    s = step(plan(r, observed()))
+    ready = with_status(canary.canary_manifest(deployment("new", 4), 2), 2)
+    s = step(plan(r, observed(canary=ready, previous=s)))
+    started = s["stepStartedAt"]
+    # the autoscaler doubles the replicas: the canary is now short of its 4, the step goes on
+    grown = plan(r, observed(replicas=8, canary=ready, previous=s, verdict=PASS, now=T0 + timedelta(seconds=10)))
+    assert step(grown)["stepStartedAt"] == started
+    assert step(grown)["canaryReplicas"] == 4
+    assert "holds until 2026-12-07T12:00:30Z" in step(grown)["message"]  # no countdown: the status stays put

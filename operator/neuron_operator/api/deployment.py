@@ -304,7 +304,8 @@ class CanaryStep(CamelModel):
 
 class CanaryGates(CamelModel):
     """Checks on the canary pods against the stable pods, from the runtime's own metrics (requests by status code,
-    the request-duration histogram), measured from the start of each step."""
+    the request-duration histogram), measured per step from its first reading once the canary replicas are ready (and
+    again from the first reading after an operator restart)."""
 
     max_error_ratio: Float = Field(
         default=0.01,
@@ -331,6 +332,15 @@ class CanaryGates(CamelModel):
         description=(
             "A canary p99 at or under this many milliseconds passes the latency gate whatever the ratio: the runtime's "
             "latency buckets are 0.5, 1, 2, 5 and 10 ms apart at that scale, too coarse for a ratio to mean anything."
+        ),
+    )
+    progress_deadline_seconds: Int = Field(
+        default=1800,
+        ge=30,
+        le=86400,
+        description=(
+            "A step without a verdict this long after its pause could have ended aborts the canary: its replicas "
+            "never became ready (no capacity), its metrics could not be read, or too few requests reached it."
         ),
     )
     min_requests: Int = Field(
@@ -401,7 +411,7 @@ class Rollout(CamelModel):
             "spec.rollout.gates hold; after the last step the stable Deployment is updated (with the budget above) "
             "and the canary removed. A failed gate, or a canary pod refused by the runtime (parity, artifact), "
             "aborts: the canary is scaled to zero, the stable pods keep serving, and the NeuronDeployment is Stalled "
-            "with reason CanaryAborted until the spec changes. Reverting the spec during a canary removes it."
+            "with reason CanaryAborted until the spec changes. Reverting the spec while a canary steps removes it."
         ),
     )
     steps: list[CanaryStep] | None = Field(
@@ -466,7 +476,7 @@ class Autoscaling(CamelModel):
     Every intervalSeconds the operator reads /metrics of each ready pod (through the apiserver's pod proxy), sums
     the load signal and wants ceil(total / target) replicas, between minReplicas and maxReplicas. A scale-up needs
     every recommendation of the last scaleUpStabilizationSeconds to agree, a scale-down every one of the last
-    scaleDownStabilizationSeconds; a burst of panicThreshold x target per ready replica scales up at once and blocks
+    scaleDownStabilizationSeconds; a burst of panicThreshold x target per pod that answered scales up at once and blocks
     scale-downs for panicWindowSeconds. The operator owns spec.replicas while this is set: it writes the decision
     there (as a HorizontalPodAutoscaler writes the scale subresource), so kubectl scale, the scale subresource and
     status agree; leave spec.replicas out of Git (or ignore its difference) and do not also point an HPA at it.
@@ -520,7 +530,7 @@ class Autoscaling(CamelModel):
         ge=1,
         le=1000,
         description=(
-            "Load per ready replica, as a multiple of target, that starts panic mode: scale up to the recommendation "
+            "Load per pod that answered, as a multiple of target, that starts panic mode: scale up to the recommendation "
             "at once (no stabilization) and never down while it lasts."
         ),
     )
@@ -786,9 +796,22 @@ class CanaryStatus(CamelModel):
     canary_replicas: Int = Field(default=0, ge=0, description="Replicas of the canary Deployment.")
     stable_replicas: Int = Field(default=0, ge=0, description="Replicas of the stable Deployment.")
     traffic_percent: Int = Field(
-        default=0, ge=0, le=100, description="Share of the ready pods that are canary pods (what the Service sends)."
+        default=0,
+        ge=0,
+        le=100,
+        description=(
+            "Ready canary pods / all ready pods: the share of new connections the Service sends the canary (a "
+            "kept-alive connection stays on its pod)."
+        ),
     )
-    step_started_at: Str | None = Field(default=None, max_length=64, description="When the step began (RFC 3339).")
+    step_entered_at: Str | None = Field(
+        default=None, max_length=64, description="When the step was entered (its progress deadline counts from here)."
+    )
+    step_started_at: Str | None = Field(
+        default=None,
+        max_length=64,
+        description="When every canary replica of the step was first ready (its pause counts from here; RFC 3339).",
+    )
     measurement: CanaryMeasurement | None = Field(default=None, description="The gates' inputs in this step.")
     message: Str = Field(default="", max_length=1024, description="What the canary waits for, or why it stopped.")
     summary: Str = Field(default="", max_length=64, description="Short form for kubectl get.")

@@ -2,10 +2,11 @@
 
 Pure (no I/O): the reconciler reads the pods' metrics (``kube.pod_metrics`` + ``loadmetrics.parse_metrics``),
 keeps a ``ScalerMemory`` per NeuronDeployment, and calls ``decide`` once per ``spec.autoscaling.intervalSeconds``;
-``placement_limit`` says how many more replicas the free NeuronCores hold before a scale-out.
+``placement`` says how many more replicas the free NeuronCores hold before a scale-out.
 
 The rules, in the spirit of Knative's KPA and the HPA's behaviour:
-- recommendation = ceil(total load / target per replica), clamped to [minReplicas, maxReplicas];
+- recommendation = ceil(total load / target per replica), clamped to [minReplicas, maxReplicas]; ready pods whose
+  metrics could not be read count as at target for a scale-down and as idle for a scale-up (the HPA's rule);
 - scale up to the lowest recommendation of the last ``scaleUpStabilizationSeconds`` (0: the latest), down to the
   highest of the last ``scaleDownStabilizationSeconds``; a fresh memory (operator start) counts the current
   replicas as a recommendation at that moment, so a restart never scales down before a full window;
@@ -27,6 +28,9 @@ from neuron_operator.resources.capacity import free_cores
 
 #: Readings kept per NeuronDeployment beyond the longest window (bounded memory under any interval).
 MAX_RECOMMENDATIONS: Final = 4096
+#: Seconds between two cluster-wide reads of nodes and pods for one NeuronDeployment whose replicas wait for
+#: NeuronCores (a new scale-out reads at once).
+CAPACITY_RECHECK: Final = 30.0
 
 
 def target_per_replica(spec: Autoscaling, workers: int, max_batch_size: int, cores: int) -> float:
@@ -55,6 +59,10 @@ class ScalerMemory:
     decision: Decision | None = None
     #: ScalingLimited as found at the last reading: (status, reason, message).
     limited: tuple[bool, Reason, str] | None = None
+    #: When nodes and pods were last listed for capacity, and what they said (re-read at most every
+    #: CAPACITY_RECHECK seconds while replicas wait for NeuronCores).
+    capacity_read: float | None = None
+    capacity: tuple[bool, Reason, str] | None = None
 
     def due(self, now: float, interval: float) -> bool:
         return self.last_read is None or now - self.last_read >= interval
@@ -105,6 +113,10 @@ class Decision:
         return None
 
 
+def _ceil(load: float, target: float) -> int:
+    return math.ceil(load / target - 1e-9) if load > 0 else 0
+
+
 def clamp(n: int, spec: Autoscaling) -> int:
     return max(spec.min_replicas, min(spec.max_replicas, n))
 
@@ -123,7 +135,11 @@ def decide(
             bound = "minReplicas" if desired > current else "maxReplicas"
             why = f"no ready pod reported its load: replicas brought to {bound} {desired}"
         return Decision(desired, desired, False, False, why)
-    raw = math.ceil(reading.total / target - 1e-9) if reading.total > 0 else 0
+    raw = _ceil(reading.total, target)
+    if raw < current and reading.unreadable:
+        # The HPA's rule: ready pods that did not answer are at target for a scale-down (an overloaded pod is the
+        # one whose reading times out), at zero for a scale-up.
+        raw = min(current, _ceil(reading.total + len(reading.unreadable) * target, target))
     rec = clamp(raw, spec)
     per = reading.total / reading.reporting
     if per >= spec.panic_threshold * target:
@@ -185,13 +201,12 @@ class Placement:
 
 
 def placed_pods(pods: list[dict[str, Any]]) -> int:
-    """Pods bound to a node and not terminating or finished."""
+    """Pods bound to a node and not finished: they hold their NeuronCores (a terminating pod too, until it is gone,
+    so a pod being replaced never reads as a replica that does not fit)."""
     return sum(
         1
         for p in pods
-        if (p.get("spec") or {}).get("nodeName")
-        and not p["metadata"].get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        if (p.get("spec") or {}).get("nodeName") and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     )
 
 

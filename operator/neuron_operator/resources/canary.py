@@ -18,8 +18,8 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from neuron_operator.api.deployment import CanaryGates, Rollout
@@ -182,94 +182,121 @@ def _summary(phase: str, step: int, steps: int, traffic: int) -> str:
     return phase
 
 
-def _status(
-    phase: str,
-    thash: str,
-    step: int,
-    steps: int,
-    weight: int,
-    counts: tuple[int, int],
-    started: str | None,
-    measurement: dict[str, Any] | None,
-    message: str,
-) -> dict[str, Any]:
-    canary, stable = counts
-    traffic = round(100 * canary / (canary + stable)) if canary + stable else 0
-    out = {
-        "phase": phase,
-        "templateHash": thash,
-        "step": step,
-        "steps": steps,
-        "weight": weight,
-        "canaryReplicas": canary,
-        "stableReplicas": stable,
-        "trafficPercent": traffic,
-        "stepStartedAt": started,
-        "measurement": measurement,
-        "message": message[:1024],
-        "summary": _summary(phase, step, steps, traffic),
-    }
-    return {k: v for k, v in out.items() if v is not None}
+def _ready_count(deployment: dict[str, Any] | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas", 0))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What status.canary says about the step in progress."""
+
+    phase: str
+    thash: str
+    step: int
+    steps: int
+    weight: int
+    entered: str | None  # when the step was entered (its deadline counts from here)
+    started: str | None  # when every canary replica was first ready in it (its pause counts from here)
+    measurement: dict[str, Any] | None
+
+    def status(self, counts: tuple[int, int], ready: tuple[int, int], message: str) -> dict[str, Any]:
+        canary, stable = counts
+        traffic = round(100 * ready[0] / (ready[0] + ready[1])) if ready[0] + ready[1] else 0
+        out = {
+            "phase": self.phase,
+            "templateHash": self.thash,
+            "step": self.step,
+            "steps": self.steps,
+            "weight": self.weight,
+            "canaryReplicas": canary,
+            "stableReplicas": stable,
+            "trafficPercent": traffic,
+            "stepEnteredAt": self.entered,
+            "stepStartedAt": self.started,
+            "measurement": self.measurement,
+            "message": message[:1024],
+            "summary": _summary(self.phase, self.step, self.steps, traffic),
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _parse(stamp: str, now: datetime) -> datetime:
+    return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=now.tzinfo)
 
 
 def plan(rollout: Rollout, obs: Observed) -> Plan:
     """One pass of a canary of ``obs.desired``'s template over the stable Deployment ``obs.stable``."""
     steps = rollout.steps or []
+    gates = rollout.gates or CanaryGates()
     thash = template_hash(obs.desired["spec"]["template"])
     prev = obs.previous if obs.previous and obs.previous.get("templateHash") == thash else None
     n = obs.replicas
+    now_text = obs.now.strftime(TIME_FORMAT)
     events: list[tuple[str, Reason, str]] = []
-    phase = prev["phase"] if prev else "Progressing"
-    step = int(prev["step"]) if prev else 0
-    started = prev.get("stepStartedAt") if prev else None
-    measurement = prev.get("measurement") if prev else None
     if prev is None:
         events.append(("Normal", Reason.CANARY_STARTED, f"canary of template {thash} started: {len(steps)} step(s)"))
-    if phase == "Aborted":
+    cur = _Step(
+        phase=prev["phase"] if prev else "Progressing",
+        thash=thash,
+        step=int(prev["step"]) if prev else 0,
+        steps=len(steps),
+        weight=int(prev.get("weight", 0)) if prev else 0,
+        entered=(prev.get("stepEnteredAt") if prev else None) or now_text,
+        started=prev.get("stepStartedAt") if prev else None,
+        measurement=prev.get("measurement") if prev else None,
+    )
+    ready = (_ready_count(obs.canary), _ready_count(obs.stable))
+    if cur.phase == "Aborted":
         message = str(prev["message"]) if prev else ""
         return Plan(
-            status=_status("Aborted", thash, step, len(steps), 0, (0, n), None, measurement, message),
+            status=cur.status((0, n), (0, ready[1]), message),
             stable=stable_manifest(obs.desired, obs.stable, n),
             canary=canary_manifest(obs.desired, 0),
             events=tuple(events),
             aborted=message,
             progressing=None,
         )
-    if phase in ("Promoting", "Promoted"):
+    if cur.phase in ("Promoting", "Promoted"):
         # The stable Deployment takes the new template (its own rolling update, with the spec's budget); the canary
         # serves beside it until every stable replica runs the new template, then goes.
         done = _ready(obs.stable, n) and _is_template(obs.stable, obs.desired)
         canary_replicas = int(((obs.canary or {}).get("spec") or {}).get("replicas", 0)) if not done else 0
-        status = _status(
-            "Promoted" if done else "Promoting",
-            thash,
-            len(steps),
-            len(steps),
-            100,
-            (canary_replicas, n),
-            None,
-            measurement,
+        message = (
             "promoted: every replica runs the new template"
             if done
-            else "promoting: the stable Deployment takes the new template",
+            else "promoting: the stable Deployment takes the new template"
+        )
+        final = replace(
+            cur, phase="Promoted" if done else "Promoting", step=len(steps), weight=100, entered=None, started=None
         )
         return Plan(
-            status=status,
+            status=final.status((canary_replicas, n), ready, message),
             stable=obs.desired,
             canary=None if done else canary_manifest(obs.desired, canary_replicas),
             events=tuple(events),
             aborted=None,
-            progressing=None if done else status["message"],
+            progressing=None if done else message,
         )
-    weight = steps[step].weight
+    weight = steps[cur.step].weight
+    cur = replace(cur, weight=weight)
     canary_n, stable_n = split(n, weight)
-    canary_ready = _ready(obs.canary, canary_n) and obs.canary is not None and _is_template(obs.canary, obs.desired)
+    if n == 0:  # suspended: both tracks at zero, the step waits for the replicas (its deadline does not run)
+        waiting = replace(cur, entered=None, started=None)
+        return Plan(
+            status=waiting.status((0, 0), (0, 0), "suspended: the canary resumes with the replicas"),
+            stable=stable_manifest(obs.desired, obs.stable, 0),
+            canary=canary_manifest(obs.desired, 0),
+            events=tuple(events),
+            aborted=None,
+            progressing=None,
+        )
 
     def abort(why: str) -> Plan:
         # The Warning Event is Stalled's (CanaryAborted, this message): one per abort.
-        message = f"canary aborted at step {step + 1}/{len(steps)} (weight {weight}%): {why}"
+        message = f"canary aborted at step {cur.step + 1}/{len(steps)} (weight {weight}%): {why}"
+        aborted = replace(cur, phase="Aborted", entered=None, started=None)
         return Plan(
-            status=_status("Aborted", thash, step, len(steps), weight, (0, n), None, measurement, message),
+            status=aborted.status((0, n), (0, ready[1]), message),
             stable=stable_manifest(obs.desired, obs.stable, n),
             canary=canary_manifest(obs.desired, 0),
             events=tuple(events),
@@ -279,58 +306,63 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
 
     if obs.refused is not None:
         return abort(obs.refused)
+    pause = steps[cur.step].pause_seconds
     step_started = False
-    if not canary_ready:
-        started, message = None, f"waiting for {canary_n} canary replica(s) to be ready"
-    elif started is None:
-        started, step_started, measurement = obs.now.strftime(TIME_FORMAT), True, None
-        message = f"step {step + 1} started: measuring the canary"
+    if cur.started is None:
+        canary_ready = obs.canary is not None and _ready(obs.canary, canary_n) and _is_template(obs.canary, obs.desired)
+        if canary_ready:
+            cur = replace(cur, started=now_text, measurement=None)
+            step_started = True
+            message = f"step {cur.step + 1} started: measuring the canary"
+        else:
+            message = f"waiting for {canary_n} canary replica(s) to be ready"
     else:
+        # Once started, a step keeps its start when the replica counts change (an autoscaler): the gates measure
+        # what the canary serves.
+        started_at = _parse(cur.started, obs.now)
         verdict = obs.verdict
         message = "measuring the canary"
         if verdict is not None:
-            measurement = verdict.measurement
+            cur = replace(cur, measurement=verdict.measurement)
             message = verdict.message
             if verdict.passed is False:
                 return abort(verdict.message)
-        elapsed = (obs.now - datetime.strptime(started, TIME_FORMAT).replace(tzinfo=obs.now.tzinfo)).total_seconds()
-        pause = steps[step].pause_seconds
+        elapsed = (obs.now - started_at).total_seconds()
         if verdict is not None and verdict.passed and elapsed >= pause:
             events.append(
-                ("Normal", Reason.CANARY_STEP_PASSED, f"step {step + 1}/{len(steps)} ({weight}%) passed: {message}")
+                ("Normal", Reason.CANARY_STEP_PASSED, f"step {cur.step + 1}/{len(steps)} ({weight}%) passed: {message}")
             )
-            step += 1
-            started = None
-            if step == len(steps):
+            if cur.step + 1 == len(steps):
                 events.append(
                     ("Normal", Reason.CANARY_PROMOTED, f"every step passed: promoting template {thash} ({message})")
                 )
-                status = _status(
-                    "Promoting", thash, step, len(steps), 100, (canary_n, n), None, measurement, "promoting"
-                )
+                promoting = replace(cur, phase="Promoting", step=len(steps), weight=100, entered=None, started=None)
                 return Plan(
-                    status=status,
+                    status=promoting.status((canary_n, n), ready, "promoting"),
                     stable=obs.desired,
                     canary=canary_manifest(obs.desired, canary_n),
                     events=tuple(events),
                     aborted=None,
                     progressing="promoting: the stable Deployment takes the new template",
                 )
-            weight = steps[step].weight
+            weight = steps[cur.step + 1].weight
+            cur = replace(cur, step=cur.step + 1, weight=weight, entered=now_text, started=None)
             canary_n, stable_n = split(n, weight)
-            message = f"step {step + 1} of {len(steps)}: scaling the canary to {canary_n} replica(s)"
+            message = f"step {cur.step + 1} of {len(steps)}: scaling the canary to {canary_n} replica(s)"
         elif elapsed < pause:
-            message = f"{message}; step holds {pause - elapsed:.0f}s more"
-    status = _status(
-        "Progressing", thash, step, len(steps), weight, (canary_n, stable_n), started, measurement, message
-    )
+            until = (started_at + timedelta(seconds=pause)).strftime(TIME_FORMAT)
+            message = f"{message}; the step holds until {until}"
+    waited = (obs.now - _parse(cur.entered or now_text, obs.now)).total_seconds()
+    if waited > pause + gates.progress_deadline_seconds:
+        deadline = gates.progress_deadline_seconds
+        return abort(f"no verdict {deadline}s after the step's pause ({pause}s) could have ended: {message}")
     return Plan(
-        status=status,
+        status=cur.status((canary_n, stable_n), ready, message),
         stable=stable_manifest(obs.desired, obs.stable, stable_n),
         canary=canary_manifest(obs.desired, canary_n),
         events=tuple(events),
         aborted=None,
-        progressing=f"canary step {step + 1}/{len(steps)} ({status['trafficPercent']}% of pods): {message}",
+        progressing=f"canary step {cur.step + 1}/{len(steps)} ({weight}% of replicas): {message}",
         step_started=step_started,
     )
 
