@@ -318,3 +318,26 @@ def test_a_started_step_keeps_its_start_when_the_replicas_change() -> None:
     assert step(grown)["stepStartedAt"] == started
     assert step(grown)["canaryReplicas"] == 4
     assert "holds until 2026-12-07T12:00:30Z" in step(grown)["message"]  # no countdown: the status stays put
+
+
+def test_a_suspended_canary_waits_at_zero_without_a_deadline_and_resumes() -> None:
+    r = rollout((50, 5))
+    s = step(plan(r, observed()))
+    ready = with_status(canary.canary_manifest(deployment("new", 4), 2), 2)
+    s = step(plan(r, observed(canary=ready, previous=s)))
+    asleep = plan(r, observed(replicas=0, canary=ready, previous=s, now=T0 + timedelta(hours=3)))
+    s = step(asleep)
+    assert (s["phase"], s["canaryReplicas"], s["stableReplicas"]) == ("Progressing", 0, 0)
+    assert "stepEnteredAt" not in s
+    assert "stepStartedAt" not in s
+    assert asleep.stable["spec"]["template"]["spec"]["containers"][0]["image"] == "old"
+    assert asleep.canary is not None
+    assert asleep.canary["spec"]["replicas"] == 0
+    assert asleep.progressing is None
+    assert asleep.aborted is None
+    awake = plan(r, observed(canary=with_status(asleep.canary, 0), previous=s, now=T0 + timedelta(hours=4)))
+    s = step(awake)
+    assert s["phase"] == "Progressing"
+    assert s["stepEnteredAt"] == "2026-12-07T16:00:00Z"
+    assert awake.canary is not None
+    assert awake.canary["spec"]["replicas"] == 2
