@@ -530,8 +530,8 @@ class Autoscaling(CamelModel):
         ge=1,
         le=1000,
         description=(
-            "Load per pod that answered, as a multiple of target, that starts panic mode: scale up to the recommendation "
-            "at once (no stabilization) and never down while it lasts."
+            "Load per pod that answered, as a multiple of target, that starts panic mode: scale up to the "
+            "recommendation at once (no stabilization) and never down while it lasts."
         ),
     )
     panic_window_seconds: Int = Field(
