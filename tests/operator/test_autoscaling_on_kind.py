@@ -438,6 +438,12 @@ def _scaling_limited_phases(cluster: KindCluster, namespace: str, figures: dict[
         timeout=60,
         what="spec.replicas capped at 1",
     )
+    # The Event is written at the end of the pass that patched spec.replicas: wait for it too.
+    until(
+        lambda: any(e["reason"] == "ScaledDown" for e in nd_events(cluster, namespace, WIDE_NAME)),
+        timeout=30,
+        what="the ScaledDown Event",
+    )
     events = nd_events(cluster, namespace, WIDE_NAME)
     down = [e for e in events if e["reason"] == "ScaledDown"]
     assert len(down) == 1, [(e["reason"], e["message"]) for e in events]
@@ -665,8 +671,13 @@ class Canary:
         stalled, ready = condition(nd, "Stalled"), condition(nd, "Ready")
         assert (stalled["status"], stalled["reason"]) == ("True", "CanaryAborted"), stalled
         assert (ready["status"], ready["reason"]) == ("False", "CanaryAborted"), ready
+        # Events are written after the status of the same pass: wait for the abort's.
+        until(
+            lambda: any(e["reason"] == "CanaryAborted" for e in nd_events(cluster, namespace, CANARY_NAME)),
+            timeout=30,
+            what="the CanaryAborted Event",
+        )
         events = nd_events(cluster, namespace, CANARY_NAME)
-        # (The plan's Event, and the Stalled condition's own with the same reason, may both be there.)
         aborts = [e for e in events if e["reason"] == "CanaryAborted"]
         assert len(aborts) == 1, [(e["reason"], e["message"]) for e in events]  # one Warning per abort
         assert aborts[0]["type"] == "Warning", aborts
@@ -722,7 +733,11 @@ class Canary:
         nd = self.canary_gone("the canary removed after the revert")
         figures["revert_s"] = round(time.monotonic() - t0, 1)
         assert not canary_of(nd), canary_of(nd)
-        assert "CanaryReverted" in reasons(nd_events(cluster, namespace, CANARY_NAME))
+        until(  # the Event comes at the end of the pass that deleted the canary
+            lambda: "CanaryReverted" in reasons(nd_events(cluster, namespace, CANARY_NAME)),
+            timeout=30,
+            what="the CanaryReverted Event",
+        )
         wait_condition(cluster, namespace, "nd", CANARY_NAME, "Ready", timeout=120)
         self.stable_untouched("after the revert")
         run.wait_ok(run.ok() + 40, timeout=60, what="40 more OK answers after the revert")
