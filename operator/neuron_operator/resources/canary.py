@@ -224,6 +224,22 @@ def _parse(stamp: str, now: datetime) -> datetime:
     return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=now.tzinfo)
 
 
+def _aborted(
+    cur: _Step, obs: Observed, ready: tuple[int, int], events: list[tuple[str, Reason, str]], message: str
+) -> Plan:
+    """The canary at zero, the stable Deployment back to every replica on its own template, Stalled with
+    ``message`` (its Warning Event is Stalled's: one per abort)."""
+    aborted = replace(cur, phase="Aborted", entered=None, started=None)
+    return Plan(
+        status=aborted.status((0, obs.replicas), (0, ready[1]), message),
+        stable=stable_manifest(obs.desired, obs.stable, obs.replicas),
+        canary=canary_manifest(obs.desired, 0),
+        events=tuple(events),
+        aborted=message,
+        progressing=None,
+    )
+
+
 def plan(rollout: Rollout, obs: Observed) -> Plan:
     """One pass of a canary of ``obs.desired``'s template over the stable Deployment ``obs.stable``."""
     steps = rollout.steps or []
@@ -247,15 +263,7 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     )
     ready = (_ready_count(obs.canary), _ready_count(obs.stable))
     if cur.phase == "Aborted":
-        message = str(prev["message"]) if prev else ""
-        return Plan(
-            status=cur.status((0, n), (0, ready[1]), message),
-            stable=stable_manifest(obs.desired, obs.stable, n),
-            canary=canary_manifest(obs.desired, 0),
-            events=tuple(events),
-            aborted=message,
-            progressing=None,
-        )
+        return _aborted(cur, obs, ready, events, str(prev["message"]) if prev else "")
     if cur.phase in ("Promoting", "Promoted"):
         # The stable Deployment takes the new template (its own rolling update, with the spec's budget); the canary
         # serves beside it until every stable replica runs the new template, then goes.
@@ -294,15 +302,7 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     def abort(why: str) -> Plan:
         # The Warning Event is Stalled's (CanaryAborted, this message): one per abort.
         message = f"canary aborted at step {cur.step + 1}/{len(steps)} (weight {weight}%): {why}"
-        aborted = replace(cur, phase="Aborted", entered=None, started=None)
-        return Plan(
-            status=aborted.status((0, n), (0, ready[1]), message),
-            stable=stable_manifest(obs.desired, obs.stable, n),
-            canary=canary_manifest(obs.desired, 0),
-            events=tuple(events),
-            aborted=message,
-            progressing=None,
-        )
+        return _aborted(cur, obs, ready, events, message)
 
     if obs.refused is not None:
         return abort(obs.refused)
