@@ -41,27 +41,23 @@ list continues in NEURON_RUNTIME_GC_KEEP_1, _2, ...). Exit codes:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_BAD_REQUEST = 2
-EXIT_SOURCE = 3
-EXIT_TRACE = 4
-EXIT_NEURON_MISSING = 5
-EXIT_UNSUPPORTED = 8
-EXIT_STORAGE_DENIED = 9
-EXIT_STORAGE_UNAVAILABLE = 10
-
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_LOG_ENV = "NEURON_RUNTIME_TERMINATION_LOG"
-COMPILE_REQUEST_ENV = "NEURON_RUNTIME_COMPILE_REQUEST"
-GC_KEEP_ENV = "NEURON_RUNTIME_GC_KEEP"
-TERMINATION_MESSAGE_LIMIT = 4096
+from neuron_runtime.contract import (
+    COMPILE_REQUEST_ENV,
+    DEFAULT_TERMINATION_LOG,
+    EXIT_OK,
+    GC_KEEP_ENV,
+    TERMINATION_LOG_ENV,
+    CompileFailure,
+    CompileResult,
+    Failure,
+    GcResult,
+    TerminationMessage,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,20 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_serve(args)
 
 
-def storage_failure(exc: Exception, not_found_exit: int = EXIT_STORAGE_DENIED) -> tuple[int, str]:
-    """Exit code and termination reason of an `objectstore.StorageError`, the same for compile, gc and serve (serve
-    exits 3 for a missing artifact, like any artifact it cannot use: `not_found_exit`)."""
+def storage_failure(exc: Exception) -> CompileFailure:
+    """The failure of an `objectstore.StorageError`, the same for compile and gc (serve maps its own)."""
     from neuron_runtime import objectstore
-    from neuron_runtime.reasons import CompileFailure
 
     if isinstance(exc, objectstore.AccessDenied):
-        return EXIT_STORAGE_DENIED, CompileFailure.STORAGE_ACCESS_DENIED.value
+        return CompileFailure.STORAGE_ACCESS_DENIED
     if isinstance(exc, objectstore.ObjectNotFound):
-        return not_found_exit, CompileFailure.STORAGE_NOT_FOUND.value
-    return EXIT_STORAGE_UNAVAILABLE, CompileFailure.STORAGE_UNAVAILABLE.value
+        return CompileFailure.STORAGE_NOT_FOUND
+    return CompileFailure.STORAGE_UNAVAILABLE
 
 
 def termination_log_path(explicit: str | None) -> Path | None:
+    """`--termination-log`, else env `NEURON_RUNTIME_TERMINATION_LOG`, else kubelet's default path if it exists."""
     if explicit:
         return Path(explicit)
     if env := os.environ.get(TERMINATION_LOG_ENV):
@@ -125,13 +120,9 @@ def termination_log_path(explicit: str | None) -> Path | None:
     return default if default.exists() else None
 
 
-def write_termination_message(path: Path | None, message: dict[str, Any]) -> str:
-    """Write the one-line JSON result (< 4096 bytes; long messages are cut) where kubelet reads it."""
-    line = json.dumps(message, sort_keys=True, separators=(",", ":"))
-    if len(line.encode()) >= TERMINATION_MESSAGE_LIMIT and "message" in message:
-        excess = len(line.encode()) - TERMINATION_MESSAGE_LIMIT + 16
-        message = {**message, "message": str(message["message"])[: max(0, len(message["message"]) - excess)] + "…"}
-        line = json.dumps(message, sort_keys=True, separators=(",", ":"))
+def write_termination_message(path: Path | None, message: TerminationMessage) -> str:
+    """Write the one-line JSON result (< 4096 bytes: `TerminationMessage.line`) where kubelet reads it; print it."""
+    line = message.line()
     if path is not None:
         try:
             path.write_text(line + "\n")
@@ -141,144 +132,144 @@ def write_termination_message(path: Path | None, message: dict[str, Any]) -> str
     return line
 
 
-def run_compile(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+class _Command:
+    """What compile and gc share: where the termination message goes, failing with a reason, progress lines."""
 
-    from neuron_runtime.config import CompileRequest
-    from neuron_runtime.reasons import CompileFailure
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        self.name, self.quiet = name, bool(args.quiet)
+        self.log_path = termination_log_path(args.termination_log)
 
-    log_path = termination_log_path(args.termination_log)
+    def fail(self, failure: CompileFailure, message: str) -> int:
+        write_termination_message(self.log_path, Failure(reason=failure.value, message=message))
+        return failure.exit_code
 
-    def fail(code: int, reason: str, message: str) -> int:
-        write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message})
-        return code
+    def progress(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[neuron-runtime {self.name}] {message}", file=sys.stderr, flush=True)
 
-    def progress(message: str) -> None:
-        if not args.quiet:
-            print(f"[neuron-runtime compile] {message}", file=sys.stderr, flush=True)
 
-    try:
-        if args.request_json is not None:
-            raw = args.request_json
-        elif args.request is not None:
-            raw = args.request.read_text()
-        elif COMPILE_REQUEST_ENV in os.environ:
-            raw = os.environ[COMPILE_REQUEST_ENV]
-        else:
-            return fail(
-                EXIT_BAD_REQUEST,
-                CompileFailure.BAD_REQUEST.value,
-                f"give --request-json, --request or {COMPILE_REQUEST_ENV}",
-            )
-        request = CompileRequest.model_validate_json(raw)
-    except (OSError, ValidationError) as exc:
-        return fail(EXIT_BAD_REQUEST, CompileFailure.BAD_REQUEST.value, f"invalid compile request: {exc}")
+class _BadRequest(ValueError):
+    """The command's input is missing or invalid (exit BadRequest)."""
 
+
+def _compile_request_json(args: argparse.Namespace) -> str:
+    """The CompileRequest JSON from --request-json, --request or the operator's env var."""
+    if args.request_json is not None:
+        return str(args.request_json)
+    if args.request is not None:
+        return str(args.request.read_text())
+    if COMPILE_REQUEST_ENV in os.environ:
+        return os.environ[COMPILE_REQUEST_ENV]
+    raise _BadRequest(f"give --request-json, --request or {COMPILE_REQUEST_ENV}")
+
+
+def _compile_failure(exc: Exception) -> tuple[CompileFailure, str]:
+    """The failure and message of an exception raised by `compile_artifact`."""
     from neuron_runtime import objectstore
-    from neuron_runtime.compile import TraceError, compile_artifact
+    from neuron_runtime.compile import TraceError
     from neuron_runtime.neuron import NeuronPackageMissing, UnsupportedArchitecture
     from neuron_runtime.sources import SourceError
 
+    known: tuple[tuple[type[Exception], CompileFailure], ...] = (
+        (NeuronPackageMissing, CompileFailure.NEURON_MISSING),
+        (UnsupportedArchitecture, CompileFailure.UNSUPPORTED_ARCHITECTURE),
+        (SourceError, CompileFailure.SOURCE_FAILED),
+        (TraceError, CompileFailure.TRACE_FAILED),
+    )
+    for type_, failure in known:
+        if isinstance(exc, type_):
+            return failure, str(exc)
+    if isinstance(exc, objectstore.StorageError):
+        return storage_failure(exc), str(exc)
+    return CompileFailure.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from neuron_runtime import objectstore
+    from neuron_runtime.compile import compile_artifact
+    from neuron_runtime.config import CompileRequest
+
+    cmd = _Command("compile", args)
+    try:
+        request = CompileRequest.model_validate_json(_compile_request_json(args))
+    except _BadRequest as exc:
+        return cmd.fail(CompileFailure.BAD_REQUEST, str(exc))
+    except (OSError, ValidationError) as exc:
+        return cmd.fail(CompileFailure.BAD_REQUEST, f"invalid compile request: {exc}")
     root: str | Path = args.output_root if objectstore.is_s3(args.output_root) else Path(args.output_root)
     try:
-        result = compile_artifact(request, root, progress)
-    except NeuronPackageMissing as exc:
-        return fail(EXIT_NEURON_MISSING, CompileFailure.NEURON_MISSING.value, str(exc))
-    except UnsupportedArchitecture as exc:
-        return fail(EXIT_UNSUPPORTED, CompileFailure.UNSUPPORTED_ARCHITECTURE.value, str(exc))
-    except SourceError as exc:
-        return fail(EXIT_SOURCE, CompileFailure.SOURCE_FAILED.value, str(exc))
-    except TraceError as exc:
-        return fail(EXIT_TRACE, CompileFailure.TRACE_FAILED.value, str(exc))
-    except objectstore.StorageError as exc:
-        return fail(*storage_failure(exc), str(exc))
+        result = compile_artifact(request, root, cmd.progress)
     except Exception as exc:
-        return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
+        return cmd.fail(*_compile_failure(exc))
     manifest = result.manifest
     try:
         total_bytes: int | None = _stored_bytes(result)
     except Exception as exc:  # a size for the serving pods' download volume; never a reason to fail the compile
-        progress(f"cannot measure the artifact's size: {exc}")
+        cmd.progress(f"cannot measure the artifact's size: {exc}")
         total_bytes = None
-    write_termination_message(
-        log_path,
-        {
-            "status": "Succeeded",
-            "cacheKey": manifest.cache_key,
-            "uri": result.location,
-            "sha256": result.digest,
-            "sizeBytes": manifest.size_bytes,
-            "totalBytes": total_bytes,
-            "compileSeconds": manifest.compile_seconds,
-            "neuronCoreVersion": manifest.neuron_core_version,
-            "compilerVersion": manifest.compiler_version,
-            "torchVersion": manifest.torch_version,
-            "cached": result.cached,
-            "maxAbsError": manifest.max_abs_error,
-        },
+    done = CompileResult(
+        cache_key=manifest.cache_key,
+        uri=str(result.location),
+        sha256=result.digest,
+        size_bytes=manifest.size_bytes,
+        total_bytes=total_bytes,
+        compile_seconds=manifest.compile_seconds,
+        neuron_core_version=manifest.neuron_core_version,
+        compiler_version=manifest.compiler_version,
+        torch_version=manifest.torch_version,
+        cached=result.cached,
+        max_abs_error=manifest.max_abs_error,
     )
+    write_termination_message(cmd.log_path, done)
     return EXIT_OK
 
 
-def _fitting(message: dict[str, Any]) -> dict[str, Any]:
-    """`message` with its list of expired artifacts shortened until the line fits the termination message."""
-    while len(json.dumps(message, sort_keys=True, separators=(",", ":")).encode()) >= TERMINATION_MESSAGE_LIMIT:
-        if not message.get("expired"):
-            break
-        message = {**message, "expired": message["expired"][:-1]}
-    return message
+def _gc_keep(args: argparse.Namespace) -> frozenset[str]:
+    """The referenced cache keys: --keep-file, or NEURON_RUNTIME_GC_KEEP and NEURON_RUNTIME_GC_KEEP_1, _2, ... (the
+    operator splits a long list: one environment string may not exceed 128 KiB)."""
+    from neuron_runtime import retention
+
+    if args.keep_file is not None:
+        return retention.parse_keep(args.keep_file.read_text())
+    chunks = [v for k, v in sorted(os.environ.items()) if k == GC_KEEP_ENV or k.startswith(f"{GC_KEEP_ENV}_")]
+    return frozenset().union(*(retention.parse_keep(chunk) for chunk in chunks or ["[]"]))
 
 
 def run_gc(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from neuron_runtime import objectstore, retention
-    from neuron_runtime.reasons import CompileFailure
 
-    log_path = termination_log_path(args.termination_log)
-
-    def fail(code: int, reason: str, message: str) -> int:
-        write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message})
-        return code
-
-    def progress(message: str) -> None:
-        if not args.quiet:
-            print(f"[neuron-runtime gc] {message}", file=sys.stderr, flush=True)
-
+    cmd = _Command("gc", args)
     try:
-        if args.keep_file is not None:
-            keep = retention.parse_keep(args.keep_file.read_text())
-        else:
-            # NEURON_RUNTIME_GC_KEEP, and NEURON_RUNTIME_GC_KEEP_1, _2, ... when the operator splits a long list (one
-            # environment string may not exceed 128 KiB).
-            chunks = [v for k, v in sorted(os.environ.items()) if k == GC_KEEP_ENV or k.startswith(f"{GC_KEEP_ENV}_")]
-            keep = frozenset().union(*(retention.parse_keep(chunk) for chunk in chunks or ["[]"]))
+        keep = _gc_keep(args)
         now = retention.parse_time(args.now) if args.now else datetime.now(timezone.utc)
         if args.min_age_seconds < 0:
             raise retention.GcRequestError("--min-age-seconds must not be negative")
-        if objectstore.is_s3(args.root):
-            root_s3 = objectstore.S3Location.parse(args.root)
+        root_s3 = objectstore.S3Location.parse(args.root) if objectstore.is_s3(args.root) else None
     except (OSError, ValueError) as exc:
-        return fail(EXIT_BAD_REQUEST, CompileFailure.BAD_REQUEST.value, f"invalid gc request: {exc}")
+        return cmd.fail(CompileFailure.BAD_REQUEST, f"invalid gc request: {exc}")
     mode = "deleting" if args.delete else "dry run (nothing is deleted)"
-    progress(f"{args.root}: {len(keep)} referenced cache keys, minimum age {args.min_age_seconds:.0f}s, {mode}")
+    cmd.progress(f"{args.root}: {len(keep)} referenced cache keys, minimum age {args.min_age_seconds:.0f}s, {mode}")
     try:
-        if objectstore.is_s3(args.root):
+        if root_s3 is not None:
             s3 = objectstore.client_from_env()
-            result = retention.collect_s3(s3, root_s3, keep, args.min_age_seconds, now, args.delete, progress)
+            result = retention.collect_s3(s3, root_s3, keep, args.min_age_seconds, now, args.delete, cmd.progress)
         else:
             root = Path(args.root)
-            result = retention.collect_volume(root, keep, args.min_age_seconds, now, args.delete, progress)
+            result = retention.collect_volume(root, keep, args.min_age_seconds, now, args.delete, cmd.progress)
     except objectstore.StorageError as exc:
-        return fail(*storage_failure(exc), str(exc))
+        return cmd.fail(storage_failure(exc), str(exc))
     except Exception as exc:
-        return fail(EXIT_INTERNAL, CompileFailure.INTERNAL_ERROR.value, f"{type(exc).__name__}: {exc}")
-    progress(
+        return cmd.fail(CompileFailure.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+    cmd.progress(
         f"{result.kept} kept, {result.retained} unreferenced but younger than the minimum age, "
         f"{len(result.expired)} expired ({result.reclaimable_bytes} bytes), {len(result.leftovers)} leftovers, "
         f"{result.deleted_bytes} bytes deleted"
     )
-    write_termination_message(log_path, _fitting(result.message()))
+    write_termination_message(cmd.log_path, GcResult.model_validate(result.message()))
     return EXIT_OK
 
 

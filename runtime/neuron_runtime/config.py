@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from neuron_runtime.contract import DEFAULT_TERMINATION_LOG, ENV_NESTED_DELIMITER, ENV_PREFIX, S3_ENV_PREFIX
+
 ARTIFACT_FORMAT_VERSION = 3
 """Bumped whenever the artifact layout or the manifest schema changes (3: one graph per batch size as well)."""
 
@@ -41,8 +43,6 @@ a request must compile anew."""
 
 MANIFEST_NAME = "manifest.json"
 
-ENV_PREFIX = "NEURON_RUNTIME_"
-ENV_NESTED_DELIMITER = "__"
 
 Target = Literal["inf1", "inf2", "trn1", "trn2", "cpu"]
 DType = Literal["float32", "float16", "bfloat16", "int64", "int32", "int8", "uint8", "bool"]
@@ -323,11 +323,9 @@ class CompileRequest(_Strict):
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-S3_ENV_PREFIX = f"{ENV_PREFIX}S3{ENV_NESTED_DELIMITER}"
 S3_ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 """An S3-compatible endpoint: http(s)://host[:port][/path]; no query, and no user:password@ (it would end up in
 status and logs: credentials go in a Secret)."""
-"""Env vars of `S3Connection` (`NEURON_RUNTIME_S3__ENDPOINT_URL`, ...): the same names for compile and serve."""
 
 
 class S3Connection(_Strict):
@@ -396,7 +394,8 @@ class ServeSettings(BaseSettings):
     warmup_runs: int = Field(2, ge=0, le=100, description="runs of every bucket on every worker before ready")
     parity: Parity = Field(default_factory=Parity)
     termination_log: Path | None = Field(
-        None, description="where a refusal to serve is written for kubelet; default /dev/termination-log if present"
+        None,
+        description=f"where a refusal to serve is written for kubelet; default {DEFAULT_TERMINATION_LOG} if present",
     )
     shutdown_delay_s: float = Field(
         0.0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from neuron_runtime import contract
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 RATIO_BUCKETS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -19,16 +21,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.request_latency = Histogram(
-            "neuron_runtime_request_duration_seconds",
+            contract.METRIC_REQUEST_DURATION,
             "Inference request latency, from body received to response ready",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.requests = Counter(
-            "neuron_runtime_requests_total", "Inference requests by HTTP status code", ["code"], registry=r
+            contract.METRIC_REQUESTS, "Inference requests by HTTP status code", ["code"], registry=r
         )
         self.grpc_requests = Counter(
-            "neuron_runtime_grpc_requests_total",
+            contract.METRIC_GRPC_REQUESTS,
             "gRPC ModelInfer requests by gRPC status code name (OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...)",
             ["code"],
             registry=r,
@@ -61,7 +63,7 @@ class Metrics:
             ["worker"],
             registry=r,
         )
-        self.queue_depth = Gauge("neuron_runtime_queue_depth_rows", "Rows waiting in the batch queue", registry=r)
+        self.queue_depth = Gauge(contract.METRIC_QUEUED_ROWS, "Rows waiting in the batch queue", registry=r)
         self.rejections = Counter(
             "neuron_runtime_rejections_total",
             "Requests refused: queue_full (429), timeout (504), shutting_down (503), bad_request (4xx)",
@@ -102,7 +104,7 @@ class Metrics:
             "Batches that failed and were re-run in parts to find the request(s) that made the graph raise",
             registry=r,
         )
-        self.in_flight = Gauge("neuron_runtime_requests_in_flight", "Inference requests being handled", registry=r)
+        self.in_flight = Gauge(contract.METRIC_IN_FLIGHT, "Inference requests being handled", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ rounding of each type (bf16 keeps 8 significant bits, fp16 and tf32 11, fp8-e4m3
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +24,7 @@ from typing import Any
 import torch
 
 from neuron_runtime.artifact import Manifest
-
-LOG_PREFIX = "NEURON_RUNTIME_PARITY"
-"""A passing check is printed as `NEURON_RUNTIME_PARITY {json}` on stdout (the operator reads it from the log)."""
+from neuron_runtime.contract import PARITY_LOG_PREFIX
 
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     # precision the graph computes in -> (atol, rtol)
@@ -71,6 +70,10 @@ class ParityReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def log_line(self) -> str:
+        """The stdout line of a passing check, which the operator reads from the pod's log into status.parity."""
+        return f"{PARITY_LOG_PREFIX} {json.dumps(self.as_dict(), sort_keys=True)}"
 
 
 def precision_of(manifest: Manifest) -> str:

@@ -28,25 +28,34 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web, web_protocol, web_request, web_server
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from neuron_runtime import __version__
+from neuron_runtime import __version__, contract, objectstore
+from neuron_runtime.artifact import ArtifactError
 from neuron_runtime.batching.queue import QueueFull
+from neuron_runtime.cli import termination_log_path, write_termination_message
+from neuron_runtime.compat import IncompatibleRuntime
 from neuron_runtime.config import ServeSettings
+from neuron_runtime.contract import ServeRefusal
 from neuron_runtime.errors import InferenceError, PayloadTooLarge, RequestTimeout, Unavailable
 from neuron_runtime.lifecycle import ServerState
 from neuron_runtime.metrics import Metrics
-from neuron_runtime.model import ServedModel
+from neuron_runtime.model import ConfigurationError, ServedModel
+from neuron_runtime.parity import ParityFailed
+from neuron_runtime.placement import PlacementError
 from neuron_runtime.protocol import HEADER_LENGTH, decode_request, encode_response, error_body
-from neuron_runtime.reasons import ServeRefusal
 from neuron_runtime.tensors import OIP_DATATYPES
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("neuron_runtime.server")
 
@@ -140,27 +149,34 @@ async def _errors_as_json(
         return _error(exc.status, message)
 
 
-def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, state: ServerState) -> web.Application:
+class Routes:
+    """The REST handlers of one served model: health, metadata, parity, inference and metrics."""
+
+    def __init__(self, model: ServedModel, settings: ServeSettings, metrics: Metrics, state: ServerState) -> None:
+        """Handlers on `model`, sharing `metrics` and the lifecycle `state` with the gRPC endpoint."""
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.state = state
+        self.name = model.name
+        self.input_dtypes = {spec.name: spec.dtype for spec in model.manifest.inputs}
+        self.output_names = [o.name for o in model.manifest.outputs]
+        self.timeout_default_s = settings.batching.timeout_ms / 1000.0
+
     @web.middleware
-    async def _close_when_stopping(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    async def close_when_stopping(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """After SIGTERM, answer with `Connection: close`: a kept-alive client's next request then opens a new
         connection, which the Service sends to a ready pod (the endpoints no longer list this one)."""
         response = await handler(request)
-        if state.stopping:
+        if self.state.stopping:
             response.force_close()
         return response
 
-    app = web.Application(
-        client_max_size=settings.max_request_bytes, middlewares=[_close_when_stopping, _errors_as_json]
-    )
-    name = model.name
-    input_dtypes = {spec.name: spec.dtype for spec in model.manifest.inputs}
-    output_names = [o.name for o in model.manifest.outputs]
-    timeout_default = settings.batching.timeout_ms / 1000.0
-
-    def check_model(request: web.Request) -> web.Response | None:
+    def check_model(self, request: web.Request) -> web.Response | None:
+        """A 404 when the path names another model or version than this one, else None."""
+        name = self.name
         if request.match_info["model"] != name:
             return _error(404, f"unknown model {request.match_info['model']!r}; this server serves {name!r}")
         version = request.match_info.get("version")
@@ -168,22 +184,28 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
             return _error(404, f"model {name!r} has no version {version!r}; it has {MODEL_VERSION!r}")
         return None
 
-    async def live(_request: web.Request) -> web.Response:
+    def is_ready(self) -> bool:
+        """Warm, not stopping, and every worker healthy."""
+        return self.state.ready and self.model.healthy
+
+    async def live(self, _request: web.Request) -> web.Response:
+        """Liveness: the process answers."""
         return _json(200, {"live": True})
 
-    def is_ready() -> bool:
-        return state.ready and model.healthy
-
-    async def ready(_request: web.Request) -> web.Response:
-        ok = is_ready()
+    async def ready(self, _request: web.Request) -> web.Response:
+        """Readiness: 200 once warm, 503 while warming up, draining or short of healthy workers."""
+        ok = self.is_ready()
         return _json(200 if ok else 503, {"ready": ok})
 
-    async def server_metadata(_request: web.Request) -> web.Response:
+    async def server_metadata(self, _request: web.Request) -> web.Response:
+        """OIP v2 server metadata."""
         return _json(200, {"name": "neuron-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
 
-    async def model_metadata(request: web.Request) -> web.Response:
-        if (bad := check_model(request)) is not None:
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        """OIP v2 model metadata: the tensors (-1 for the batch and bucketed axes) and the artifact's parameters."""
+        if (bad := self.check_model(request)) is not None:
             return bad
+        model = self.model
         manifest = model.manifest
         sig = model.signature
         inputs = []
@@ -198,7 +220,7 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
         return _json(
             200,
             {
-                "name": name,
+                "name": self.name,
                 "versions": [MODEL_VERSION],
                 "platform": "pytorch_torchscript",
                 "inputs": inputs,
@@ -208,28 +230,32 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
                     "artifact_sha256": model.digest,
                     "traced_batch_size": manifest.batch_size,
                     "buckets": list(sig.bucket_sizes),
-                    "max_batch_size": settings.batching.max_batch_size,
+                    "max_batch_size": self.settings.batching.max_batch_size,
                 },
             },
         )
 
-    async def model_parity(request: web.Request) -> web.Response:
-        if (bad := check_model(request)) is not None:
+    async def model_parity(self, request: web.Request) -> web.Response:
+        """The parity gate's measured report (a runtime extension of OIP v2)."""
+        if (bad := self.check_model(request)) is not None:
             return bad
-        report = model.parity
-        return _json(200, {"name": name, "checked": report is not None, **(report.as_dict() if report else {})})
+        report = self.model.parity
+        return _json(200, {"name": self.name, "checked": report is not None, **(report.as_dict() if report else {})})
 
-    async def model_ready(request: web.Request) -> web.Response:
-        if (bad := check_model(request)) is not None:
+    async def model_ready(self, request: web.Request) -> web.Response:
+        """OIP v2 model readiness (the server's readiness: it serves one model)."""
+        if (bad := self.check_model(request)) is not None:
             return bad
-        ok = is_ready()
-        return _json(200 if ok else 503, {"name": name, "ready": ok})
+        ok = self.is_ready()
+        return _json(200 if ok else 503, {"name": self.name, "ready": ok})
 
-    async def infer(request: web.Request) -> web.StreamResponse:
-        if (bad := check_model(request)) is not None:
+    async def infer(self, request: web.Request) -> web.StreamResponse:
+        """OIP v2 inference, admitted by the lifecycle, tracked for the drain and counted in the metrics."""
+        if (bad := self.check_model(request)) is not None:
             return bad
+        state, metrics = self.state, self.metrics
         try:
-            state.admit(name)
+            state.admit(self.name)
         except Unavailable as exc:
             metrics.rejections.labels("shutting_down" if not state.accepting else "not_ready").inc()
             return _inference_error(exc)
@@ -237,7 +263,7 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
         with state.track():
             metrics.in_flight.inc()
             try:
-                response = await _infer(request)
+                response = await self._infer(request)
             except InferenceError as exc:
                 if 400 <= exc.http_status < 500 and not isinstance(exc, QueueFull):  # 429s count as queue_full
                     metrics.rejections.labels("bad_request").inc()
@@ -253,7 +279,9 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
         metrics.requests.labels(str(response.status)).inc()
         return response
 
-    async def _infer(request: web.Request) -> web.Response:
+    async def _infer(self, request: web.Request) -> web.Response:
+        """Read, decode and run one admitted request; raises `InferenceError` for an answer other than 200."""
+        model, settings = self.model, self.settings
         # Refuse before reading or decoding anything when the queue is full or no worker runs: under overload a
         # 429 then costs almost nothing, so the requests that are accepted keep the workers busy.
         model.admit()
@@ -265,12 +293,12 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
         )
         body = await _read_body(request, limit, settings.read_timeout_s)
         if len(body) > DECODE_OFF_LOOP_BYTES:
-            decoded = await asyncio.to_thread(decode_request, body, header_length, input_dtypes)
+            decoded = await asyncio.to_thread(decode_request, body, header_length, self.input_dtypes)
         else:
-            decoded = decode_request(body, header_length, input_dtypes)
-        timeout = decoded.timeout_s if decoded.timeout_s is not None else timeout_default
+            decoded = decode_request(body, header_length, self.input_dtypes)
+        timeout = decoded.timeout_s if decoded.timeout_s is not None else self.timeout_default_s
         outputs = await model.run(decoded.inputs, timeout)
-        payload, response_header_length = encode_response(name, decoded, output_names, outputs)
+        payload, response_header_length = encode_response(self.name, decoded, self.output_names, outputs)
         if response_header_length is None:
             return web.Response(body=payload, content_type=JSON)
         return web.Response(
@@ -279,24 +307,32 @@ def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, sta
             headers={HEADER_LENGTH: str(response_header_length)},
         )
 
-    async def metrics_handler(_request: web.Request) -> web.Response:
-        metrics.queue_depth.set(model.batcher.queued_rows)
-        return web.Response(body=metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+    async def metrics_handler(self, _request: web.Request) -> web.Response:
+        """Prometheus text exposition, with the queue depth sampled now."""
+        self.metrics.queue_depth.set(self.model.batcher.queued_rows)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    routes = [
-        web.get("/v2/health/live", live),
-        web.get("/v2/health/ready", ready),
-        web.get("/v2", server_metadata),
-        web.get("/metrics", metrics_handler),
+
+def build_app(model: ServedModel, settings: ServeSettings, metrics: Metrics, state: ServerState) -> web.Application:
+    """The aiohttp application: the `Routes` of `model` on the OIP v2 paths, behind the JSON-error middlewares."""
+    routes = Routes(model, settings, metrics, state)
+    app = web.Application(
+        client_max_size=settings.max_request_bytes, middlewares=[routes.close_when_stopping, _errors_as_json]
+    )
+    table = [
+        web.get(contract.LIVE_PATH, routes.live),
+        web.get(contract.READY_PATH, routes.ready),
+        web.get("/v2", routes.server_metadata),
+        web.get(contract.METRICS_PATH, routes.metrics_handler),
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [
-            web.get(prefix, model_metadata),
-            web.get(prefix + "/ready", model_ready),
-            web.get(prefix + "/parity", model_parity),
-            web.post(prefix + "/infer", infer),
+        table += [
+            web.get(prefix, routes.model_metadata),
+            web.get(prefix + "/ready", routes.model_ready),
+            web.get(prefix + "/parity", routes.model_parity),
+            web.post(prefix + "/infer", routes.infer),
         ]
-    app.add_routes(routes)
+    app.add_routes(table)
     return app
 
 
@@ -338,17 +374,57 @@ async def serve(
     gRPC endpoint listens.
     """
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    _stop_on_signals(stop)
     metrics = Metrics()
     # Workers need the GIL only briefly around each graph call; with the default 5 ms switch interval they can
     # wait that long behind a busy event loop at every batch boundary (a convoy), leaving their core idle.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     model = ServedModel.load(settings, metrics)
     state = ServerState()
-    app = build_app(model, settings, metrics, state)
+    runner, port = await _listen(build_app(model, settings, metrics, state), settings)
+    model.start()
+    grpc_server: grpc.aio.Server | None = None
+    started = time.perf_counter()
+    try:
+        grpc_listening = await _start_grpc(model, state, metrics, settings)
+        if grpc_listening is not None:
+            grpc_server, grpc_port = grpc_listening
+            if on_grpc is not None:
+                on_grpc(grpc_port)
+        await model.check_parity(settings.parity, settings.artifact_dir)
+        await model.warmup(settings.warmup_runs)
+    except BaseException:
+        await _close(model, runner, grpc_server, grace_s=0)
+        raise
+    state.ready = True
+    log.info(
+        "model %s ready: %d worker(s), %d graph(s), warm-up %.2fs",
+        model.name,
+        len(model.pool.workers),
+        len(model.manifest.graphs),
+        time.perf_counter() - started,
+    )
+    if on_ready is not None:
+        on_ready(port)
+    await _until_stopped(stop, model)
+    await _drain(model, state, settings)
+    await _close(model, runner, grpc_server, grace_s=CLEANUP_TIMEOUT_S)
+    log.info("stopped")
+    if model.failure is not None:
+        raise WorkerCrashLoop(model.failure)
+    return 0
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """Set `stop` on SIGTERM and SIGINT (where the loop supports signal handlers)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _listen(app: web.Application, settings: ServeSettings) -> tuple[web.AppRunner, int]:
+    """Open the REST listener (live, not ready yet); returns its runner and the bound port."""
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -364,44 +440,36 @@ async def serve(
     port = _bound_port(runner, settings.port)
     log.info("listening on %s:%d (live, warming up)", settings.host, port)
     print(f"listening on {settings.host}:{port}", flush=True)
-    model.start()
-    grpc_server = None
-    started = time.perf_counter()
+    return runner, port
+
+
+async def _start_grpc(
+    model: ServedModel, state: ServerState, metrics: Metrics, settings: ServeSettings
+) -> tuple[grpc.aio.Server, int] | None:
+    """Start the OIP v2 gRPC endpoint; returns it and its bound port, or None in an image without grpcio."""
     try:
-        try:
-            from neuron_runtime.grpc_server import start_grpc_server
-        except ImportError as exc:  # the inf1 image has no grpcio (see pyproject's `grpc` extra)
-            log.warning("OIP v2 gRPC is off: %s (the image lacks the `grpc` extra); serving REST only", exc)
-        else:
-            grpc_server, grpc_port = await start_grpc_server(
-                model, state, metrics, settings.host, settings.grpc_port, settings.max_request_bytes
-            )
-            print(f"grpc listening on {settings.host}:{grpc_port}", flush=True)
-            if on_grpc is not None:
-                on_grpc(grpc_port)
-        await model.check_parity(settings.parity, settings.artifact_dir)
-        await model.warmup(settings.warmup_runs)
-    except BaseException:
-        if grpc_server is not None:
-            await grpc_server.stop(0)
-        model.shutdown()
-        await runner.cleanup()
-        raise
-    state.ready = True
-    log.info(
-        "model %s ready: %d worker(s), %d graph(s), warm-up %.2fs",
-        model.name,
-        len(model.pool.workers),
-        len(model.manifest.graphs),
-        time.perf_counter() - started,
+        from neuron_runtime.grpc_server import start_grpc_server
+    except ImportError as exc:  # the inf1 image has no grpcio (see pyproject's `grpc` extra)
+        log.warning("OIP v2 gRPC is off: %s (the image lacks the `grpc` extra); serving REST only", exc)
+        return None
+    grpc_server, grpc_port = await start_grpc_server(
+        model, state, metrics, settings.host, settings.grpc_port, settings.max_request_bytes
     )
-    if on_ready is not None:
-        on_ready(port)
+    print(f"grpc listening on {settings.host}:{grpc_port}", flush=True)
+    return grpc_server, grpc_port
+
+
+async def _until_stopped(stop: asyncio.Event, model: ServedModel) -> None:
+    """Wait for `stop` (a signal) or for the workers' supervision to give up (`model.failed`)."""
     stopped = asyncio.ensure_future(stop.wait())
     failed = asyncio.ensure_future(model.failed.wait())
     await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     failed.cancel()
+
+
+async def _drain(model: ServedModel, state: ServerState, settings: ServeSettings) -> None:
+    """Not ready → optional `shutdown_delay_s` → refuse new requests → finish in-flight ones, within one deadline."""
     if model.failure is not None:
         log.error("stopping: %s", model.failure)
     log.info("stopping: not ready; draining %d in-flight request(s)", state.in_flight)
@@ -413,26 +481,28 @@ async def serve(
     state.accepting = False
     if state.in_flight == 0:
         state.drained.set()
-
-    async def drain() -> None:
-        # Flush the queues at once (no more waiting for the delay) and let running batches finish, then let
-        # the handlers write their responses.
-        await model.drain()
-        await state.drained.wait()
-
     try:
         # One deadline for the whole drain: a client holding its body open cannot stretch it.
-        await asyncio.wait_for(drain(), settings.drain_timeout_s)
+        await asyncio.wait_for(_finish_in_flight(model, state), settings.drain_timeout_s)
     except asyncio.TimeoutError:  # not the builtin before Python 3.11
         log.warning("drain timed out with %d request(s) in flight", state.in_flight)
+
+
+async def _finish_in_flight(model: ServedModel, state: ServerState) -> None:
+    """Flush the queues at once (no more waiting for the delay), let running batches finish, then the handlers
+    write their responses."""
+    await model.drain()
+    await state.drained.wait()
+
+
+async def _close(
+    model: ServedModel, runner: web.AppRunner, grpc_server: grpc.aio.Server | None, *, grace_s: float
+) -> None:
+    """Stop the gRPC endpoint (`grace_s` for its running calls), the workers, then the REST listener."""
     if grpc_server is not None:
-        await grpc_server.stop(CLEANUP_TIMEOUT_S)
+        await grpc_server.stop(grace_s)
     model.shutdown()
     await runner.cleanup()
-    log.info("stopped")
-    if model.failure is not None:
-        raise WorkerCrashLoop(model.failure)
-    return 0
 
 
 class WorkerCrashLoop(RuntimeError):
@@ -446,72 +516,46 @@ def _bound_port(runner: web.AppRunner, default: int) -> int:
     return default
 
 
-EXIT_INVALID = 2
-EXIT_ARTIFACT = 3
-EXIT_PARITY = 6
-EXIT_INCOMPATIBLE = 7
-EXIT_CRASH_LOOP = 8
+#: The exceptions that refuse to serve, and the refusal each stands for (first match wins: subclasses first).
+_REFUSALS: tuple[tuple[type[Exception], ServeRefusal], ...] = (
+    (ArtifactError, ServeRefusal.ARTIFACT_INVALID),
+    (IncompatibleRuntime, ServeRefusal.INCOMPATIBLE_RUNTIME),
+    (ParityFailed, ServeRefusal.PARITY_FAILED),
+    (PlacementError, ServeRefusal.INVALID_PLACEMENT),
+    (ConfigurationError, ServeRefusal.INVALID_PLACEMENT),
+    (WorkerCrashLoop, ServeRefusal.WORKER_CRASH_LOOP),
+    # Downloading the artifact (`artifact_uri`): a missing artifact exits like any artifact serve cannot use.
+    (objectstore.AccessDenied, ServeRefusal.STORAGE_ACCESS_DENIED),
+    (objectstore.ObjectNotFound, ServeRefusal.STORAGE_NOT_FOUND),
+    (objectstore.StorageError, ServeRefusal.STORAGE_UNAVAILABLE),
+)
+_REFUSABLE = tuple(kind for kind, _ in _REFUSALS)
 
 
 def serve_main(config: Path | None) -> int:
     """Run `serve`; a refusal exits non-zero with a JSON termination message `{status, reason, message, ...}`."""
-    from pydantic import ValidationError
-
-    from neuron_runtime.artifact import ArtifactError
-    from neuron_runtime.cli import storage_failure, termination_log_path, write_termination_message
-    from neuron_runtime.compat import IncompatibleRuntime
-    from neuron_runtime.model import ConfigurationError
-    from neuron_runtime.parity import ParityFailed
-    from neuron_runtime.placement import PlacementError
-
     log_path = termination_log_path(None)
-
-    def fail(code: int, reason: str, message: str, **extra: Any) -> int:
-        log.error("refusing to serve (%s): %s", reason, message)
-        write_termination_message(log_path, {"status": "Failed", "reason": reason, "message": message, **extra})
-        return code
-
     try:
         settings = load_settings(config)
     except (ValidationError, ValueError, OSError) as exc:
         print(f"invalid serve settings: {exc}", file=sys.stderr)
-        return fail(EXIT_INVALID, ServeRefusal.INVALID_SETTINGS.value, f"invalid serve settings: {exc}")
+        return fail(log_path, ServeRefusal.INVALID_SETTINGS, f"invalid serve settings: {exc}")
     if settings.termination_log is not None:
         log_path = settings.termination_log
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     if settings.artifact_uri is not None:
-        from neuron_runtime import objectstore
-
         try:
             fetch_artifact(settings)
-        except ArtifactError as exc:
-            return fail(EXIT_ARTIFACT, ServeRefusal.ARTIFACT_INVALID.value, str(exc))
-        except objectstore.StorageError as exc:
-            return fail(*storage_failure(exc, not_found_exit=EXIT_ARTIFACT), str(exc))
+        except _REFUSABLE as exc:
+            return fail(log_path, *_refusal(exc))
         except ValueError as exc:  # an artifact_uri that is not a valid s3://bucket/key
-            return fail(EXIT_INVALID, ServeRefusal.INVALID_SETTINGS.value, f"artifact_uri: {exc}")
+            return fail(log_path, ServeRefusal.INVALID_SETTINGS, f"artifact_uri: {exc}")
     try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        code = runner(serve(settings))
-    except ArtifactError as exc:
-        return fail(EXIT_ARTIFACT, ServeRefusal.ARTIFACT_INVALID.value, str(exc))
-    except IncompatibleRuntime as exc:
-        return fail(EXIT_INCOMPATIBLE, ServeRefusal.INCOMPATIBLE_RUNTIME.value, str(exc))
-    except ParityFailed as exc:
-        r = exc.report
-        numbers = {"maxAbsError": _finite(r.max_abs_error), "atol": r.atol, "rtol": r.rtol}
-        return fail(EXIT_PARITY, ServeRefusal.PARITY_FAILED.value, str(exc), **numbers)
-    except (PlacementError, ConfigurationError) as exc:
-        return fail(EXIT_INVALID, ServeRefusal.INVALID_PLACEMENT.value, str(exc))
-    except WorkerCrashLoop as exc:
-        return fail(EXIT_CRASH_LOOP, ServeRefusal.WORKER_CRASH_LOOP.value, str(exc))
+        code = _run(serve(settings))
+    except _REFUSABLE as exc:
+        return fail(log_path, *_refusal(exc))
     # Served and drained: the workers are stopped and every answer written. Skip the interpreter's teardown
     # (torch's, and the sockets of clients that never finished a request), which took 2-5 s more and eats into the
     # pod's grace period. Flush what was logged first.
@@ -521,11 +565,36 @@ def serve_main(config: Path | None) -> int:
     os._exit(code)
 
 
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on uvloop where installed, else on asyncio's default event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _refusal(exc: Exception) -> tuple[ServeRefusal, str, dict[str, Any]]:
+    """The refusal an exception of `_REFUSABLE` stands for, its message, and the termination message's extra fields."""
+    refusal = next(refusal for kind, refusal in _REFUSALS if isinstance(exc, kind))
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ParityFailed):
+        report = exc.report
+        extra = {"maxAbsError": _finite(report.max_abs_error), "atol": report.atol, "rtol": report.rtol}
+    return refusal, str(exc), extra
+
+
+def fail(log_path: Path | None, refusal: ServeRefusal, message: str, extra: Mapping[str, Any] | None = None) -> int:
+    """Log the refusal, write its termination message (to `log_path` and stdout); returns its exit code."""
+    log.error("refusing to serve (%s): %s", refusal.value, message)
+    failure = contract.Failure(reason=refusal.value, message=message, **(extra or {}))
+    write_termination_message(log_path, failure)
+    return refusal.exit_code
+
+
 def fetch_artifact(settings: ServeSettings) -> None:
     """Download `settings.artifact_uri` into `settings.artifact_dir`, verifying every file against the pinned digest
     (a copy that already verifies, e.g. after a container restart on the same emptyDir, is kept)."""
-    from neuron_runtime import objectstore
-
     assert settings.artifact_uri is not None
     prefix = objectstore.S3Location.parse(settings.artifact_uri)
     objectstore.fetch_artifact(

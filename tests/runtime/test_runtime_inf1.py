@@ -155,7 +155,8 @@ def test_reserved_flags_are_refused_in_compiler_args(arg: str, target: str) -> N
 
 
 def test_a_bad_inf1_request_is_a_bad_request_for_the_cli(tmp_path: Any) -> None:
-    from neuron_runtime.cli import EXIT_BAD_REQUEST, main
+    from neuron_runtime.cli import main
+    from neuron_runtime.contract import CompileFailure
 
     log = tmp_path / "termination-log"
     data = inf1_request().model_dump(mode="json")
@@ -172,7 +173,7 @@ def test_a_bad_inf1_request_is_a_bad_request_for_the_cli(tmp_path: Any) -> None:
             json.dumps(data),
         ]
     )
-    assert code == EXIT_BAD_REQUEST
+    assert code == CompileFailure.BAD_REQUEST.exit_code
     assert '"reason":"BadRequest"' in log.read_text()
 
 

@@ -30,6 +30,7 @@ from runtime_cases import mlp_request
 from neuron_runtime import compat, parity
 from neuron_runtime.compile import CompileResult, compile_artifact
 from neuron_runtime.config import Batching, Parity, Placement, ServeSettings
+from neuron_runtime.contract import CompileFailure
 from neuron_runtime.metrics import Metrics
 from neuron_runtime.model import ServedModel
 from neuron_sim import install_sim, no_device, sim_env, sim_imported, simulated_device
@@ -174,6 +175,7 @@ def test_sdk_gate_refuses_an_artifact_from_a_newer_sdk(sites: dict[str, Path], t
         model.shutdown()
 
 
+@pytest.mark.timeout(120)  # a `neuron-runtime serve` process (torch import) that refuses
 def test_serve_writes_a_parity_failure_as_its_termination_message(sites: dict[str, Path], tmp_path: Path) -> None:
     """The contract with the operator: exit 6 and a JSON termination message with the reason and the numbers."""
     site = sites["2.31.1"]
@@ -221,7 +223,7 @@ def test_inf1_over_the_size_limit_fails_fast_as_unsupported_architecture(
         args = ["compile", "--request-json", request.model_dump_json(), "--output-root", str(tmp_path / "a")]
         code = cli.main([*args, "--termination-log", str(log), "--quiet"])
         traced = [c for c in sim.sim.calls if "trace" in str(c[0])]
-    assert code == cli.EXIT_UNSUPPORTED == 8
+    assert code == CompileFailure.UNSUPPORTED_ARCHITECTURE.exit_code == 8
     message = json.loads(log.read_text())
     assert message["reason"] == "UnsupportedArchitecture"
     assert "2 GB" in message["message"] or "protobuf" in message["message"]

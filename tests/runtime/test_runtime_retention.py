@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from neuron_runtime import artifact, cli, objectstore, retention
+from neuron_runtime import artifact, cli, contract, objectstore, retention
 from neuron_runtime.compile import CompileResult, compile_artifact
 from neuron_runtime.config import MANIFEST_NAME, S3Connection
+from neuron_runtime.contract import CompileFailure
 
 DAY = 86400
 WEEK = 7 * DAY
@@ -58,7 +59,7 @@ def run_gc(tmp_path: Path, root: str, keep: list[str], now: datetime, *extra: st
     code = cli.main(argv)
     line = log.read_text()
     assert line.count("\n") == 1
-    assert len(line.encode()) < cli.TERMINATION_MESSAGE_LIMIT
+    assert len(line.encode()) < contract.TERMINATION_MESSAGE_LIMIT
     return code, json.loads(line)
 
 
@@ -210,7 +211,7 @@ def test_a_missing_root_and_an_invalid_keep_list(tmp_path: Path, monkeypatch: py
     code, msg = run_gc(tmp_path, str(tmp_path / "nothing-yet"), [], T0, "--delete")
     assert code == 0
     assert msg["expiredCount"] == 0
-    monkeypatch.setenv(cli.GC_KEEP_ENV, json.dumps(["not-a-key"]))
+    monkeypatch.setenv(contract.GC_KEEP_ENV, json.dumps(["not-a-key"]))
     log = tmp_path / "bad"
     assert cli.main(["gc", "--root", str(tmp_path), "--min-age-seconds", "0", "--termination-log", str(log)]) == 2
     assert json.loads(log.read_text())["reason"] == "BadRequest"
@@ -394,7 +395,7 @@ def test_s3_a_read_only_identity_cannot_delete(tmp_path: Path, bucket: Bucket, s
     before = bucket.objects(prefix)
     s3_env("reader")
     code, msg = run_gc(tmp_path, root, [], datetime.now(UTC) + timedelta(days=30), "--delete")
-    assert code == cli.EXIT_STORAGE_DENIED
+    assert code == CompileFailure.STORAGE_ACCESS_DENIED.exit_code
     assert msg["status"] == "Failed"
     assert msg["reason"] == "StorageAccessDenied"
     assert f"{prefix}/{a}/{MANIFEST_NAME}" in msg["message"]
@@ -405,7 +406,7 @@ def test_s3_a_read_only_identity_cannot_delete(tmp_path: Path, bucket: Bucket, s
 @pytest.mark.s3
 def test_s3_a_missing_bucket_is_storage_not_found(tmp_path: Path, s3_env: Any) -> None:
     code, msg = run_gc(tmp_path, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p", [], T0)
-    assert (code, msg["reason"]) == (cli.EXIT_STORAGE_DENIED, "StorageNotFound")
+    assert (code, msg["reason"]) == (CompileFailure.STORAGE_ACCESS_DENIED.exit_code, "StorageNotFound")
 
 
 # ------------------------------------------------------------------------------------------------ races, first run
