@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.s3 import ARTIFACTS, heavy_request
-from neuron_operator.api import NeuronModel
+from neuron_operator.api import NeuronDeployment, NeuronModel
 from neuron_operator.resources.compile import S3Access
 from neuron_operator.resources.fit import PlacementPlan
 from neuron_operator.resources.serving import ServedArtifact, build_deployment, download_volume_limit
@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.runs):
             for label, art, out in (("s3", s3_art, cold), ("pvc", pvc_art, volume)):
                 name = f"{label}-{i}"
-                dep = build_deployment(_deployment_body(name, namespace), art, plan, settings)
+                dep = build_deployment(
+                    NeuronDeployment.model_validate(_deployment_body(name, namespace)), art, plan, settings
+                )
                 dep["metadata"].pop("ownerReferences")
                 started = time.monotonic()
                 cluster.kubectl("apply", "-f", "-", input=json.dumps(dep))

@@ -23,6 +23,7 @@ from lightkube.generic_resource import create_global_resource, create_namespaced
 from lightkube.types import PatchType
 
 from neuron_operator.subset import first_difference, is_subset
+from neuron_runtime.contract import METRICS_PATH
 
 FIELD_MANAGER: Final = "neuron-operator"
 #: Pod-proxy reads (serving pods' /metrics) in flight at once, over every NeuronDeployment.
@@ -239,7 +240,8 @@ class Kube:
             http: httpx2.AsyncClient = self.client._client._client
         except AttributeError as exc:
             raise MetricsUnavailable(f"this lightkube keeps no HTTP client at _client._client: {exc}") from exc
-        path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics"
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{METRICS_PATH}"
+        where = f"{namespace}/{pod}:{port}{METRICS_PATH}"
         try:
             async with self._proxy_slots, http.stream("GET", path, timeout=deadline) as response:
                 if response.status_code != 200:
@@ -254,18 +256,20 @@ class Kube:
                     # the pod itself: the metrics are unavailable, the operator is not forbidden.
                     if response.status_code == 403 and _is_status(body):
                         raise Forbidden(f"pods/proxy of {namespace}/{pod}: {body[:300]}")
-                    raise MetricsUnavailable(
-                        f"pod {namespace}/{pod}:{port}/metrics answered {response.status_code}: {body[:200]}"
-                    )
+                    raise MetricsUnavailable(f"pod {where} answered {response.status_code}: {body[:200]}")
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > limit:
-                        raise MetricsUnavailable(f"pod {namespace}/{pod}:{port}/metrics is larger than {limit} bytes")
+                        raise MetricsUnavailable(
+                            f"pod {namespace}/{pod}:{port}{METRICS_PATH} is larger than {limit} bytes"
+                        )
                     chunks.append(chunk)
         except httpx2.HTTPError as exc:
-            raise MetricsUnavailable(f"pod {namespace}/{pod}:{port}/metrics: {type(exc).__name__}: {exc}") from exc
+            raise MetricsUnavailable(
+                f"pod {namespace}/{pod}:{port}{METRICS_PATH}: {type(exc).__name__}: {exc}"
+            ) from exc
         return b"".join(chunks).decode("utf-8", "replace")
 
     async def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:

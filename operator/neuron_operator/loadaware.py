@@ -23,6 +23,7 @@ from neuron_operator.kube import Forbidden, Kube, MetricsUnavailable
 from neuron_operator.resources import autoscale, canary, loadmetrics
 from neuron_operator.resources.pods import serving_failure, serving_pod_problem
 from neuron_operator.resources.status import Event
+from neuron_runtime.contract import METRICS_PATH
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ async def scrape(
                 )
                 return loadmetrics.parse_metrics(text, now)
             except TimeoutError:
-                return f"pod {namespace}/{pod}:{port}/metrics took longer than {SCRAPE_TIMEOUT:g}s"
+                return f"pod {namespace}/{pod}:{port}{METRICS_PATH} took longer than {SCRAPE_TIMEOUT:g}s"
             except (MetricsUnavailable, loadmetrics.MetricsError, Forbidden) as exc:
                 return f"{exc}"  # Forbidden: the scaling RBAC set is missing; logged, the pod is unread
 

@@ -32,6 +32,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from neuron_runtime.contract import METRICS_PATH
+
 RECONCILE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COMPILE_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 
@@ -105,7 +107,7 @@ class OperatorMetrics(Collector):
         )
         self.pod_metric_reads = Counter(
             "neuron_operator_pod_metric_reads",
-            "Serving pods' /metrics read for autoscaling and canary gates, by outcome (ok, unreadable)",
+            f"Serving pods' {METRICS_PATH} read for autoscaling and canary gates, by outcome (ok, unreadable)",
             ["outcome"],
             registry=None,
         )

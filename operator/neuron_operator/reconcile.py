@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
@@ -25,6 +25,8 @@ from neuron_operator.kube import Forbidden, Kube, Rejected
 from neuron_operator.resources import canary, loadmetrics, names
 from neuron_operator.resources.capacity import CUSTOM, IN_PLACE, RolloutPlan, explicit_plan, plan_rollout
 from neuron_operator.resources.compile import (
+    ArtifactLocation,
+    CompileOutcome,
     artifact_location,
     build_compile_job,
     compile_pod_problem,
@@ -38,17 +40,18 @@ from neuron_operator.resources.compile import (
 )
 from neuron_operator.resources.fit import Fit, Infeasible, PlacementPlan, architecture_fit, plan_placement
 from neuron_operator.resources.pods import (
-    PARITY_LOG_PREFIX,
     TEMPLATE_HASH_LABEL,
+    ServingFailure,
     parity_status,
     pods_waiting_for_mount,
     ready_current_pods,
     serving_failure,
     serving_pod_problem,
 )
-from neuron_operator.resources.podstate import clip
+from neuron_operator.resources.podstate import PodProblem, clip
 from neuron_operator.resources.serving import (
     RUNTIME_CONTAINER,
+    ServedArtifact,
     build_deployment,
     build_pdb,
     build_service,
@@ -67,6 +70,7 @@ from neuron_operator.resources.status import (
 )
 from neuron_operator.settings import OperatorSettings
 from neuron_operator.subset import is_subset
+from neuron_runtime.contract import PARITY_LOG_PREFIX, CompileResult
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,11 @@ def _fmt_errors(exc: ValidationError) -> str:
     return "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'] if p != 'spec')}: {e['msg']}" for e in exc.errors()[:5])
 
 
-async def _write_status(ctx: Context, body: dict[str, Any], patch: dict[str, Any], events: list[Event]) -> None:
+async def _finish_pass(
+    ctx: Context, body: dict[str, Any], patch: dict[str, Any], events: list[Event], state: str
+) -> None:
+    """The tail of every pass: log the decision, write the status when it changed, then the Events."""
+    _log_decision(body, patch, events, state)
     meta = body["metadata"]
     if status_changed(body, patch):
         await ctx.kube.patch_status(body["kind"], meta["name"], meta["namespace"], patch)
@@ -109,27 +117,25 @@ async def _write_status(ctx: Context, body: dict[str, Any], patch: dict[str, Any
 
 
 def _artifact_status(
-    model: NeuronModel, result: dict[str, Any], uri: str, finished: datetime | None, endpoint: str | None
+    model: NeuronModel, result: CompileResult, uri: str, finished: datetime | None, endpoint: str | None
 ) -> dict[str, Any]:
     spec = model.spec
     art: dict[str, Any] = {
         "uri": uri,
         "endpoint": endpoint,
-        "sha256": result["sha256"],
-        "shortDigest": result["sha256"][:12],
-        "neuronCoreVersion": result.get("neuronCoreVersion"),
-        "compilerVersion": result.get("compilerVersion"),
-        "torchVersion": result.get("torchVersion"),
+        "sha256": result.sha256,
+        "shortDigest": result.sha256[:12],
+        "neuronCoreVersion": result.neuron_core_version,
+        "compilerVersion": result.compiler_version,
+        "torchVersion": result.torch_version,
         "inputs": [t.model_dump(mode="json", by_alias=True) for t in spec.inputs],
         "batchSize": spec.batch_size,
         "batchSizes": list(spec.batch_sizes) if spec.batch_sizes else None,
         "buckets": spec.buckets.model_dump(mode="json", by_alias=True, exclude_none=True) if spec.buckets else None,
-        "sizeBytes": result.get("sizeBytes"),
-        "totalBytes": result.get("totalBytes"),
+        "sizeBytes": result.size_bytes,
+        "totalBytes": result.total_bytes,
         "compiledAt": finished.strftime("%Y-%m-%dT%H:%M:%SZ") if finished else None,
-        "compileSeconds": round(float(result["compileSeconds"]), 3)
-        if result.get("compileSeconds") is not None
-        else None,
+        "compileSeconds": round(float(result.compile_seconds), 3) if result.compile_seconds is not None else None,
     }
     return {k: v for k, v in art.items() if v is not None}
 
@@ -195,8 +201,7 @@ async def reconcile_model(ctx: Context, namespace: str, name: str) -> None:
         if obs.artifact is not None
         else ("Failed" if obs.failure or obs.invalid or obs.blocked else "Compiling")
     )
-    _log_decision(body, patch, events, state)
-    await _write_status(ctx, body, patch, events)
+    await _finish_pass(ctx, body, patch, events, state)
 
 
 async def _missing_claims(
@@ -240,7 +245,21 @@ async def _compiling_elsewhere(ctx: Context, namespace: str, job_name: str, key:
     return None
 
 
-async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation:
+@dataclass(frozen=True)
+class _Target:
+    """What one pass over a valid NeuronModel aims at: its artifact's cache key and where it is stored."""
+
+    model: NeuronModel
+    fit: Fit
+    key: str
+    location: ArtifactLocation
+    uri: str
+    endpoint: str | None
+
+
+def _target(ctx: Context, body: dict[str, Any]) -> _Target | ModelObservation:
+    """Parse the model once and compute its cache key and storage, or the observation that stops the pass there
+    (an invalid spec, an architecture the target cannot take)."""
     try:
         model = NeuronModel.model_validate(body)
     except ValidationError as exc:
@@ -254,9 +273,14 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
     except ValueError as exc:  # pydantic's ValidationError included: the runtime's request refuses the spec
         message = _fmt_errors(exc) if isinstance(exc, ValidationError) else str(exc)
         return ModelObservation(fit=fit, invalid=(Reason.INVALID_SPEC, message))
-    namespace = body["metadata"]["namespace"]
-    uri = location.uri(key)
     endpoint = s3_access(model, ctx.settings).connection.endpoint_url if location.is_s3 else None
+    return _Target(model, fit, key, location, location.uri(key), endpoint)
+
+
+def _known_artifact(ctx: Context, body: dict[str, Any], t: _Target) -> ModelObservation | None:
+    """The artifact, when it is already known: recorded in this model's status, or by another Ready model."""
+    key, uri, endpoint, location, fit = t.key, t.uri, t.endpoint, t.location, t.fit
+    namespace = body["metadata"]["namespace"]
     status = body.get("status") or {}
     # 1. Already done (the common no-op pass): same inputs, and stored where the spec and settings say now (a new
     #    storage location, e.g. the operator's artifactUri set on an upgrade, is found or compiled there).
@@ -275,42 +299,57 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
     for other in ctx.artifacts(SHARED_STORAGE if location.is_s3 else namespace, key):
         if other.get("uri") == uri and other.get("endpoint") == endpoint:
             return ModelObservation(fit=fit, cache_key=key, artifact=other, artifact_reason=Reason.CACHE_HIT)
-    # 3. The compile Job for this key (created now, running, or finished earlier: a Git revert lands here).
-    job_name = names.compile_job_name(key, storage_id(model, ctx.settings))
-    job = await ctx.kube.get("Job", job_name, namespace)
-    if job is None:
-        failed_here = (
-            status.get("cacheKey") == key
-            and status.get("lastFailure")
-            and status.get("observedGeneration") == body["metadata"].get("generation")
-        )
-        if failed_here:  # a failed attempt is retried by a spec edit, not in a loop
-            return ModelObservation(fit=fit, cache_key=key, failure=status["lastFailure"])
-        if (missing := await _missing_claims(ctx, model, namespace, location.claim)) is not None:
-            return ModelObservation(fit=fit, cache_key=key, blocked=missing)
-        if location.is_s3 and (elsewhere := await _compiling_elsewhere(ctx, namespace, job_name, key)) is not None:
-            # The same inputs for the same bucket, prefix and endpoint are compiling in another namespace: wait for
-            # that artifact (step 2 finds it once that model is Ready) instead of publishing the same key twice.
-            return ModelObservation(fit=fit, cache_key=key, compiling=elsewhere)
-        job, created = await ctx.kube.create(build_compile_job(body, ctx.settings))
-        if created:
-            await ctx.kube.event(body, "Normal", Reason.COMPILING, f"created compile Job {job_name}", ctx.clock())
-    pods = await ctx.kube.list("Pod", namespace, labels={"job-name": job_name})
-    outcome = job_outcome(job, pods)
-    if outcome.state == "Running":
-        pod = running_pod(pods)
-        if pod is not None:
-            pod_name = pod["metadata"]["name"]
-            events = (await _pod_events(ctx, namespace, [pod_name])).get(pod_name) if needs_events(pod) else None
-            if (problem := compile_pod_problem(pod, events, ctx.clock())) is not None:
-                return ModelObservation(
-                    fit=fit, cache_key=key, compiling=job_name, blocked=(problem.reason, problem.message)
-                )
-        return ModelObservation(fit=fit, cache_key=key, compiling=job_name)
+    return None
+
+
+async def _start_compile(
+    ctx: Context, body: dict[str, Any], t: _Target, job_name: str
+) -> dict[str, Any] | ModelObservation:
+    """Create the compile Job, unless this key failed here before, a claim is missing, or the same S3 artifact is
+    compiling in another namespace: the Job, or the observation that says why there is none."""
+    key, fit, location, model = t.key, t.fit, t.location, t.model
+    namespace = body["metadata"]["namespace"]
+    status = body.get("status") or {}
+    failed_here = (
+        status.get("cacheKey") == key
+        and status.get("lastFailure")
+        and status.get("observedGeneration") == body["metadata"].get("generation")
+    )
+    if failed_here:  # a failed attempt is retried by a spec edit, not in a loop
+        return ModelObservation(fit=fit, cache_key=key, failure=status["lastFailure"])
+    if (missing := await _missing_claims(ctx, model, namespace, location.claim)) is not None:
+        return ModelObservation(fit=fit, cache_key=key, blocked=missing)
+    if location.is_s3 and (elsewhere := await _compiling_elsewhere(ctx, namespace, job_name, key)) is not None:
+        # The same inputs for the same bucket, prefix and endpoint are compiling in another namespace: wait for
+        # that artifact (step 2 finds it once that model is Ready) instead of publishing the same key twice.
+        return ModelObservation(fit=fit, cache_key=key, compiling=elsewhere)
+    job, created = await ctx.kube.create(build_compile_job(model, ctx.settings))
+    if created:
+        await ctx.kube.event(body, "Normal", Reason.COMPILING, f"created compile Job {job_name}", ctx.clock())
+    return job
+
+
+async def _running(ctx: Context, t: _Target, job_name: str, pods: list[dict[str, Any]]) -> ModelObservation:
+    """A compile Job still running: Compiling, with why its pod cannot start when it cannot."""
+    key, fit = t.key, t.fit
+    pod = running_pod(pods)
+    if pod is not None:
+        pod_name, namespace = pod["metadata"]["name"], t.model.metadata.namespace or ""
+        events = (await _pod_events(ctx, namespace, [pod_name])).get(pod_name) if needs_events(pod) else None
+        if (problem := compile_pod_problem(pod, events, ctx.clock())) is not None:
+            return ModelObservation(
+                fit=fit, cache_key=key, compiling=job_name, blocked=(problem.reason, problem.message)
+            )
+    return ModelObservation(fit=fit, cache_key=key, compiling=job_name)
+
+
+def _finished(ctx: Context, t: _Target, outcome: CompileOutcome) -> ModelObservation:
+    """A finished compile Job: the artifact it produced, or the failure it reported."""
+    key, fit = t.key, t.fit
     if outcome.state == "Succeeded":
         assert outcome.result is not None
-        reason = Reason.CACHE_HIT if outcome.result.get("cached") else Reason.COMPILED
-        artifact = _artifact_status(model, outcome.result, uri, outcome.finished_at, endpoint)
+        reason = Reason.CACHE_HIT if outcome.result.cached else Reason.COMPILED
+        artifact = _artifact_status(t.model, outcome.result, t.uri, outcome.finished_at, t.endpoint)
         return ModelObservation(fit=fit, cache_key=key, artifact=artifact, artifact_reason=reason)
     failure = {
         "reason": (outcome.reason or Reason.COMPILE_FAILED).value,
@@ -319,6 +358,28 @@ async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation
         "time": (outcome.finished_at or ctx.clock()).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return ModelObservation(fit=fit, cache_key=key, failure={k: v for k, v in failure.items() if v is not None})
+
+
+async def _observe_model(ctx: Context, body: dict[str, Any]) -> ModelObservation:
+    t = _target(ctx, body)
+    if isinstance(t, ModelObservation):
+        return t
+    if (known := _known_artifact(ctx, body, t)) is not None:
+        return known
+    # 3. The compile Job for this key (created now, running, or finished earlier: a Git revert lands here).
+    namespace = body["metadata"]["namespace"]
+    job_name = names.compile_job_name(t.key, storage_id(t.model, ctx.settings))
+    job = await ctx.kube.get("Job", job_name, namespace)
+    if job is None:
+        started = await _start_compile(ctx, body, t, job_name)
+        if isinstance(started, ModelObservation):
+            return started
+        job = started
+    pods = await ctx.kube.list("Pod", namespace, labels={"job-name": job_name})
+    outcome = job_outcome(job, pods)
+    if outcome.state == "Running":
+        return await _running(ctx, t, job_name, pods)
+    return _finished(ctx, t, outcome)
 
 
 # ------------------------------------------------------------------------------------- NeuronDeployment
@@ -335,8 +396,7 @@ async def reconcile_deployment(ctx: Context, namespace: str, name: str) -> float
     new = {**(body.get("status") or {}), **{k: v for k, v in patch.items() if v is not None}}
     state = _deployment_state(new)
     metrics.set_rollout_state(namespace, name, state)
-    _log_decision(body, patch, events, state)
-    await _write_status(ctx, body, patch, events)
+    await _finish_pass(ctx, body, patch, events, state)
     return obs.requeue
 
 
@@ -425,35 +485,21 @@ async def _pod_events(ctx: Context, namespace: str, pods: list[str]) -> dict[str
     return found
 
 
-async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> DeploymentObservation:
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
-    prev_status = body.get("status") or {}
-    try:
-        dep = NeuronDeployment.model_validate(body)
-    except ValidationError as exc:
-        existing = await ctx.kube.get("Deployment", name, namespace)
-        return DeploymentObservation(
-            blocked=(Reason.INVALID_SPEC, _fmt_errors(exc), True),
-            selector=selector,
-            deployment=existing,
-            model=prev_status.get("model") if existing else None,
-        )
-    existing = await ctx.kube.get("Deployment", name, namespace)
-    model_name = dep.spec.model_ref.name
-    # What serves now, reported while the spec cannot be realised (recompiling, model failed): the running
-    # Deployment's numbers, selector, endpoint and artifact, so `kubectl get`, the scale subresource and an HPA
-    # keep working.
-    base = DeploymentObservation(
-        selector=selector,
-        deployment=existing,
-        desired_replicas=0 if dep.spec.suspend else dep.spec.replicas,
-        suspended=dep.spec.suspend,
-        model=prev_status.get("model") if existing else None,
-        endpoint=endpoint(body, model_name) if existing else None,
-        cores=prev_status.get("coresPerReplica") if existing else None,
-    )
-    model_body = await ctx.kube.get("NeuronModel", model_name, namespace)
+@dataclass(frozen=True)
+class _Serving:
+    """What a NeuronDeployment serves, once its model is ready and its placement fits."""
+
+    model: NeuronModel
+    served: ServedArtifact
+    plan: PlacementPlan
+    artifact_reason: Reason
+
+
+def _serving(
+    ctx: Context, dep: NeuronDeployment, model_body: dict[str, Any] | None, base: DeploymentObservation
+) -> _Serving | DeploymentObservation:
+    """The artifact and placement to serve, or the blocked observation saying why there are none."""
+    model_name, namespace = dep.spec.model_ref.name, dep.metadata.namespace or ""
     if (blocker := _model_blocker(model_name, namespace, model_body)) is not None:
         return replace(base, blocked=blocker)
     assert model_body is not None
@@ -479,42 +525,71 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
     if isinstance(plan, Infeasible):
         return replace(base, blocked=(plan.reason, plan.message, True), cores=cores)
     served = served_artifact(model, mstatus["cacheKey"], art, ctx.settings)
+    return _Serving(model, served, plan, artifact_reason)
+
+
+@dataclass(frozen=True)
+class _Desired:
+    """The runtime Deployment to apply and the update budget chosen for it."""
+
+    deployment: dict[str, Any]
+    template_changed: bool
+    rollout: RolloutPlan | None
+
+
+async def _desired(
+    ctx: Context, dep: NeuronDeployment, body: dict[str, Any], existing: dict[str, Any] | None, s: _Serving
+) -> _Desired:
+    """The desired Deployment: built with the running budget, then with the one chosen for a rollout."""
     current_budget = ((existing or {}).get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
     keep = (current_budget.get("maxSurge", 1), current_budget.get("maxUnavailable", 0))
-    desired = build_deployment(body, served, plan, ctx.settings, rollout=keep)
+    desired = build_deployment(dep, s.served, s.plan, ctx.settings, rollout=keep)
     # The budget is not part of the pod template: whether a rollout starts is known before choosing it.
     template_changed = existing is None or not is_subset(
         desired["spec"]["template"], existing["spec"].get("template") or {}
     )
-    rollout = await _rollout_plan(ctx, dep, body, desired, template_changed, plan.cores)
+    rollout = await _rollout_plan(ctx, dep, body, desired, template_changed, s.plan.cores)
     if rollout is not None:
         desired = build_deployment(
-            body, served, plan, ctx.settings, rollout=(rollout.max_surge, rollout.max_unavailable)
+            dep, s.served, s.plan, ctx.settings, rollout=(rollout.max_surge, rollout.max_unavailable)
         )
-    pods = await ctx.kube.list("Pod", namespace, labels=selector_labels(name))
-    load = await _load_aware(ctx, dep, body, desired, existing, pods, plan, template_changed)
-    old_key = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY)
-    rolling = existing is not None and old_key != served.cache_key
-    events: list[Event] = list(load.events)
+    return _Desired(desired, template_changed, rollout)
+
+
+async def _apply_children(
+    ctx: Context, dep: NeuronDeployment, desired: dict[str, Any], existing: dict[str, Any] | None, load: _Load
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Apply the runtime Deployment (or a canary's two), delete a canary no longer asked for, apply the Service and
+    the PodDisruptionBudget: (the stable Deployment, the canary Deployment). Raises ``Rejected``."""
+    name, namespace = dep.metadata.name or "", dep.metadata.namespace or ""
     cplan = load.canary_plan
     canary_deployment: dict[str, Any] | None = None
-    try:
-        if cplan is not None:
-            applied = await ctx.kube.apply(cplan.stable, existing)
-            if cplan.canary is not None:
-                canary_deployment = await ctx.kube.apply(cplan.canary, load.existing_canary)
-        else:
-            applied = await ctx.kube.apply(desired, existing)
-        if load.existing_canary is not None and (cplan is None or cplan.canary is None):
-            try:
-                await ctx.kube.delete("Deployment", canary.canary_name(name), namespace)
-            except Forbidden as exc:  # the scaling RBAC set is missing: it stays, and says why in the log
-                log.warning("cannot delete canary Deployment %s/%s (%s)", namespace, canary.canary_name(name), exc)
-        for manifest in (build_service(body), build_pdb(body)):
-            observed = await ctx.kube.get(manifest["kind"], name, namespace)
-            await ctx.kube.apply(manifest, observed)
-    except Rejected as exc:
-        return replace(base, blocked=(Reason.APPLY_REJECTED, clip(str(exc)), True), cores=plan.cores)
+    if cplan is not None:
+        applied = await ctx.kube.apply(cplan.stable, existing)
+        if cplan.canary is not None:
+            canary_deployment = await ctx.kube.apply(cplan.canary, load.existing_canary)
+    else:
+        applied = await ctx.kube.apply(desired, existing)
+    if load.existing_canary is not None and (cplan is None or cplan.canary is None):
+        try:
+            await ctx.kube.delete("Deployment", canary.canary_name(name), namespace)
+        except Forbidden as exc:  # the scaling RBAC set is missing: it stays, and says why in the log
+            log.warning("cannot delete canary Deployment %s/%s (%s)", namespace, canary.canary_name(name), exc)
+    for manifest in (build_service(dep), build_pdb(dep)):
+        observed = await ctx.kube.get(manifest["kind"], name, namespace)
+        await ctx.kube.apply(manifest, observed)
+    return applied, canary_deployment
+
+
+def _rollout_events(
+    existing: dict[str, Any] | None, applied: dict[str, Any], d: _Desired, s: _Serving, cplan: canary.Plan | None
+) -> list[Event]:
+    """ArtifactChanged when a new artifact rolls out; the rollout strategy's Event when the new template is applied
+    to the stable Deployment (once: a canary steps without touching it)."""
+    events: list[Event] = []
+    served, model_name = s.served, s.served.model_name
+    old_key = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY)
+    rolling = existing is not None and old_key != served.cache_key
     if cplan is None and rolling and applied is not existing:
         old_sha = (
             (existing or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
@@ -528,10 +603,10 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
             )
         )
     promoting = cplan is not None and (cplan.status or {}).get("phase") == "Promoting"
-    # Once, when the new template is applied to the stable Deployment (a canary steps without touching it).
+    rollout = d.rollout
     if (
         existing is not None
-        and template_changed
+        and d.template_changed
         and rollout is not None
         and (cplan is None or promoting)
         and (applied is not existing)
@@ -540,31 +615,100 @@ async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> Deployment
         events.append(
             Event(kind, Reason(rollout.strategy) if rollout.strategy != CUSTOM else Reason.ROLLING_OUT, rollout.message)
         )
+    return events
+
+
+@dataclass(frozen=True)
+class _PodHealth:
+    failure: ServingFailure | None = None
+    problem: PodProblem | None = None
+    parity: dict[str, Any] | None = None
+
+
+async def _pod_health(
+    ctx: Context,
+    dep: NeuronDeployment,
+    body: dict[str, Any],
+    desired: dict[str, Any],
+    pods: list[dict[str, Any]],
+    canary_running: bool,
+) -> _PodHealth:
+    """What the current pods say: a runtime that refused to serve, a pod that cannot start, the parity report."""
+    namespace = dep.metadata.namespace or ""
     stable_pods = [p for p in pods if not canary.is_canary_pod(p)]
     container = desired["spec"]["template"]["spec"]["containers"][0]
-    failure = serving_failure(stable_pods, container) if cplan is None else None
+    failure = serving_failure(stable_pods, container) if not canary_running else None
     problem = None
-    if failure is None and cplan is None:
+    if failure is None and not canary_running:
         events_by_pod = await _pod_events(ctx, namespace, pods_waiting_for_mount(stable_pods, container))
         problem = serving_pod_problem(stable_pods, container, events_by_pod, ctx.clock())
     parity = None
     if dep.spec.validation.parity and failure is None:
         parity = await _observe_parity(ctx, namespace, ready_current_pods(pods, container), body)
+    return _PodHealth(failure, problem, parity)
+
+
+async def _converge_deployment(ctx: Context, body: dict[str, Any]) -> DeploymentObservation:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+    prev_status = body.get("status") or {}
+    try:
+        dep = NeuronDeployment.model_validate(body)
+    except ValidationError as exc:
+        existing = await ctx.kube.get("Deployment", name, namespace)
+        return DeploymentObservation(
+            blocked=(Reason.INVALID_SPEC, _fmt_errors(exc), True),
+            selector=selector,
+            deployment=existing,
+            model=prev_status.get("model") if existing else None,
+        )
+    existing = await ctx.kube.get("Deployment", name, namespace)
+    model_name = dep.spec.model_ref.name
+    # What serves now, reported while the spec cannot be realised (recompiling, model failed): the running
+    # Deployment's numbers, selector, endpoint and artifact, so `kubectl get`, the scale subresource and an HPA
+    # keep working.
+    base = DeploymentObservation(
+        selector=selector,
+        deployment=existing,
+        desired_replicas=0 if dep.spec.suspend else dep.spec.replicas,
+        suspended=dep.spec.suspend,
+        model=prev_status.get("model") if existing else None,
+        endpoint=endpoint(dep, model_name) if existing else None,
+        cores=prev_status.get("coresPerReplica") if existing else None,
+    )
+    s = _serving(ctx, dep, await ctx.kube.get("NeuronModel", model_name, namespace), base)
+    if isinstance(s, DeploymentObservation):
+        return s
+    d = await _desired(ctx, dep, body, existing, s)
+    pods = await ctx.kube.list("Pod", namespace, labels=selector_labels(name))
+    load = await _load_aware(ctx, dep, body, d.deployment, existing, pods, s.plan, d.template_changed)
+    try:
+        applied, canary_deployment = await _apply_children(ctx, dep, d.deployment, existing, load)
+    except Rejected as exc:
+        return replace(
+            base,
+            artifact_reason=s.artifact_reason,
+            blocked=(Reason.APPLY_REJECTED, clip(str(exc)), True),
+            cores=s.plan.cores,
+        )
+    cplan = load.canary_plan
+    health = await _pod_health(ctx, dep, body, d.deployment, pods, cplan is not None)
+    old_key = ((existing or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_CACHE_KEY)
     return DeploymentObservation(
-        serving_failure=failure,
-        pod_problem=problem,
-        parity=parity,
-        model={"name": model_name, "sha256": served.sha256, "cacheKey": served.cache_key},
-        cores=plan.cores,
+        serving_failure=health.failure,
+        pod_problem=health.problem,
+        parity=health.parity,
+        model={"name": model_name, "sha256": s.served.sha256, "cacheKey": s.served.cache_key},
+        cores=s.plan.cores,
         deployment=applied,
         desired_replicas=base.desired_replicas if dep.spec.suspend else dep.spec.replicas,  # the autoscaled count
         suspended=dep.spec.suspend,
-        endpoint=endpoint(body, model_name),
+        endpoint=endpoint(dep, model_name),
         selector=selector,
-        rolling_to_new_artifact=rolling,
-        artifact_reason=artifact_reason,
-        rollout=rollout,
-        events=tuple(events),
+        rolling_to_new_artifact=existing is not None and old_key != s.served.cache_key,
+        artifact_reason=s.artifact_reason,
+        rollout=d.rollout,
+        events=(*load.events, *_rollout_events(existing, applied, d, s, cplan)),
         autoscaling=load.autoscaling,
         scaling_limited=load.scaling_limited,
         canary=load.canary_status,
@@ -586,6 +730,59 @@ class _Load:
     canary_status: dict[str, Any] | None = None
     existing_canary: dict[str, Any] | None = None
     requeue: float | None = None
+
+
+@dataclass(frozen=True)
+class _Scaled:
+    """What the autoscaler decided in one pass."""
+
+    events: tuple[Event, ...] = ()
+    status: dict[str, Any] | None = None
+    limited: tuple[bool, Reason, str] | None = None
+    requeue: float | None = None
+
+
+async def _autoscale(
+    ctx: Context,
+    dep: NeuronDeployment,
+    body: dict[str, Any],
+    desired: dict[str, Any],
+    pods: list[dict[str, Any]],
+    plan: PlacementPlan,
+    now: datetime,
+    read: Callable[[], Awaitable[tuple[dict[str, loadmetrics.PodSample], list[str]]]],
+) -> _Scaled:
+    """One autoscaler pass; a scale writes spec.replicas (and updates ``body``, ``dep`` and ``desired`` to it)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if dep.spec.autoscaling is None or dep.spec.suspend:
+        ctx.load.scalers.pop((namespace, name), None)
+        return _Scaled()
+    scaled = await loadaware.autoscale_pass(
+        ctx.kube,
+        ctx.load,
+        dep,
+        body,
+        pods,
+        desired["spec"]["template"]["spec"],
+        plan.cores,
+        list(plan.instance_types),
+        now,
+        read,
+    )
+    autoscaling = scaled.status
+    if scaled.scale is None:
+        return _Scaled((), autoscaling, scaled.limited, scaled.requeue)
+    try:
+        patched = await ctx.kube.patch("NeuronDeployment", name, namespace, {"spec": {"replicas": scaled.replicas}})
+    except Forbidden as exc:  # the optional scaling RBAC set is missing: nothing scaled, nothing recorded
+        log.warning("cannot scale NeuronDeployment %s/%s (%s): replicas kept", namespace, name, exc)
+        return _Scaled((), {**autoscaling, "desiredReplicas": dep.spec.replicas}, scaled.limited, scaled.requeue)
+    body["metadata"]["generation"] = patched["metadata"].get("generation")
+    body["spec"]["replicas"] = dep.spec.replicas = scaled.replicas
+    if "replicas" in desired["spec"]:
+        desired["spec"]["replicas"] = scaled.replicas
+    metrics.observe_scale(namespace, name, scaled.scale.reason)
+    return _Scaled((scaled.scale,), {**autoscaling, "lastScale": scaled.last_scale}, scaled.limited, scaled.requeue)
 
 
 async def _load_aware(
@@ -611,41 +808,9 @@ async def _load_aware(
             )
         return read_once["samples"]
 
-    events: list[Event] = []
-    autoscaling = limited = None
-    requeue: float | None = None
-    if dep.spec.autoscaling is not None and not dep.spec.suspend:
-        scaled = await loadaware.autoscale_pass(
-            ctx.kube,
-            ctx.load,
-            dep,
-            body,
-            pods,
-            desired["spec"]["template"]["spec"],
-            plan.cores,
-            list(plan.instance_types),
-            now,
-            read,
-        )
-        autoscaling, limited, requeue = scaled.status, scaled.limited, scaled.requeue
-        if scaled.scale is not None:
-            try:
-                patched = await ctx.kube.patch(
-                    "NeuronDeployment", name, namespace, {"spec": {"replicas": scaled.replicas}}
-                )
-            except Forbidden as exc:  # the optional scaling RBAC set is missing: nothing scaled, nothing recorded
-                log.warning("cannot scale NeuronDeployment %s/%s (%s): replicas kept", namespace, name, exc)
-                autoscaling = {**autoscaling, "desiredReplicas": dep.spec.replicas}
-            else:
-                body["metadata"]["generation"] = patched["metadata"].get("generation")
-                body["spec"]["replicas"] = dep.spec.replicas = scaled.replicas
-                if "replicas" in desired["spec"]:
-                    desired["spec"]["replicas"] = scaled.replicas
-                events.append(scaled.scale)
-                autoscaling = {**autoscaling, "lastScale": scaled.last_scale}
-                metrics.observe_scale(namespace, name, scaled.scale.reason)
-    else:
-        ctx.load.scalers.pop(key, None)
+    scaled = await _autoscale(ctx, dep, body, desired, pods, plan, now, read)
+    events: list[Event] = list(scaled.events)
+    autoscaling, limited, requeue = scaled.status, scaled.limited, scaled.requeue
     previous = (body.get("status") or {}).get("canary")
     is_canary = dep.spec.rollout.strategy is RolloutStrategy.CANARY
     canary_pods = [p for p in pods if canary.is_canary_pod(p)]

@@ -14,6 +14,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from dict_builders import build_deployment
 
 from neuron_operator.api import NeuronDeployment, Rollout
 from neuron_operator.api.deployment import RolloutStatus
@@ -31,7 +32,7 @@ from neuron_operator.resources.capacity import (
     plan_rollout,
 )
 from neuron_operator.resources.fit import PlacementPlan, plan_placement
-from neuron_operator.resources.serving import RUNTIME_CONTAINER, ServedArtifact, build_deployment
+from neuron_operator.resources.serving import RUNTIME_CONTAINER, ServedArtifact
 from neuron_operator.settings import OperatorSettings
 
 Obj = dict[str, Any]

@@ -11,16 +11,25 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from runtime_lines import termination_line
+
 from neuron_operator.resources.compile import job_outcome
-from neuron_runtime.cli import write_termination_message
+from neuron_runtime.contract import CompileResult
 
 AT = "2025-03-01T12:05:00Z"
 AT_DT = datetime(2025, 3, 1, 12, 5, tzinfo=UTC)
-RESULT = {"status": "Succeeded", "cacheKey": "k" * 64, "sha256": "a" * 64, "compileSeconds": 3.5, "cached": False}
+RESULT = {
+    "status": "Succeeded",
+    "cacheKey": "b" * 64,
+    "uri": "/var/lib/neuron/artifacts/" + "b" * 64,
+    "sha256": "a" * 64,
+    "compileSeconds": 3.5,
+    "cached": False,
+}
 
 
 def message(payload: dict[str, Any]) -> str:
-    return write_termination_message(None, payload) + "\n"
+    return termination_line(payload) + "\n"
 
 
 def job(*conditions: tuple[str, str] | tuple[str, str, str], message_text: str | None = None) -> dict[str, Any]:
@@ -69,13 +78,13 @@ def test_no_finished_condition_is_running() -> None:
 def test_complete_with_a_result_succeeds_with_it_and_its_time() -> None:
     outcome = job_outcome(job(("SuccessCriteriaMet", ""), ("Complete", "")), [pod(text=message(RESULT))])
     assert outcome.state == "Succeeded"
-    assert outcome.result == RESULT
+    assert outcome.result == CompileResult.model_validate(RESULT)
     assert outcome.finished_at == AT_DT
     assert outcome.reason is None
 
 
 def test_complete_without_a_result_is_no_result() -> None:
-    for pods in ([], [pod()], [pod(text="not json")], [pod(text=message({**RESULT, "status": "Failed"}))]):
+    for pods in ([], [pod()], [pod(text="not json")], [pod(text=json.dumps({**RESULT, "status": "Failed"}))]):
         outcome = job_outcome(job(("Complete", "")), pods)
         assert outcome.state == "Failed"
         assert outcome.reason == "NoResult"
@@ -173,6 +182,6 @@ def test_a_long_message_is_cut_to_its_head_on_one_line() -> None:
 
 def test_the_runtime_success_message_parses_back_to_what_it_wrote() -> None:
     """The operator reads exactly the line the runtime writes (sorted keys, compact separators)."""
-    line = write_termination_message(None, RESULT)
+    line = termination_line(RESULT)
     assert json.loads(line) == RESULT
-    assert job_outcome(job(("Complete", "")), [pod(text=line)]).result == RESULT
+    assert job_outcome(job(("Complete", "")), [pod(text=line)]).result == CompileResult.model_validate(RESULT)

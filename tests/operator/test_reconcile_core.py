@@ -22,20 +22,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from dict_builders import build_compile_job
 from lightkube import ApiError
 from memapi import MemApi, Obj
+from runtime_lines import termination_line
 
-from neuron_operator.api import NeuronModel
+from neuron_operator.api import NeuronDeployment, NeuronModel
 from neuron_operator.handlers import artifacts_by_key
 from neuron_operator.kube import Kube
 from neuron_operator.loadaware import LoadState
 from neuron_operator.reconcile import Context, reconcile_deployment, reconcile_model
 from neuron_operator.resources import names
-from neuron_operator.resources.compile import COMPILE_REQUEST_ENV, build_compile_job, compile_request
-from neuron_operator.resources.pods import PARITY_LOG_PREFIX, TEMPLATE_HASH_LABEL
+from neuron_operator.resources.compile import compile_request
+from neuron_operator.resources.pods import TEMPLATE_HASH_LABEL
 from neuron_operator.resources.serving import RUNTIME_CONTAINER, selector_labels
 from neuron_operator.settings import OperatorSettings
-from neuron_runtime.cli import write_termination_message
+from neuron_runtime.contract import COMPILE_REQUEST_ENV, PARITY_LOG_PREFIX
 
 NS = "ml"
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -245,7 +247,7 @@ class World:
     def complete_job(self, job_name: str, result: dict[str, Any], *, seconds: float = 300) -> datetime:
         job = self.api.must("Job", job_name, NS)
         at = self.clock.advance(seconds)
-        line = write_termination_message(None, result)
+        line = termination_line(result)
         terminated = {"exitCode": 0, "reason": "Completed", "message": line + "\n", "finishedAt": stamp(at)}
         self._job_pod(job, "a1b2c", terminated, "Succeeded")
         conditions = [
@@ -618,8 +620,8 @@ async def test_a_failed_compile_is_reported_and_not_retried_until_the_spec_chang
     world.api.seed(model_manifest())
     await world.model_pass()
     job_name = job_name_of(world)
-    message = write_termination_message(
-        None, {"status": "Failed", "reason": "TraceFailed", "message": "neuronx-cc: unsupported op aten::foo"}
+    message = termination_line(
+        {"status": "Failed", "reason": "TraceFailed", "message": "neuronx-cc: unsupported op aten::foo"}
     )
     failed_at = world.fail_job(job_name, exit_code=4, message=message + "\n")
     world.clock.advance(10)
@@ -862,8 +864,7 @@ async def test_a_runtime_that_refuses_the_artifact_is_surfaced_and_its_log_is_no
     world.api.seed(deployment_manifest())
     await world.deployment_pass()
     pods = world.roll_out(ready=0)
-    line = write_termination_message(
-        None,
+    line = termination_line(
         {"status": "Failed", "reason": "ParityFailed", "message": "parity FAILED: max abs error 0.731", "atol": 0.05},
     )
     pod = world.api.must("Pod", pods[0], NS)
@@ -1136,3 +1137,26 @@ async def test_identical_s3_models_created_at_once_in_two_namespaces_compile_onc
     second = world.api.must("NeuronModel", "second", "team-b")
     assert [c["reason"] for c in second["status"]["conditions"] if c["type"] == "Ready"] == ["CacheHit"]
     assert world.api.all("Job", "team-b") == []
+
+
+async def test_a_pass_parses_each_object_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler validates the NeuronModel / NeuronDeployment once per pass and hands the typed object on:
+    the builders never parse the raw dict again."""
+    parsed: collections.Counter[str] = collections.Counter()
+    for kind in (NeuronModel, NeuronDeployment):
+        validate = kind.model_validate
+
+        def counting(obj: Any, *args: Any, _validate: Any = validate, _kind: str = kind.KIND, **kwargs: Any) -> Any:
+            parsed[_kind] += 1
+            return _validate(obj, *args, **kwargs)
+
+        monkeypatch.setattr(kind, "model_validate", counting)
+    await world.compiled_model()
+    parsed.clear()
+    await world.model_pass()  # the no-op pass over a Ready model
+    assert parsed == {"NeuronModel": 1}
+    world.api.seed(deployment_manifest())
+    parsed.clear()
+    await world.deployment_pass()  # creates the Deployment, Service and PDB
+    assert parsed == {"NeuronDeployment": 1, "NeuronModel": 1}  # the served model is read once too
+    assert world.api.read("Deployment", "cnn", NS) is not None

@@ -13,13 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from dict_builders import build_compile_job
 from memapi import MemApi, Obj
+from runtime_lines import termination_line
 
 from neuron_operator import gc
 from neuron_operator.api import NeuronModel
 from neuron_operator.kube import Kube
 from neuron_operator.resources import names
-from neuron_operator.resources.compile import build_compile_job, compile_request
+from neuron_operator.resources.compile import compile_request
 from neuron_operator.resources.retention import (
     ANNOTATION_LOCATION,
     ANNOTATION_REPORTED,
@@ -34,7 +36,6 @@ from neuron_operator.resources.retention import (
     referenced_keys,
 )
 from neuron_operator.settings import OperatorSettings
-from neuron_runtime.cli import write_termination_message
 from neuron_runtime.retention import Expired, GcResult
 
 SETTINGS = OperatorSettings(
@@ -305,7 +306,7 @@ class World:
         """The Job controller and kubelet: the pod terminated with ``message``, the Job Complete or Failed."""
         meta = job["metadata"]
         at = self.clock.now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        line = write_termination_message(None, message) if message is not None else ""
+        line = termination_line(message) if message is not None else ""
         self.api.seed(
             {
                 "apiVersion": "v1",

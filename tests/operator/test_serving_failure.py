@@ -16,7 +16,6 @@ from test_status import Passes, cond, ndep, observed, serving
 
 from neuron_operator.api.deployment import DEPLOYMENT_CONDITIONS_DOC
 from neuron_operator.resources.pods import (
-    PARITY_LOG_PREFIX,
     SERVING_FAILURE_REASONS,
     is_current,
     parity_status,
@@ -24,6 +23,7 @@ from neuron_operator.resources.pods import (
     serving_failure,
 )
 from neuron_operator.resources.status import Event
+from neuron_runtime.contract import PARITY_LOG_PREFIX
 
 CONTAINER = {"name": "runtime", "image": "local/neuron-runtime:1", "env": [{"name": "A", "value": "1"}]}
 PARITY_MESSAGE = {
@@ -139,18 +139,13 @@ def test_stalled_with_the_runtime_reason_while_the_old_replicas_serve_and_the_pa
 def test_reason_vocabulary_is_one_list_runtime_operator_and_crd() -> None:
     import inspect
 
-    from neuron_runtime import cli, server
-    from neuron_runtime.reasons import ServeRefusal
+    from neuron_runtime import server
+    from neuron_runtime.contract import ServeRefusal
 
-    written = {
-        ServeRefusal[m].value
-        for m in re.findall(r"fail\(EXIT_\w+, ServeRefusal\.(\w+)\.value", inspect.getsource(server.serve_main))
-    }
-    # serve_main reports storage errors through the helper compile and gc share (`fail(*storage_failure(...))`).
-    assert "fail(*storage_failure(" in inspect.getsource(server.serve_main)
-    written |= {
-        ServeRefusal[m].value for m in re.findall(r"Failure\.(\w+)\.value", inspect.getsource(cli.storage_failure))
-    }
+    # serve_main refuses with InvalidSettings (the settings, artifact_uri) or the refusal of an exception in its table.
+    named = {ServeRefusal[m] for m in re.findall(r"ServeRefusal\.(\w+)", inspect.getsource(server))}
+    assert named == {refusal for _, refusal in server._REFUSALS} | {ServeRefusal.INVALID_SETTINGS}
+    written = {refusal.value for refusal in named}
     assert written == set(SERVING_FAILURE_REASONS) == {r.value for r in ServeRefusal}
     listed = DEPLOYMENT_CONDITIONS_DOC.split("Stalled reasons (Stalled=True): ", 1)[1]
     assert all(reason in listed for reason in SERVING_FAILURE_REASONS)
@@ -178,10 +173,26 @@ def ready_pod(name: str, template: str = "abc123") -> dict[str, Any]:
     return p
 
 
-def test_parity_line_prefix_is_the_runtimes() -> None:
-    from neuron_runtime.parity import LOG_PREFIX
+def test_the_operator_reads_the_parity_line_the_runtime_prints() -> None:
+    from neuron_runtime.parity import ParityReport
 
-    assert LOG_PREFIX == PARITY_LOG_PREFIX
+    report = ParityReport(
+        passed=True,
+        atol=0.05,
+        rtol=0.01,
+        precision="fp32",
+        graphs=2,
+        cases=4,
+        workers=3,
+        max_abs_error=0.002,
+        max_rel_error=0.0005,
+        elements_outside=0,
+        worst="graph b4, output 0",
+    )
+    status = parity_status(report.log_line(), ready_pod("p1"))
+    assert status is not None
+    assert (status["maxAbsError"], status["maxRelError"], status["atol"], status["rtol"]) == (0.002, 0.0005, 0.05, 0.01)
+    assert (status["precision"], status["cases"], status["modelCopies"], status["passed"]) == ("fp32", 4, 3, True)
 
 
 def test_a_passing_parity_line_becomes_status_parity_and_garbage_does_not() -> None:

@@ -41,6 +41,7 @@ from neuron_operator.api.common import (
 )
 from neuron_operator.api.reasons import DEPLOYMENT_STALLED, DEPLOYMENT_VOCABULARY, conditions_doc
 from neuron_operator.catalogue import INSTANCE_TYPES
+from neuron_runtime.contract import METRIC_REQUEST_DURATION
 
 KIND: Final = "NeuronDeployment"
 PLURAL: Final = "neurondeployments"
@@ -322,7 +323,7 @@ class CanaryGates(CamelModel):
         le=1000,
         description=(
             "Most the canary's p99 request latency may be, as a multiple of the stable pods' p99 over the same "
-            "window (from neuron_runtime_request_duration_seconds buckets)."
+            f"window (from {METRIC_REQUEST_DURATION} buckets)."
         ),
     )
     latency_floor_ms: Float = Field(

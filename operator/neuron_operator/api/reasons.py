@@ -1,7 +1,7 @@
 """The one reason vocabulary: every ``reason`` the operator writes, and which condition of which kind may carry it.
 
 ``Reason`` is the only source of reason strings in the operator (the runtime's termination-message reasons,
-``neuron_runtime.reasons``, are members too). ``MODEL_VOCABULARY`` and ``DEPLOYMENT_VOCABULARY`` say, per
+``neuron_runtime.contract``, are members too). ``MODEL_VOCABULARY`` and ``DEPLOYMENT_VOCABULARY`` say, per
 condition type, which reasons it can have; the CRD descriptions of ``status.conditions`` are generated from
 them (``conditions_doc``), and the status builder refuses a reason its kind's vocabulary does not list for
 that condition. A test drives every observation the reconcilers can make and checks that the reasons
@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 from neuron_operator.api.common import ConditionType as C
-from neuron_runtime.reasons import CompileFailure, ServeRefusal
+from neuron_runtime.contract import CompileFailure, ServeRefusal
 
 
 class Reason(StrEnum):

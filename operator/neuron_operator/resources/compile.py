@@ -7,7 +7,6 @@ receives, so the operator and ``neuron-runtime compile`` always agree on where t
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,32 +14,22 @@ from typing import Any, Final
 
 from neuron_operator.api import NeuronModel, Reason
 from neuron_operator.api.reasons import COMPILE_FAILURES
-from neuron_operator.resources import names
-from neuron_operator.resources.podstate import PodProblem, clip, pod_problem, waits_for_mount
+from neuron_operator.resources import names, runtime_settings
+from neuron_operator.resources.podparts import runtime_task_pod, tolerations
+from neuron_operator.resources.podstate import (
+    PodProblem,
+    clip,
+    job_condition,
+    pod_problem,
+    terminated_state,
+    waits_for_mount,
+)
 from neuron_operator.settings import OperatorSettings
-from neuron_runtime.config import (
-    Buckets as RuntimeBuckets,
-)
-from neuron_runtime.config import (
-    CompileRequest,
-    CompilerOptions,
-    PythonSource,
-    S3Connection,
-    TorchScriptSource,
-)
-from neuron_runtime.config import (
-    TensorSpec as RuntimeTensor,
-)
+from neuron_runtime.config import CompileRequest, S3Connection
+from neuron_runtime.contract import COMPILE_REQUEST_ENV, CompileResult, Failure, permanent_compile_exit_codes
 
-COMPILE_REQUEST_ENV: Final = "NEURON_RUNTIME_COMPILE_REQUEST"
 COMPILE_CONTAINER: Final = "compile"
 SOURCES_MOUNT: Final = "/var/lib/neuron/sources"
-#: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through TMPDIR.
-SCRATCH_MOUNT: Final = "/scratch"
-#: `neuron-runtime compile` exit codes that retrying cannot fix (bad request, unreadable or mismatching
-#: source, Neuron SDK missing from the image, S3 access denied or bucket missing): the Job fails at once instead
-#: of burning its backoff. (10, an unreachable S3 endpoint, is retried.)
-PERMANENT_EXIT_CODES: Final = (2, 3, 5, 9)
 
 
 @dataclass(frozen=True)
@@ -146,41 +135,10 @@ def _source_claims(uri: str) -> tuple[str | None, str]:
 
 
 def compile_request(model: NeuronModel, settings: OperatorSettings) -> CompileRequest:
-    """The runtime's compile request for ``model`` (1:1 field mapping, documented in ``api.model``)."""
-    spec = model.spec
-    source: TorchScriptSource | PythonSource
-    if spec.source.torchscript is not None:
-        ts = spec.source.torchscript
-        source = TorchScriptSource(uri=_source_claims(ts.uri)[1], sha256=ts.sha256)
-    else:
-        py = spec.source.python
-        assert py is not None  # the API guarantees exactly one source
-        source = PythonSource(
-            factory=py.factory,
-            args=dict(py.args or {}),
-            weights_uri=_source_claims(py.weights_uri)[1] if py.weights_uri else None,
-            weights_sha256=py.weights_sha256,
-        )
-    return CompileRequest(
-        source=source,
-        inputs=[RuntimeTensor(name=t.name, shape=list(t.shape), dtype=t.dtype.value) for t in spec.inputs],
-        batch_size=spec.batch_size,
-        batch_sizes=list(spec.batch_sizes or []),
-        buckets=(
-            RuntimeBuckets(input=spec.buckets.input, axis=spec.buckets.axis, sizes=list(spec.buckets.sizes))
-            if spec.buckets
-            else None
-        ),
-        target=spec.target.value,
-        dynamic_batch=spec.dynamic_batch,
-        compiler=CompilerOptions(
-            args=list(spec.compiler.args),
-            auto_cast=spec.compiler.auto_cast.value,
-            auto_cast_type=spec.compiler.auto_cast_type.value,
-            opt_level=spec.compiler.opt_level,
-        ),
-        runtime_image=compile_image(model, settings),
-    )
+    """The runtime's compile request for ``model`` (``runtime_settings.compile_request``: every spec field is mapped
+    or excluded with a reason, and a test holds the two types to that)."""
+    uris = {uri: _source_claims(uri)[1] for uri in _source_uris(model)}
+    return runtime_settings.compile_request(model.spec, uris, compile_image(model, settings))
 
 
 def _source_uris(model: NeuronModel) -> list[str]:
@@ -195,135 +153,100 @@ def source_claim_names(model: NeuronModel) -> list[str]:
     return sorted({c for c in (_source_claims(u)[0] for u in _source_uris(model)) if c})
 
 
-def runtime_task_pod(
-    container: dict[str, Any],
-    claim: str | None,
-    settings: OperatorSettings,
-    *,
-    extra_volumes: tuple[tuple[dict[str, Any], dict[str, Any]], ...] = (),
-) -> dict[str, Any]:
-    """The pod spec of a one-shot runtime task (the compile Job, the artifact GC Job): ``container`` (name, image,
-    command, args, env, resources) run as uid 65532 on a read-only root with no capability, a scratch emptyDir as
-    HOME and TMPDIR, and the artifact claim (when not None) at ``settings.artifact_mount_path``; ``extra_volumes``
-    are (volume, mount) pairs."""
-    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "scratch", "mountPath": SCRATCH_MOUNT}]
-    if claim is not None:
-        volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}})
-        mounts.insert(0, {"name": "artifacts", "mountPath": settings.artifact_mount_path})
-    for volume, mount in extra_volumes:
-        volumes.append(volume)
-        mounts.append(mount)
-    scratch_env = [{"name": "HOME", "value": SCRATCH_MOUNT}, {"name": "TMPDIR", "value": SCRATCH_MOUNT}]
-    return {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                **container,
-                "imagePullPolicy": settings.image_pull_policy,
-                "env": [*scratch_env, *(container.get("env") or [])],
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "volumeMounts": mounts,
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-            }
-        ],
-        "volumes": volumes,
-    }
-
-
-def build_compile_job(body: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    """The compile Job for the NeuronModel ``body`` (its name depends only on the cache key)."""
-    model = NeuronModel.model_validate(body)
-    request = compile_request(model, settings)
-    key = request.cache_key()
-    location = artifact_location(model, settings)
+def _compile_resources(model: NeuronModel, settings: OperatorSettings) -> dict[str, Any]:
+    """spec.compiler.resources, else the operator's compile defaults (memory limit = request)."""
     compiler = model.spec.compiler
-    labels = {
-        **names.common_labels("compile"),
-        names.LABEL_CACHE_KEY: names.cache_key_label(key),
+    if compiler.resources:
+        return compiler.resources.model_dump(by_alias=True, exclude_none=True)
+    return {
+        "requests": {"cpu": settings.compile_cpu, "memory": settings.compile_memory},
+        "limits": {"memory": settings.compile_memory},
     }
-    resources = (
-        compiler.resources.model_dump(by_alias=True, exclude_none=True)
-        if compiler.resources
-        else {
-            "requests": {"cpu": settings.compile_cpu, "memory": settings.compile_memory},
-            "limits": {"memory": settings.compile_memory},
-        }
-    )
-    s3_env = s3_access(model, settings).env() if uses_s3(model, settings) else []
-    sources = tuple(
+
+
+def _source_volumes(model: NeuronModel) -> tuple[tuple[dict[str, Any], dict[str, Any]], ...]:
+    """(volume, mount) of each claim a pvc:// source names, read-only under ``SOURCES_MOUNT/<claim>``."""
+    return tuple(
         (
             {"name": f"source-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
             {"name": f"source-{i}", "mountPath": posixpath.join(SOURCES_MOUNT, claim), "readOnly": True},
         )
         for i, claim in enumerate(source_claim_names(model))
     )
-    node_selector = dict(compiler.node_selector or settings.compile_node_selector)
-    tolerations = (
-        [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compiler.tolerations]
-        if compiler.tolerations
-        else list(settings.compile_tolerations)
-    )
+
+
+def _compile_pod(model: NeuronModel, request: CompileRequest, settings: OperatorSettings) -> dict[str, Any]:
+    """The compile pod: ``neuron-runtime compile`` with the request in its env, on the compile nodes."""
+    compiler = model.spec.compiler
+    location = artifact_location(model, settings)
+    s3_env = s3_access(model, settings).env() if uses_s3(model, settings) else []
     container = {
         "name": COMPILE_CONTAINER,
         "image": request.runtime_image,
         "command": ["neuron-runtime", "compile"],
         "args": ["--output-root", location.root(settings.artifact_mount_path)],
         "env": [{"name": COMPILE_REQUEST_ENV, "value": request.model_dump_json(exclude_none=True)}, *s3_env],
-        "resources": resources,
+        "resources": _compile_resources(model, settings),
     }
-    pod_spec = runtime_task_pod(container, location.claim, settings, extra_volumes=sources)
-    if node_selector:
+    pod_spec = runtime_task_pod(container, location.claim, settings, extra_volumes=_source_volumes(model))
+    if node_selector := dict(compiler.node_selector or settings.compile_node_selector):
         pod_spec["nodeSelector"] = node_selector
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    if toleration_list := tolerations(compiler.tolerations) or list(settings.compile_tolerations):
+        pod_spec["tolerations"] = toleration_list
     if service_account := compiler.service_account_name or settings.compile_service_account:
         pod_spec["serviceAccountName"] = service_account
+    return pod_spec
+
+
+def _pod_failure_policy() -> dict[str, Any]:
+    """Fail the Job at once on an exit code retrying cannot fix (``contract.CompileFailure.permanent``: bad request,
+    unreadable or mismatching source, Neuron SDK missing, an architecture the target cannot take, S3 access denied or
+    bucket missing) instead of burning its backoff; an unreachable S3 endpoint or a trace failure is retried."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": COMPILE_CONTAINER,
+                    "operator": "In",
+                    "values": list(permanent_compile_exit_codes()),
+                },
+            },
+            # Evictions and node loss are not the compiler's fault: retry without counting.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
+def build_compile_job(model: NeuronModel, settings: OperatorSettings) -> dict[str, Any]:
+    """The compile Job for ``model`` (its name depends only on the cache key and the storage)."""
+    request = compile_request(model, settings)
+    key = request.cache_key()
+    compiler = model.spec.compiler
+    labels = {
+        **names.common_labels("compile"),
+        names.LABEL_CACHE_KEY: names.cache_key_label(key),
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": names.compile_job_name(key, storage_id(model, settings)),
-            "namespace": body["metadata"]["namespace"],
+            "namespace": model.metadata.namespace,
             "labels": labels,
             "annotations": {
                 names.ANNOTATION_CACHE_KEY: key,
                 names.ANNOTATION_MODEL: model.metadata.name or "",
             },
             # Not a controller reference: models with identical inputs share this Job.
-            "ownerReferences": [names.owner_reference(body, controller=False)],
+            "ownerReferences": [names.owner_reference(model, controller=False)],
         },
         "spec": {
             "backoffLimit": settings.compile_backoff_limit,
             "activeDeadlineSeconds": compiler.timeout_seconds or settings.compile_timeout_seconds,
             "ttlSecondsAfterFinished": settings.compile_job_ttl_seconds,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": COMPILE_CONTAINER,
-                            "operator": "In",
-                            "values": list(PERMANENT_EXIT_CODES),
-                        },
-                    },
-                    # Evictions and node loss are not the compiler's fault: retry without counting.
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                ]
-            },
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "podFailurePolicy": _pod_failure_policy(),
+            "template": {"metadata": {"labels": labels}, "spec": _compile_pod(model, request, settings)},
         },
     }
 
@@ -336,7 +259,7 @@ class CompileOutcome:
     """What a compile Job says about itself: still running, succeeded with a result, or failed."""
 
     state: str  # "Running" | "Succeeded" | "Failed"
-    result: dict[str, Any] | None = None  # the runtime's termination message, parsed
+    result: CompileResult | None = None  # the runtime's termination message
     reason: Reason | None = None
     message: str | None = None
     exit_code: int | None = None
@@ -352,33 +275,31 @@ def runtime_reason(value: object) -> Reason:
     return reason if reason in COMPILE_FAILURES else Reason.COMPILE_FAILED
 
 
-def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for c in job.get("status", {}).get("conditions", []) or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return dict(c)
-    return None
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
-        if cs.get("name") == COMPILE_CONTAINER:
-            term = cs.get("state", {}).get("terminated")
-            return dict(term) if term else None
-    return None
+    return terminated_state(pod, COMPILE_CONTAINER)
 
 
-def _parse_message(text: str | None) -> dict[str, Any] | None:
-    if not text:
-        return None
-    try:
-        parsed = json.loads(text.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+def _failure(failed: dict[str, Any], last: dict[str, Any] | None) -> tuple[Reason, str]:
+    """Why a failed compile Job failed: its deadline, the runtime's reason, the kernel's OOM kill, or its message."""
+    job_reason = failed.get("reason") or "Failed"
+    if job_reason == "DeadlineExceeded":
+        return Reason.COMPILE_TIMEOUT, failed.get("message") or "compile exceeded its timeout"
+    told = Failure.parse(last.get("message")) if last else None
+    if told is not None:
+        reason = runtime_reason(told.reason)
+        if reason is Reason.COMPILE_FAILED and told.reason != Reason.COMPILE_FAILED.value:
+            return reason, f"{told.reason}: {told.message}"
+        return reason, told.message
+    if last is not None and last.get("reason") == "OOMKilled":
+        return (
+            Reason.OOM_KILLED,
+            "the compile container was killed for exceeding its memory limit (OOMKilled): raise the compile memory",
+        )
+    return Reason.COMPILE_FAILED, (last.get("message") if last else None) or failed.get("message") or job_reason
 
 
 def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> CompileOutcome:
@@ -388,40 +309,27 @@ def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> CompileOutco
         key=lambda p: (_terminated(p) or {}).get("finishedAt") or "",
     )
     last = _terminated(finished[-1]) if finished else None
-    parsed = _parse_message(last.get("message")) if last else None
-    complete = _condition(job, "Complete")
+    exit_code = last.get("exitCode") if last else None
+    complete = job_condition(job, "Complete")
     if complete is not None:
-        if parsed is None or parsed.get("status") != "Succeeded":
+        result = CompileResult.parse(last.get("message")) if last else None
+        if result is None:
             return CompileOutcome(
                 "Failed",
                 reason=Reason.NO_RESULT,
                 message="the compile Job succeeded but left no result in its termination message",
-                exit_code=last.get("exitCode") if last else None,
+                exit_code=exit_code,
                 finished_at=_time(complete.get("lastTransitionTime")),
             )
-        return CompileOutcome("Succeeded", result=parsed, finished_at=_time(complete.get("lastTransitionTime")))
-    failed = _condition(job, "Failed")
+        return CompileOutcome("Succeeded", result=result, finished_at=_time(complete.get("lastTransitionTime")))
+    failed = job_condition(job, "Failed")
     if failed is not None:
-        job_reason = failed.get("reason") or "Failed"
-        if job_reason == "DeadlineExceeded":
-            reason, message = Reason.COMPILE_TIMEOUT, failed.get("message") or "compile exceeded its timeout"
-        elif parsed is not None:
-            reason, message = runtime_reason(parsed.get("reason")), str(parsed.get("message") or "")
-            if reason is Reason.COMPILE_FAILED and parsed.get("reason") not in (None, "CompileFailed"):
-                message = f"{parsed.get('reason')}: {message}"
-        elif last is not None and last.get("reason") == "OOMKilled":
-            reason = Reason.OOM_KILLED
-            message = (
-                "the compile container was killed for exceeding its memory limit (OOMKilled): raise the compile memory"
-            )
-        else:
-            reason = Reason.COMPILE_FAILED
-            message = (last.get("message") if last else None) or failed.get("message") or job_reason
+        reason, message = _failure(failed, last)
         return CompileOutcome(
             "Failed",
             reason=reason,
             message=clip(message),
-            exit_code=last.get("exitCode") if last else None,
+            exit_code=exit_code,
             finished_at=_time(failed.get("lastTransitionTime")),
         )
     return CompileOutcome("Running")

@@ -7,10 +7,10 @@ histogram and the gauges of what is inside the pod now. ``parse_metrics`` turns 
 rule); ``merge`` adds the windows of several pods; ``quantile`` is Prometheus' ``histogram_quantile`` and
 ``concurrency`` the average number of requests inside a pod over an interval (Little's law).
 
-The families read (written by ``neuron_runtime.metrics``, which the operator may not import: the names are
-repeated here and ``tests/operator/test_loadmetrics.py`` drives the runtime's own ``Metrics`` to keep them in
-step): ``neuron_runtime_requests_total{code}`` (HTTP status), ``neuron_runtime_grpc_requests_total{code}`` (gRPC
-status name), ``neuron_runtime_request_duration_seconds`` (one histogram for both protocols, no labels today;
+The families read (written by ``neuron_runtime.metrics``; their names are ``neuron_runtime.contract``'s, and
+``tests/operator/test_loadmetrics.py`` drives the runtime's own ``Metrics`` to keep the reading in step):
+``neuron_runtime_requests_total{code}`` (HTTP status), ``neuron_runtime_grpc_requests_total{code}`` (gRPC status
+name), ``neuron_runtime_request_duration_seconds`` (one histogram for both protocols, no labels today;
 any label sets are summed), ``neuron_runtime_requests_in_flight`` and ``neuron_runtime_queue_depth_rows``.
 
 The text comes from a pod, i.e. from code the operator does not control: every failure is a ``MetricsError``
@@ -26,11 +26,13 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TextIO, cast
 
 from prometheus_client.parser import text_fd_to_metric_families
+
+from neuron_runtime import contract
 
 #: Callers read at most this many bytes of a pod's ``/metrics``; ``parse_metrics`` refuses a longer text (counted in
 #: characters: a text decoded from at most this many bytes never has more).
@@ -45,11 +47,11 @@ _MAX_LABEL_SETS: Final = 1000
 #: Longest error message (the head is kept: it says what and where).
 _MESSAGE_LIMIT: Final = 200
 
-_REQUESTS: Final = "neuron_runtime_requests_total"
-_GRPC_REQUESTS: Final = "neuron_runtime_grpc_requests_total"
-_DURATION: Final = "neuron_runtime_request_duration_seconds"
-_IN_FLIGHT: Final = "neuron_runtime_requests_in_flight"
-_QUEUED_ROWS: Final = "neuron_runtime_queue_depth_rows"
+_REQUESTS: Final = contract.METRIC_REQUESTS
+_GRPC_REQUESTS: Final = contract.METRIC_GRPC_REQUESTS
+_DURATION: Final = contract.METRIC_REQUEST_DURATION
+_IN_FLIGHT: Final = contract.METRIC_IN_FLIGHT
+_QUEUED_ROWS: Final = contract.METRIC_QUEUED_ROWS
 #: Prefix of the ``requests`` keys that count gRPC status codes (``"grpc:OK"``); HTTP codes have none (``"200"``).
 _GRPC_PREFIX: Final = "grpc:"
 
@@ -195,6 +197,60 @@ def _histogram(groups: Mapping[frozenset[tuple[str, str]], dict[float, float]]) 
     return tuple(sorted(total.items()))
 
 
+@dataclass
+class _Totals:
+    """What ``parse_metrics`` has read so far: the sums of the families and the series seen (to refuse a repeat)."""
+
+    requests: dict[str, float] = field(default_factory=dict)
+    duration_sum: float = 0.0
+    duration_count: float = 0.0
+    in_flight: float = 0.0
+    queued_rows: float = 0.0
+    groups: dict[frozenset[tuple[str, str]], dict[float, float]] = field(default_factory=dict)
+    seen: set[tuple[str, frozenset[tuple[str, str]]]] = field(default_factory=set)
+    per_family: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, labels: Mapping[str, str]) -> None:
+        """Records one series of ``name``; refuses a series given twice and a family with too many label sets."""
+        key = (name, frozenset(labels.items()))
+        if key in self.seen:
+            raise MetricsError(f"{_series(name, labels)} appears twice")
+        self.seen.add(key)
+        self.per_family[name] = self.per_family.get(name, 0) + 1
+        if self.per_family[name] > _MAX_LABEL_SETS:
+            raise MetricsError(f"{name} has more than {_MAX_LABEL_SETS} label sets")
+
+    def add(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        """Adds one checked sample value of ``name`` to its family's sum (a bucket: to its label set's buckets)."""
+        if name in (_REQUESTS, _GRPC_REQUESTS):
+            code = _request_key(name, labels)
+            self.requests[code] = self.requests.get(code, 0.0) + value
+        elif name == _IN_FLIGHT:
+            self.in_flight += value
+        elif name == _QUEUED_ROWS:
+            self.queued_rows += value
+        elif name == _SUM:
+            self.duration_sum += value
+        elif name == _COUNT:
+            self.duration_count += value
+        else:
+            le = _le(labels)
+            rest = frozenset((k, v) for k, v in labels.items() if k != "le")
+            self.groups.setdefault(rest, {})[le] = value
+
+    def sample(self, at: float) -> PodSample:
+        """The reading these totals make (the histogram checked and summed by le)."""
+        return PodSample(
+            at=at,
+            requests=MappingProxyType(self.requests),
+            duration_sum=self.duration_sum,
+            duration_count=self.duration_count,
+            buckets=_histogram(self.groups),
+            in_flight=self.in_flight,
+            queued_rows=self.queued_rows,
+        )
+
+
 def parse_metrics(text: str, at: float) -> PodSample:
     """The families read, from one ``/metrics`` text read at ``at`` (the caller's clock, seconds).
 
@@ -208,13 +264,9 @@ def parse_metrics(text: str, at: float) -> PodSample:
     if not lines:
         raise MetricsError(
             f"none of the runtime's metric families ({_REQUESTS}, {_DURATION}, ...) is in the text "
-            f"(not the runtime's /metrics?); it starts with {text[:60]!r}"
+            f"(not the runtime's {contract.METRICS_PATH}?); it starts with {text[:60]!r}"
         )
-    requests: dict[str, float] = {}
-    duration_sum = duration_count = in_flight = queued_rows = 0.0
-    groups: dict[frozenset[tuple[str, str]], dict[float, float]] = {}
-    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
-    per_family: dict[str, int] = {}
+    totals = _Totals()
     read = 0  # lines the parser has taken (to say where a failure is)
 
     def feed() -> Iterator[str]:
@@ -229,44 +281,15 @@ def parse_metrics(text: str, at: float) -> PodSample:
                 name, labels = sample.name, dict(sample.labels)
                 if name not in _SAMPLES:  # (a sample name the parser derived, e.g. a counter without _total)
                     continue
-                key = (name, frozenset(labels.items()))
-                if key in seen:
-                    raise MetricsError(f"{_series(name, labels)} appears twice")
-                seen.add(key)
-                per_family[name] = per_family.get(name, 0) + 1
-                if per_family[name] > _MAX_LABEL_SETS:
-                    raise MetricsError(f"{name} has more than {_MAX_LABEL_SETS} label sets")
-                value = _value(name, labels, float(sample.value))
-                if name in (_REQUESTS, _GRPC_REQUESTS):
-                    code = _request_key(name, labels)
-                    requests[code] = requests.get(code, 0.0) + value
-                elif name == _IN_FLIGHT:
-                    in_flight += value
-                elif name == _QUEUED_ROWS:
-                    queued_rows += value
-                elif name == _SUM:
-                    duration_sum += value
-                elif name == _COUNT:
-                    duration_count += value
-                else:
-                    le = _le(labels)
-                    rest = frozenset((k, v) for k, v in labels.items() if k != "le")
-                    groups.setdefault(rest, {})[le] = value
+                totals.count(name, labels)
+                totals.add(name, labels, _value(name, labels, float(sample.value)))
     except MetricsError:
         raise
     except Exception as exc:  # the parser raises ValueError, IndexError, ... on malformed lines: all are the text's
         index = min(max(read, 1), len(numbers)) - 1
         detail = str(exc) or type(exc).__name__
         raise MetricsError(f"line {numbers[index]}: {detail}: {lines[index][:100]}") from exc
-    return PodSample(
-        at=at,
-        requests=MappingProxyType(requests),
-        duration_sum=duration_sum,
-        duration_count=duration_count,
-        buckets=_histogram(groups),
-        in_flight=in_flight,
-        queued_rows=queued_rows,
-    )
+    return totals.sample(at)
 
 
 # ------------------------------------------------------------------------------------------------- windows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Final
 
-from neuron_operator.api import API_VERSION
+from neuron_operator.api import API_VERSION, NeuronDeployment, NeuronModel
 
 MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 OPERATOR: Final = "neuron-operator"
@@ -35,14 +35,16 @@ def cache_key_label(cache_key: str) -> str:
     return cache_key[:KEY_PREFIX_LEN]
 
 
-def owner_reference(body: dict[str, Any], *, controller: bool = True) -> dict[str, Any]:
+def owner_reference(owner: NeuronModel | NeuronDeployment, *, controller: bool = True) -> dict[str, Any]:
     """An ownerReference to a neuron.dev object, so children are garbage-collected with it."""
-    meta = body["metadata"]
+    meta = owner.metadata
+    if not (meta.name and meta.uid):
+        raise ValueError(f"{owner.KIND} has no name or uid: an ownerReference needs both (read it from the apiserver)")
     return {
         "apiVersion": API_VERSION,
-        "kind": body["kind"],
-        "name": meta["name"],
-        "uid": meta["uid"],
+        "kind": owner.KIND,
+        "name": meta.name,
+        "uid": meta.uid,
         "controller": controller,
         "blockOwnerDeletion": controller,
     }

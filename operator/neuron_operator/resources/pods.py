@@ -18,6 +18,7 @@ from neuron_operator.api import Reason
 from neuron_operator.api.reasons import SERVE_REFUSALS
 from neuron_operator.resources.podstate import PodProblem, pod_problem, waits_for_mount
 from neuron_operator.subset import is_subset
+from neuron_runtime.contract import PARITY_LOG_PREFIX, Failure
 
 #: Termination reasons of `neuron-runtime serve` that need a change (image, tolerance, spec) to progress.
 SERVING_FAILURE_REASONS: Final = tuple(r.value for r in SERVE_REFUSALS)
@@ -47,17 +48,12 @@ def is_current(pod: dict[str, Any], desired_container: dict[str, Any]) -> bool:
     )
 
 
-def _parse(terminated: dict[str, Any]) -> dict[str, Any] | None:
-    try:
-        message = json.loads((terminated.get("message") or "").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-    return message if isinstance(message, dict) and message.get("reason") in SERVING_FAILURE_REASONS else None
+def _parse(terminated: dict[str, Any]) -> Failure | None:
+    """The runtime's refusal in a terminated container's message (None: another exit, or not a serving refusal)."""
+    failure = Failure.parse(terminated.get("message"))
+    return failure if failure is not None and failure.reason in SERVING_FAILURE_REASONS else None
 
 
-#: Prefix of the line `neuron-runtime serve` prints on stdout when its parity gate passed
-#: (`neuron_runtime.parity.LOG_PREFIX`; a test ties the two).
-PARITY_LOG_PREFIX: Final = "NEURON_RUNTIME_PARITY"
 TEMPLATE_HASH_LABEL: Final = "pod-template-hash"
 
 
@@ -121,11 +117,10 @@ def serving_failure(pods: list[dict[str, Any]], desired_container: dict[str, Any
                 terminated = state.get("terminated")
                 if not terminated or (parsed := _parse(terminated)) is None:
                     continue
-                message = str(parsed.get("message", ""))
                 found.append(
                     ServingFailure(
-                        reason=Reason(parsed["reason"]),
-                        message=message,
+                        reason=Reason(parsed.reason),
+                        message=parsed.message,
                         exit_code=terminated.get("exitCode"),
                         finished_at=terminated.get("finishedAt"),
                         pod=pod["metadata"]["name"],

@@ -38,6 +38,21 @@ def _container(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((s for s in statuses if s.get("name") == name), None)
 
 
+def terminated_state(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
+    """``state.terminated`` of ``container`` in ``pod`` (a Job's finished task: exit code, termination message)."""
+    status = _container(pod, container)
+    term = ((status or {}).get("state") or {}).get("terminated")
+    return dict(term) if term else None
+
+
+def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The Job's condition ``type_`` (Complete, Failed) when it is True, else None."""
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return dict(c)
+    return None
+
+
 #: A pod unschedulable for less than this is not a problem yet: during a surge the new pod may wait for the cores
 #: of a pod that is terminating, and a cluster autoscaler needs a minute or so to add a node.
 UNSCHEDULABLE_GRACE_SECONDS: Final = 60.0

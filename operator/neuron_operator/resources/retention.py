@@ -35,20 +35,14 @@ from pydantic import ValidationError
 
 from neuron_operator.api import NeuronModel
 from neuron_operator.resources import names
-from neuron_operator.resources.compile import (
-    S3Access,
-    _parse_message,
-    artifact_location,
-    compile_request,
-    runtime_task_pod,
-    s3_access,
-)
-from neuron_operator.resources.podstate import clip
+from neuron_operator.resources.compile import S3Access, artifact_location, compile_request, s3_access
+from neuron_operator.resources.podparts import runtime_task_pod
+from neuron_operator.resources.podstate import clip, job_condition, terminated_state
 from neuron_operator.settings import OperatorSettings
+from neuron_runtime.contract import GC_KEEP_ENV, Failure, GcResult
 
 COMPONENT: Final = "artifact-gc"
 GC_CONTAINER: Final = "gc"
-GC_KEEP_ENV: Final = "NEURON_RUNTIME_GC_KEEP"
 #: Set on a finished GC Job once its result was reported (Event, metrics): it is reported once.
 ANNOTATION_REPORTED: Final = "neuron.dev/gc-reported"
 ANNOTATION_LOCATION: Final = "neuron.dev/gc-location"
@@ -270,58 +264,51 @@ class GcOutcome:
     succeeded: bool
     storage: str
     mode: str
-    result: dict[str, Any] | None = None
+    result: GcResult | None = None
     reason: str | None = None
     message: str | None = None
 
     @property
     def expired(self) -> int:
-        return int((self.result or {}).get("expiredCount") or 0)
+        return self.result.expired_count if self.result is not None else 0
 
     @property
     def deleted_bytes(self) -> int:
-        return int((self.result or {}).get("deletedBytes") or 0)
+        return self.result.deleted_bytes if self.result is not None else 0
 
 
-def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return dict(c)
-    return None
-
-
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == GC_CONTAINER:
-            term = (cs.get("state") or {}).get("terminated")
-            return dict(term) if term else None
-    return None
+def _failure(failed: dict[str, Any], last: dict[str, Any] | None) -> tuple[str, str]:
+    """Why a failed GC Job failed: its deadline, the runtime's reason, the kernel's OOM kill, or its message."""
+    if failed.get("reason") == "DeadlineExceeded":
+        return "DeadlineExceeded", str(failed.get("message") or "the GC Job exceeded its deadline")
+    told = Failure.parse(last.get("message")) if last else None
+    if told is not None:
+        return told.reason, told.message
+    if last is not None and last.get("reason") == "OOMKilled":
+        return "OOMKilled", "the GC container was killed for exceeding its memory limit"
+    reason = str(failed.get("reason") or "Failed")
+    return reason, str((last or {}).get("message") or failed.get("message") or reason)
 
 
 def gc_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> GcOutcome | None:
     """Read a GC Job and its pods; None while it has not finished."""
     labels = (job.get("metadata") or {}).get("labels") or {}
     storage, mode = str(labels.get(LABEL_STORAGE, "")), str(labels.get(LABEL_MODE, ""))
-    complete, failed = _condition(job, "Complete"), _condition(job, "Failed")
+    complete, failed = job_condition(job, "Complete"), job_condition(job, "Failed")
     if complete is None and failed is None:
         return None
-    terms = sorted((t for t in map(_terminated, pods) if t is not None), key=lambda t: t.get("finishedAt") or "")
+    terms = sorted(
+        (t for t in (terminated_state(p, GC_CONTAINER) for p in pods) if t is not None),
+        key=lambda t: t.get("finishedAt") or "",
+    )
     last = terms[-1] if terms else None
-    parsed = _parse_message(last.get("message")) if last else None
-    if complete is not None and parsed is not None and parsed.get("status") == "Succeeded":
-        return GcOutcome(True, storage, mode, result=parsed)
     if complete is not None:
+        result = GcResult.parse(last.get("message")) if last else None
+        if result is not None:
+            return GcOutcome(True, storage, mode, result=result)
         return GcOutcome(False, storage, mode, reason="NoResult", message="the GC Job left no result")
     assert failed is not None
-    if failed.get("reason") == "DeadlineExceeded":
-        reason, message = "DeadlineExceeded", str(failed.get("message") or "the GC Job exceeded its deadline")
-    elif parsed is not None:
-        reason, message = str(parsed.get("reason") or "Failed"), str(parsed.get("message") or "")
-    elif last is not None and last.get("reason") == "OOMKilled":
-        reason, message = "OOMKilled", "the GC container was killed for exceeding its memory limit"
-    else:
-        reason = str(failed.get("reason") or "Failed")
-        message = str((last or {}).get("message") or failed.get("message") or reason)
+    reason, message = _failure(failed, last)
     return GcOutcome(False, storage, mode, reason=reason, message=clip(message))
 
 
@@ -330,13 +317,14 @@ def outcome_message(job: dict[str, Any], outcome: GcOutcome, keys_listed: int = 
     where = ((job.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_LOCATION, "")
     if not outcome.succeeded:
         return f"artifact GC of {where} failed ({outcome.reason}): {outcome.message}"
-    result = outcome.result or {}
-    keys = [str(e.get("cacheKey", ""))[:16] for e in (result.get("expired") or [])[:keys_listed]]
+    result = outcome.result
+    assert result is not None  # a succeeded outcome always has its result
+    keys = [str(e.get("cacheKey", ""))[:16] for e in result.expired[:keys_listed]]
     more = outcome.expired - len(keys)
     listed = (": " + ", ".join(keys) + (f" and {more} more" if more > 0 else "")) if keys else ""
-    size = int(result.get("freedOrReclaimableBytes") or 0)
-    kept = f"{result.get('kept', 0)} referenced, {result.get('retained', 0)} unreferenced within the minimum age"
-    if result.get("dryRun"):
+    size = result.freed_or_reclaimable_bytes
+    kept = f"{result.kept} referenced, {result.retained} unreferenced within the minimum age"
+    if result.dry_run:
         return (
             f"dry run over {where}: {outcome.expired} artifacts expired ({_mb(size)} reclaimable), {kept}; "
             f"set artifacts.gc.delete to delete them{listed}"

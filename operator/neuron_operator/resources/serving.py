@@ -13,20 +13,16 @@ from typing import Any, Final
 
 from neuron_operator.api import NeuronDeployment, NeuronModel
 from neuron_operator.catalogue import INSTANCE_TYPE_LABEL, NEURON_TAINT_KEY, NEURONCORE_RESOURCE
-from neuron_operator.resources import names
+from neuron_operator.resources import names, podparts, runtime_settings
 from neuron_operator.resources.compile import S3Access, artifact_location, s3_access
 from neuron_operator.resources.fit import PlacementPlan
 from neuron_operator.settings import OperatorSettings
-from neuron_runtime.config import Batching as RuntimeBatching
-from neuron_runtime.config import Parity as RuntimeParity
-from neuron_runtime.config import Placement as RuntimePlacement
-from neuron_runtime.config import S3Connection, ServeSettings
+from neuron_runtime.config import S3Connection
+from neuron_runtime.contract import LIVE_PATH, READY_PATH, S3_ENV_PREFIX
 
 RUNTIME_CONTAINER: Final = "runtime"
 PORT_NAME: Final = "http"
 GRPC_PORT_NAME: Final = "grpc"
-#: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through TMPDIR.
-SCRATCH_MOUNT: Final = "/scratch"
 #: Annotation on a NeuronDeployment: an autoscaler scales the child Deployment directly, so the operator
 #: leaves its replicas alone. (Prefer pointing the HPA at the NeuronDeployment's scale subresource.)
 EXTERNAL_REPLICAS_ANNOTATION: Final = "neuron.dev/replicas-managed-externally"
@@ -118,32 +114,17 @@ def selector_labels(name: str) -> dict[str, str]:
 
 
 def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[str, Any]]:
-    spec = dep.spec
-    batching = spec.batching
-    serve = ServeSettings(
+    """The runtime's ServeSettings as env vars (``runtime_settings.serve_settings``), the pod's identity for
+    neuron-monitor, the scratch HOME/TMPDIR, and S3 credentials from a Secret."""
+    serve = runtime_settings.serve_settings(
+        dep.spec,
         model_name=artifact.model_name,
         artifact_dir=artifact.directory,
         artifact_uri=artifact.s3_uri,
         s3=artifact.s3.connection if artifact.s3 is not None else S3Connection(),
         expected_sha256=artifact.sha256,
-        port=spec.server.port,
-        placement=RuntimePlacement(
-            workers=spec.placement.workers,
-            cores_per_worker=spec.placement.cores_per_worker,
-            mode=spec.placement.mode.value,
-        ),
-        batching=RuntimeBatching(
-            max_batch_size=batching.max_batch_size,
-            max_delay_ms=batching.max_delay_ms,
-            max_queue=batching.max_queue,
-            timeout_ms=batching.timeout_ms,
-            preferred_batch_sizes=list(batching.preferred_batch_sizes or []),
-            idle_dispatch=batching.idle_dispatch,
-        ),
-        parity=RuntimeParity(enabled=spec.validation.parity, atol=spec.validation.atol, rtol=spec.validation.rtol),
         shutdown_delay_s=SHUTDOWN_DELAY_SECONDS,
         drain_timeout_s=DRAIN_SECONDS,
-        grpc_port=spec.server.grpc_port,
     )
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(serve.to_env().items())]
     env += [
@@ -151,21 +132,11 @@ def _runtime_env(dep: NeuronDeployment, artifact: ServedArtifact) -> list[dict[s
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         # neuron-monitor reports this as runtime_tag, so per-pod Neuron metrics can be joined to pods.
         {"name": "NEURON_PROCESS_TAG", "value": f"$(POD_NAMESPACE)/$(POD_NAME)/{artifact.model_name}"},
-        {"name": "HOME", "value": SCRATCH_MOUNT},
-        {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+        *podparts.scratch_env(),
     ]
     if artifact.s3 is not None:
-        env += [e for e in artifact.s3.env() if not e["name"].startswith("NEURON_RUNTIME_S3__")]  # those: above
+        env += [e for e in artifact.s3.env() if not e["name"].startswith(S3_ENV_PREFIX)]  # those: above
     return env
-
-
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": PORT_NAME},
-        "periodSeconds": period,
-        "failureThreshold": failures,
-        "timeoutSeconds": 2,
-    }
 
 
 def _resources(dep: NeuronDeployment, plan: PlacementPlan) -> dict[str, Any]:
@@ -193,32 +164,13 @@ def _affinity(dep: NeuronDeployment, plan: PlacementPlan) -> dict[str, Any] | No
     return affinity or None
 
 
-def build_deployment(
-    body: dict[str, Any],
-    artifact: ServedArtifact,
-    plan: PlacementPlan,
-    settings: OperatorSettings,
-    rollout: tuple[int | str, int | str] = (1, 0),
+def _runtime_container(
+    dep: NeuronDeployment, artifact: ServedArtifact, plan: PlacementPlan, settings: OperatorSettings
 ) -> dict[str, Any]:
-    """The runtime Deployment of the NeuronDeployment ``body``; ``rollout`` is (maxSurge, maxUnavailable), chosen
-    by the reconciler (``resources.capacity``)."""
-    dep = NeuronDeployment.model_validate(body)
-    spec, name = dep.spec, dep.metadata.name or ""
-    pod_over = spec.pod
-    labels = {
-        **names.common_labels("runtime"),
-        **selector_labels(name),
-        names.LABEL_MODEL: artifact.model_name,
-    }
-    pod_labels = {**(pod_over.labels if pod_over and pod_over.labels else {}), **labels}
-    tolerations = (
-        [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in (pod_over.tolerations or [])]
-        if pod_over
-        else []
-    )
-    if plan.cores:
-        tolerations.append({"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
-    container: dict[str, Any] = {
+    """The runtime container: ``neuron-runtime serve`` with its settings in env, probes on the OIP health paths,
+    the preStop pause, the NeuronCores of the placement plan, the artifact and scratch volumes."""
+    spec = dep.spec
+    return {
         "name": RUNTIME_CONTAINER,
         "image": spec.image or settings.image_for_target(artifact.target),
         "imagePullPolicy": settings.image_pull_policy,
@@ -230,15 +182,15 @@ def build_deployment(
         ],
         # Loading (and on Neuron, placing) a large model can take minutes: the startup probe allows
         # 10 minutes before liveness takes over.
-        "startupProbe": _probe("/v2/health/ready", 2, 300),
-        "readinessProbe": _probe("/v2/health/ready", 5, 2),
-        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "startupProbe": podparts.http_probe(READY_PATH, PORT_NAME, 2, 300),
+        "readinessProbe": podparts.http_probe(READY_PATH, PORT_NAME, 5, 2),
+        "livenessProbe": podparts.http_probe(LIVE_PATH, PORT_NAME, 10, 3),
         # The pause lets endpoints drop the pod before SIGTERM; the runtime then drains in-flight work.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "resources": _resources(dep, plan),
         "volumeMounts": [
             {
-                "name": "artifacts",
+                "name": podparts.ARTIFACT_VOLUME,
                 # The claim's root, where the compile Job mounts it too: artifact.directory is
                 # <mount>/<storage.pvc.path>/<cacheKey>, so mounting the claim any deeper would look for
                 # the artifact in the wrong directory of the volume.
@@ -246,38 +198,59 @@ def build_deployment(
                 # An S3 artifact is downloaded into this (emptyDir) volume; a claim is only read.
                 "readOnly": artifact.claim is not None,
             },
-            {"name": "scratch", "mountPath": SCRATCH_MOUNT},
+            podparts.scratch_mount(),
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": not settings.runtime_run_as_root,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": podparts.container_security(run_as_non_root=not settings.runtime_run_as_root),
     }
+
+
+def _pod_spec(
+    dep: NeuronDeployment, artifact: ServedArtifact, plan: PlacementPlan, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The serving pod: the runtime container, the restricted security context, the Neuron scheduling (taint
+    toleration, instance-type affinity, scheduler extension) and the user's pod overrides."""
+    pod_over = dep.spec.pod
+    tolerations = podparts.tolerations(pod_over.tolerations if pod_over else None)
+    if plan.cores:
+        tolerations.append({"key": NEURON_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"})
     pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "securityContext": {
-            **settings.runtime_identity(),
-            "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "containers": [_runtime_container(dep, artifact, plan, settings)],
+        "securityContext": podparts.pod_security(settings.runtime_identity()),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "volumes": [_artifact_volume(artifact), {"name": "scratch", "emptyDir": {}}],
+        "volumes": [_artifact_volume(artifact), podparts.scratch_volume()],
     }
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if pod_over and pod_over.node_selector:
         pod_spec["nodeSelector"] = dict(pod_over.node_selector)
-    affinity = _affinity(dep, plan)
-    if affinity:
+    if affinity := _affinity(dep, plan):
         pod_spec["affinity"] = affinity
     if plan.scheduler_name:
         pod_spec["schedulerName"] = plan.scheduler_name
     if service_account := (pod_over.service_account_name if pod_over else None) or settings.runtime_service_account:
         pod_spec["serviceAccountName"] = service_account
+    return pod_spec
+
+
+def build_deployment(
+    dep: NeuronDeployment,
+    artifact: ServedArtifact,
+    plan: PlacementPlan,
+    settings: OperatorSettings,
+    rollout: tuple[int | str, int | str] = (1, 0),
+) -> dict[str, Any]:
+    """The runtime Deployment of ``dep``; ``rollout`` is (maxSurge, maxUnavailable), chosen by the reconciler
+    (``resources.capacity``)."""
+    spec, name = dep.spec, dep.metadata.name or ""
+    pod_over = spec.pod
+    labels = {
+        **names.common_labels("runtime"),
+        **selector_labels(name),
+        names.LABEL_MODEL: artifact.model_name,
+    }
+    pod_labels = {**(pod_over.labels if pod_over and pod_over.labels else {}), **labels}
     annotations = {
         **(pod_over.annotations if pod_over and pod_over.annotations else {}),
         names.ANNOTATION_ARTIFACT_SHA: artifact.sha256,
@@ -293,7 +266,10 @@ def build_deployment(
         },
         "revisionHistoryLimit": 5,
         "progressDeadlineSeconds": 900,
-        "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": annotations},
+            "spec": _pod_spec(dep, artifact, plan, settings),
+        },
     }
     if (dep.metadata.annotations or {}).get(EXTERNAL_REPLICAS_ANNOTATION) != "true":
         dep_spec["replicas"] = 0 if spec.suspend else spec.replicas
@@ -302,10 +278,10 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": {
             "name": name,
-            "namespace": body["metadata"]["namespace"],
+            "namespace": dep.metadata.namespace,
             "labels": labels,
             "annotations": {names.ANNOTATION_CACHE_KEY: artifact.cache_key},
-            "ownerReferences": [names.owner_reference(body)],
+            "ownerReferences": [names.owner_reference(dep)],
         },
         "spec": dep_spec,
     }
@@ -313,29 +289,31 @@ def build_deployment(
 
 def _artifact_volume(artifact: ServedArtifact) -> dict[str, Any]:
     if artifact.claim is not None:
-        return {"name": "artifacts", "persistentVolumeClaim": {"claimName": artifact.claim, "readOnly": True}}
+        return {
+            "name": podparts.ARTIFACT_VOLUME,
+            "persistentVolumeClaim": {"claimName": artifact.claim, "readOnly": True},
+        }
     limit = download_volume_limit(artifact.size_bytes)
-    return {"name": "artifacts", "emptyDir": {"sizeLimit": limit} if limit else {}}
+    return {"name": podparts.ARTIFACT_VOLUME, "emptyDir": {"sizeLimit": limit} if limit else {}}
 
 
-def _child_metadata(body: dict[str, Any]) -> dict[str, Any]:
+def _child_metadata(dep: NeuronDeployment) -> dict[str, Any]:
     """Metadata of a serving child: same name and namespace as the NeuronDeployment, owned by it."""
-    name = body["metadata"]["name"]
+    name = dep.metadata.name or ""
     return {
         "name": name,
-        "namespace": body["metadata"]["namespace"],
+        "namespace": dep.metadata.namespace,
         "labels": {**names.common_labels("runtime"), **selector_labels(name)},
-        "ownerReferences": [names.owner_reference(body)],
+        "ownerReferences": [names.owner_reference(dep)],
     }
 
 
-def build_service(body: dict[str, Any]) -> dict[str, Any]:
-    dep = NeuronDeployment.model_validate(body)
+def build_service(dep: NeuronDeployment) -> dict[str, Any]:
     name = dep.metadata.name or ""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _child_metadata(body),
+        "metadata": _child_metadata(dep),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),
@@ -354,17 +332,16 @@ def build_service(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_pdb(body: dict[str, Any]) -> dict[str, Any]:
+def build_pdb(dep: NeuronDeployment) -> dict[str, Any]:
     """At most one replica voluntarily disrupted at a time (node drains, cluster upgrades)."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _child_metadata(body),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(body["metadata"]["name"])}},
+        "metadata": _child_metadata(dep),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(dep.metadata.name or "")}},
     }
 
 
-def endpoint(body: dict[str, Any], model_name: str) -> str:
-    meta = body["metadata"]
-    port = NeuronDeployment.model_validate(body).spec.server.port
-    return f"http://{meta['name']}.{meta['namespace']}.svc:{port}/v2/models/{model_name}"
+def endpoint(dep: NeuronDeployment, model_name: str) -> str:
+    meta = dep.metadata
+    return f"http://{meta.name}.{meta.namespace}.svc:{dep.spec.server.port}/v2/models/{model_name}"
