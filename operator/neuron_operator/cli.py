@@ -18,12 +18,16 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily
 
 from neuron_operator.settings import OperatorSettings
+
+if TYPE_CHECKING:
+    from neuron_operator.leader import LeaderElector
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,73 @@ async def _serve_health(port: int, health: _Health) -> Any:
     return runner
 
 
+@dataclass
+class _Leadership:
+    """The Lease side of one ``run``: its elector (None without leader election), the task renewing the Lease
+    while this process leads, and whether leadership was lost."""
+
+    gauge: Gauge  # neuron_operator_leader (set here only without leader election: the elector sets it otherwise)
+    identity: str
+    elector: LeaderElector | None = None
+    holder: asyncio.Task[None] | None = None
+    lost: bool = False
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _wind_down(
+    settings: OperatorSettings, runtime: Any, health: _Health, stop: asyncio.Event, lease: _Leadership
+) -> None:
+    """Once stopping: stop reconciling, then hand the Lease over (unless it was lost)."""
+    await stop.wait()
+    health.stopping, health.leading = True, False
+    await runtime.queue.stop()
+    if not lease.lost and lease.holder is not None:
+        # No renewal after the release (it would take the Lease back, or make it conflict).
+        await _cancelled(lease.holder)
+    if lease.elector is not None and not lease.lost:
+        await lease.elector.release()  # logs, never raises; nothing to do unless we hold the Lease
+    if not settings.leader_election:
+        lease.gauge.labels(lease.identity).set(0)
+
+
+async def _watch_lease(runtime: Any, health: _Health, stop: asyncio.Event, lease: _Leadership) -> None:
+    """Hold the Lease; once it is lost, fail liveness and stop (the work queue at once, kopf through ``stop``)."""
+    assert lease.elector is not None
+    try:
+        await lease.elector.hold()
+    except Exception:  # hold() does not raise; if it ever did, that is a lost leadership too
+        log.exception("leader election failed")
+    lease.lost = health.lost = True
+    health.leading = False
+    stop.set()  # kopf stops...
+    await runtime.queue.stop()  # ...but reconciling stops now, not after kopf's graceful shutdown
+
+
+async def _lead(runtime: Any, health: _Health, stop: asyncio.Event, lease: _Leadership) -> bool:
+    """Become the leader: with an elector, wait as a standby for the Lease, then hold it (``lease.holder``).
+    False when ``stop`` came first."""
+    if lease.elector is None:
+        lease.gauge.labels(lease.identity).set(1)
+        return True
+    log.info("standby as %s: waiting for the leader lease", lease.identity)
+    acquire = asyncio.ensure_future(lease.elector.acquire())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not acquire.done():
+        await _cancelled(acquire)
+        return False  # (an attempt that won just before the cancel is released on the way out)
+    acquire.result()
+    lease.holder = asyncio.ensure_future(_watch_lease(runtime, health, stop, lease))
+    return True
+
+
 async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> int:
     """Run the operator until ``stop`` is set (exit code 0) or leadership is lost (exit code 1).
 
@@ -120,29 +191,12 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     health = _Health()
     server = await _serve_health(settings.health_port, health)
-    elector: LeaderElector | None = None
-    holder: asyncio.Task[None] | None = None
-    lost = False
-
-    async def wind_down() -> None:
-        """Once stopping: stop reconciling, then hand the Lease over (unless it was lost)."""
-        await stop.wait()
-        health.stopping, health.leading = True, False
-        await runtime.queue.stop()
-        if not lost and holder is not None:
-            holder.cancel()  # no renewal after the release (it would take the Lease back, or make it conflict)
-            with contextlib.suppress(asyncio.CancelledError):
-                await holder
-        if elector is not None and not lost:
-            await elector.release()  # logs, never raises; nothing to do unless we hold the Lease
-        if not settings.leader_election:
-            LEADER.labels(identity).set(0)
-
+    lease = _Leadership(LEADER, identity)
     # Created before kopf starts, so kopf's shutdown leaves it alone (it cancels the tasks it saw appear).
-    winding = asyncio.ensure_future(wind_down())
+    winding = asyncio.ensure_future(_wind_down(settings, runtime, health, stop, lease))
     try:
         if settings.leader_election:
-            elector = LeaderElector(
+            lease.elector = LeaderElector(
                 runtime.kube,
                 settings.leader_election_namespace,
                 settings.leader_election_lease,
@@ -151,33 +205,8 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
                 renew_deadline=settings.renew_deadline_seconds,
                 retry_period=settings.retry_period_seconds,
             )
-            log.info("standby as %s: waiting for the leader lease", identity)
-            acquire = asyncio.ensure_future(elector.acquire())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not acquire.done():
-                acquire.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await acquire
-                return 0  # (an attempt that won just before the cancel is released on the way out)
-            acquire.result()
-
-            async def watch_lease() -> None:
-                nonlocal lost
-                assert elector is not None
-                try:
-                    await elector.hold()
-                except Exception:  # hold() does not raise; if it ever did, that is a lost leadership too
-                    log.exception("leader election failed")
-                lost = health.lost = True
-                health.leading = False
-                stop.set()  # kopf stops...
-                await runtime.queue.stop()  # ...but reconciling stops now, not after kopf's graceful shutdown
-
-            holder = asyncio.ensure_future(watch_lease())
-        else:
-            LEADER.labels(identity).set(1)
+        if not await _lead(runtime, health, stop, lease):
+            return 0
         health.leading = True
 
         @kopf.on.startup()
@@ -204,14 +233,12 @@ async def run(settings: OperatorSettings, stop: asyncio.Event | None = None) -> 
                 stop_flag=stop,
                 standalone=True,
             )
-        return 1 if lost else 0
+        return 1 if lease.lost else 0
     finally:
         stop.set()
         await winding
-        if holder is not None:
-            holder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holder
+        if lease.holder is not None:
+            await _cancelled(lease.holder)
         await runtime.kube.client.close()
         await server.cleanup()
 

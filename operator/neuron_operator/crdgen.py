@@ -138,6 +138,17 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
         return [structural(item, defs) for item in node]
     if not isinstance(node, dict):
         return node
+    out = _inherited(node, defs)
+    for key, value in node.items():
+        if not _dropped(key, value):
+            out[key] = _converted(key, value, out, defs)
+    _to_kubernetes(out)
+    return out
+
+
+def _inherited(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """What a node takes from elsewhere before its own keys: the type it references (``$ref``, inlined) and the
+    one non-null member of a nullable union (``anyOf`` with null: Kubernetes has no null type)."""
     out: dict[str, Any] = {}
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
@@ -148,24 +159,34 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
         if len(rest) != 1:
             raise ValueError(f"unsupported union with null: {any_of}")
         out.update(structural(rest[0], defs))
-    for key, value in node.items():
-        if key in _DROP or key == "$ref":
-            continue
-        if key == "anyOf" and isinstance(value, list) and _NULL in value:
-            continue
-        if key == "additionalProperties" and value is False:
-            continue
-        if key == "default" and value is None:
-            continue
-        if key == "properties":
-            out[key] = {name: structural(prop, defs) for name, prop in value.items()}
-        elif key == "description":
-            out[key] = _fold(value)
-        elif key == "x-kubernetes-validations":
-            # Rules of the field and of its type both apply.
-            out[key] = [*out.get(key, []), *value]
-        else:
-            out[key] = structural(value, defs)
+    return out
+
+
+def _dropped(key: str, value: Any) -> bool:
+    """Whether a key of a node has no structural-schema form (or states the default: no extra keys, no default)."""
+    if key in _DROP or key == "$ref":
+        return True
+    if key == "anyOf" and isinstance(value, list) and _NULL in value:
+        return True
+    if key == "additionalProperties" and value is False:
+        return True
+    return key == "default" and value is None
+
+
+def _converted(key: str, value: Any, out: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """The structural form of one key's value (``out``: the node converted so far)."""
+    if key == "properties":
+        return {name: structural(prop, defs) for name, prop in value.items()}
+    if key == "description":
+        return _fold(value)
+    if key == "x-kubernetes-validations":
+        # Rules of the field and of its type both apply.
+        return [*out.get(key, []), *value]
+    return structural(value, defs)
+
+
+def _to_kubernetes(out: dict[str, Any]) -> None:
+    """Rewrite a converted node where Kubernetes' OpenAPI v3 schema differs from JSON Schema 2020-12."""
     # JSON Schema 2020-12 (pydantic's gt/lt) states exclusive bounds as numbers; Kubernetes' OpenAPI v3 schema
     # wants the bound in minimum/maximum and exclusiveMinimum/exclusiveMaximum as booleans (the apiserver refuses
     # the CRD otherwise: "exclusiveMinimum: expected boolean").
@@ -180,7 +201,6 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
         out["default"] = _materialize(out)
     if "anyOf" in out and not out.get("x-kubernetes-int-or-string"):
         raise ValueError(f"anyOf is only supported for int-or-string: {out['anyOf']}")
-    return out
 
 
 def _materialize(node: dict[str, Any]) -> dict[str, Any]:

@@ -228,10 +228,15 @@ def trace_for_target(request: CompileRequest, model: Any, inputs: Sequence[Any])
 
 
 def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, progress: Progress) -> artifact.Manifest:
+    """Trace every (batch size, bucket) of the request into `tmp` and return the manifest pinning the files.
+
+    Steps per graph: trace it and run the eager model on the reference cases (`_trace_graph`), on `cpu` compare
+    the traced outputs with the eager ones (`_max_traced_error`), check the batch axis (`_check_batch_axis`),
+    then save the graph (`_save_graph`) and its reference data (`_save_references`); last, the manifest."""
     import torch
 
     from neuron_runtime import neuron
-    from neuron_runtime.tensors import dtype_name, flatten_outputs
+    from neuron_runtime.tensors import dtype_name
 
     buckets: list[int | None] = list(request.buckets.sizes) if request.buckets else [None]
     sizes = request.traced_batch_sizes()
@@ -239,8 +244,7 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
     plan = [(size, bucket) for size in reversed(sizes) for bucket in buckets]
     graphs: list[artifact.GraphFile] = []
     references: list[artifact.ReferenceFile] = []
-    on_cpu = request.target == "cpu"
-    max_error: float | None = 0.0 if on_cpu else None
+    max_error: float | None = 0.0 if request.target == "cpu" else None
     eager_shapes: dict[tuple[int, int | None], list[list[int]]] = {}
     output_dtypes: list[str] = []
     if request.target == "inf1":
@@ -249,57 +253,15 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
     for index, (size, bucket) in enumerate(plan, start=1):
         label = f"batch {size}" + ("" if bucket is None else f", bucket {bucket}")
         cases = [example_inputs(request, bucket, case, size) for case in range(REFERENCE_RANDOM_CASES + 1)]
-        with _heartbeat(progress, f"tracing {label} ({index}/{len(plan)})"), torch.inference_mode(False):
-            try:
-                with torch.no_grad():
-                    expected = [flatten_outputs(model(*inputs)) for inputs in cases]
-                    traced = trace_for_target(request, model, cases[0])
-                    # Only a CPU graph may run here; a Neuron graph is checked on the device (parity gate).
-                    got = [flatten_outputs(traced(*inputs)) for inputs in cases] if on_cpu else None
-            except neuron.NeuronPackageMissing:
-                raise
-            except SourceError:
-                raise
-            except Exception as exc:
-                raise TraceError(f"tracing {label} failed: {type(exc).__name__}: {exc}") from exc
+        expected, traced, got = _trace_graph(request, model, cases, label, f"({index}/{len(plan)})", progress)
         eager = expected[0]
         if got is not None:
-            for case_got, case_expected in zip(got, expected, strict=True):
-                if len(case_got) != len(case_expected) or any(
-                    g.shape != e.shape for g, e in zip(case_got, case_expected, strict=True)
-                ):
-                    raise TraceError(f"traced graph for {label} returns different output shapes than the eager model")
-                for g, e in zip(case_got, case_expected, strict=True):
-                    if e.numel():
-                        assert max_error is not None
-                        max_error = max(max_error, float((g.float() - e.float()).abs().max()))
+            max_error = _max_traced_error(got, expected, label, max_error)
         eager_shapes[(size, bucket)] = [list(e.shape) for e in eager]
         _check_batch_axis(eager_shapes, size, bucket, request.batch_size)
         output_dtypes = [dtype_name(e.dtype) for e in eager]
-        name = artifact.graph_file_name(size, bucket)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(traced, str(tmp / name))
-        graphs.append(
-            artifact.GraphFile(
-                file=name,
-                bucket=bucket,
-                batch_size=size,
-                sha256=artifact.sha256_file(tmp / name),
-                size_bytes=(tmp / name).stat().st_size,
-            )
-        )
-        ref_name = artifact.reference_file_name(size, bucket)
-        torch.save({"inputs": [list(c) for c in cases], "outputs": [list(o) for o in expected]}, str(tmp / ref_name))
-        references.append(
-            artifact.ReferenceFile(
-                file=ref_name,
-                bucket=bucket,
-                batch_size=size,
-                sha256=artifact.sha256_file(tmp / ref_name),
-                cases=len(cases),
-            )
-        )
+        graphs.append(_save_graph(traced, tmp, size, bucket))
+        references.append(_save_references(cases, expected, tmp, size, bucket))
         progress(f"traced {label} in {time.monotonic() - started:.1f}s total")
     graphs.sort(key=lambda g: (g.batch_size, g.bucket or 0))
     references.sort(key=lambda r: (r.batch_size, r.bucket or 0))
@@ -328,6 +290,83 @@ def _trace_all(request: CompileRequest, model: Any, tmp: Path, started: float, p
         max_abs_error=max_error,
         compile_seconds=round(time.monotonic() - started, 3),
         created_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def _trace_graph(
+    request: CompileRequest, model: Any, cases: list[list[Any]], label: str, step: str, progress: Progress
+) -> tuple[list[list[Any]], Any, list[list[Any]] | None]:
+    """Trace one graph on `cases[0]` and run the eager model on every case; returns (eager outputs per case, the
+    traced graph, its outputs per case on `cpu`, else None: a Neuron graph runs only on the device)."""
+    import torch
+
+    from neuron_runtime import neuron
+    from neuron_runtime.tensors import flatten_outputs
+
+    with _heartbeat(progress, f"tracing {label} {step}"), torch.inference_mode(False):
+        try:
+            with torch.no_grad():
+                expected = [flatten_outputs(model(*inputs)) for inputs in cases]
+                traced = trace_for_target(request, model, cases[0])
+                # Only a CPU graph may run here; a Neuron graph is checked on the device (parity gate).
+                got = [flatten_outputs(traced(*inputs)) for inputs in cases] if request.target == "cpu" else None
+        except neuron.NeuronPackageMissing:
+            raise
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise TraceError(f"tracing {label} failed: {type(exc).__name__}: {exc}") from exc
+    return expected, traced, got
+
+
+def _max_traced_error(
+    got: list[list[Any]], expected: list[list[Any]], label: str, max_error: float | None
+) -> float | None:
+    """Check that the traced graph returns the eager model's output shapes on every case; returns `max_error`
+    raised to the largest absolute difference between their outputs."""
+    for case_got, case_expected in zip(got, expected, strict=True):
+        if len(case_got) != len(case_expected) or any(
+            g.shape != e.shape for g, e in zip(case_got, case_expected, strict=True)
+        ):
+            raise TraceError(f"traced graph for {label} returns different output shapes than the eager model")
+        for g, e in zip(case_got, case_expected, strict=True):
+            if e.numel():
+                assert max_error is not None
+                max_error = max(max_error, float((g.float() - e.float()).abs().max()))
+    return max_error
+
+
+def _save_graph(traced: Any, tmp: Path, size: int, bucket: int | None) -> artifact.GraphFile:
+    """Save the traced graph for (`size`, `bucket`) into `tmp`; returns its manifest entry."""
+    import torch
+
+    name = artifact.graph_file_name(size, bucket)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(tmp / name))
+    return artifact.GraphFile(
+        file=name,
+        bucket=bucket,
+        batch_size=size,
+        sha256=artifact.sha256_file(tmp / name),
+        size_bytes=(tmp / name).stat().st_size,
+    )
+
+
+def _save_references(
+    cases: list[list[Any]], expected: list[list[Any]], tmp: Path, size: int, bucket: int | None
+) -> artifact.ReferenceFile:
+    """Save the reference inputs and eager outputs for (`size`, `bucket`) into `tmp`; returns its manifest entry."""
+    import torch
+
+    ref_name = artifact.reference_file_name(size, bucket)
+    torch.save({"inputs": [list(c) for c in cases], "outputs": [list(o) for o in expected]}, str(tmp / ref_name))
+    return artifact.ReferenceFile(
+        file=ref_name,
+        bucket=bucket,
+        batch_size=size,
+        sha256=artifact.sha256_file(tmp / ref_name),
+        cases=len(cases),
     )
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,7 +235,7 @@ class ServedModel:
             raise parity.ParityFailed(result)
         log.info("%s", result.summary())
         # One line on stdout that the operator reads from the pod's log into the NeuronDeployment's status.
-        print(f"{parity.LOG_PREFIX} {json.dumps(result.as_dict(), sort_keys=True)}", flush=True)
+        print(result.log_line(), flush=True)
         return result
 
     async def warmup(self, runs: int) -> None:
@@ -330,7 +329,10 @@ class ServedModel:
         batch is re-run in halves (bisection, at most 2n-2 more calls for n requests) so the requests that make it
         raise get `RequestFailed` (400) and their batch-mates are served. When every part fails, a known-good
         input (the warm-up example) decides: the graph runs it, so these requests are at fault (400); it fails
-        too, so the model is (`ModelError`, 500)."""
+        too, so the model is (`ModelError`, 500).
+
+        Steps: the whole batch (`_run`); on a graph error, bisection (`_bisect`), the known-good probe when
+        nothing was served (`_probe`), then each graph error turned into its request's answer (`_blame`)."""
         try:
             return list(await self._run(batch))
         except InferenceError as exc:
@@ -339,42 +341,11 @@ class ServedModel:
             first = exc
         self.metrics.isolations.inc()
         results: list[Result | None] = [None] * len(batch)
-
-        async def solve(indices: Sequence[int], known_failure: Exception | None) -> None:
-            if known_failure is None:
-                try:
-                    outputs = await self._run([batch[i] for i in indices])
-                except InferenceError as exc:
-                    for i in indices:
-                        results[i] = exc
-                    return
-                except Exception as exc:
-                    known_failure = exc
-                else:
-                    for i, out in zip(indices, outputs, strict=True):
-                        results[i] = out
-                    return
-            if len(indices) == 1:
-                results[indices[0]] = known_failure
-                return
-            mid = len(indices) // 2
-            await asyncio.gather(solve(indices[:mid], None), solve(indices[mid:], None))
-
-        await solve(range(len(batch)), first)
+        await _bisect(self._run, batch, results, range(len(batch)), first)
         failed = [r for r in results if isinstance(r, Exception) and not isinstance(r, InferenceError)]
         served = any(not isinstance(r, BaseException) for r in results)
         model_ok = served or (failed and await self._probe(batch[0].bucket))
-        final: list[Result] = []
-        for result in results:
-            assert result is not None
-            if isinstance(result, Exception) and not isinstance(result, InferenceError):
-                message = short_message(result)
-                if model_ok:
-                    final.append(RequestFailed(f"the model failed on this request's values: {message}"))
-                else:
-                    final.append(ModelError(f"the model failed: {message}"))
-            else:
-                final.append(result)
+        final = _blame(results, bool(model_ok))
         log.warning(
             "batch of %d failed; isolated %d failing request(s) (%s)",
             len(batch),
@@ -409,3 +380,51 @@ class ServedModel:
         outputs = [tensors_from_wire(o) for o in outputs]
         merged = collate.unchunk(outputs, [real for _c, real in chunks])
         return [collate.crop(out, axes, p.length) for out, p in zip(collate.split(merged, rows), batch, strict=True)]
+
+
+async def _bisect(
+    run: Callable[[Sequence[collate.Prepared]], Awaitable[list[Outputs]]],
+    batch: Sequence[collate.Prepared],
+    results: list[Result | None],
+    indices: Sequence[int],
+    known_failure: Exception | None,
+) -> None:
+    """Fill `results[i]` for the requests `indices` of `batch`: run them together (unless `known_failure` says
+    they already failed so), and on a graph error split them in halves, down to the single requests that fail."""
+    if known_failure is None:
+        try:
+            outputs = await run([batch[i] for i in indices])
+        except InferenceError as exc:
+            for i in indices:
+                results[i] = exc
+            return
+        except Exception as exc:
+            known_failure = exc
+        else:
+            for i, out in zip(indices, outputs, strict=True):
+                results[i] = out
+            return
+    if len(indices) == 1:
+        results[indices[0]] = known_failure
+        return
+    mid = len(indices) // 2
+    await asyncio.gather(
+        _bisect(run, batch, results, indices[:mid], None), _bisect(run, batch, results, indices[mid:], None)
+    )
+
+
+def _blame(results: Sequence[Result | None], model_ok: bool) -> list[Result]:
+    """Each request's answer after bisection: outputs and `InferenceError`s as they are; a graph error becomes
+    `RequestFailed` (the request's values are at fault) when `model_ok`, else `ModelError`."""
+    final: list[Result] = []
+    for result in results:
+        assert result is not None
+        if isinstance(result, Exception) and not isinstance(result, InferenceError):
+            message = short_message(result)
+            if model_ok:
+                final.append(RequestFailed(f"the model failed on this request's values: {message}"))
+            else:
+                final.append(ModelError(f"the model failed: {message}"))
+        else:
+            final.append(result)
+    return final

@@ -53,67 +53,67 @@ def _dict(value: Any, where: str) -> dict[str, Any]:
 
 
 def decode_request(body: bytes, header_length: str | None, input_dtypes: Mapping[str, str]) -> InferRequest:
-    """Parse an infer request. `input_dtypes` maps each model input to its dtype name (`float32`, ...)."""
-    binary = b""
-    if header_length is not None:
-        try:
-            json_length = int(header_length)
-        except ValueError:
-            raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
-        if not 0 < json_length <= len(body):
-            raise ProtocolError(f"{HEADER_LENGTH}={json_length} is outside the body of {len(body)} bytes")
-        header, binary = body[:json_length], body[json_length:]
-    else:
-        header = body
-    try:
-        doc = _dict(orjson.loads(header), "the request body")
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+    """Parse an infer request. `input_dtypes` maps each model input to its dtype name (`float32`, ...).
 
+    Steps: split the body into the JSON header and the binary data (`_split_body`), parse the header
+    (`_parse_header`), decode every input (`_decode_inputs`: JSON `data` or the binary extension), then the
+    requested outputs (`_decode_outputs`) and the timeout (`_decode_timeout`)."""
+    header, binary = _split_body(body, header_length)
+    doc = _parse_header(header)
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
     params = _dict(doc.get("parameters") or {}, "'parameters'")
-    raw_inputs = doc.get("inputs")
+    inputs = _decode_inputs(doc.get("inputs"), binary, header_length is not None, input_dtypes)
+    outputs = _decode_outputs(doc)
+    timeout_s = _decode_timeout(params)
+    return InferRequest(
+        id=request_id,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(params.get("binary_data_output", False)),
+        timeout_s=timeout_s,
+    )
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """Cut the body into (JSON header, binary data) at `Inference-Header-Content-Length`; all JSON without it."""
+    if header_length is None:
+        return body, b""
+    try:
+        json_length = int(header_length)
+    except ValueError:
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+    if not 0 < json_length <= len(body):
+        raise ProtocolError(f"{HEADER_LENGTH}={json_length} is outside the body of {len(body)} bytes")
+    return body[:json_length], body[json_length:]
+
+
+def _parse_header(header: bytes) -> dict[str, Any]:
+    """The JSON header as an object."""
+    try:
+        return _dict(orjson.loads(header), "the request body")
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _decode_inputs(
+    raw_inputs: Any, binary: bytes, has_header_length: bool, input_dtypes: Mapping[str, str]
+) -> dict[str, torch.Tensor]:
+    """Decode `inputs`, in order: each from its JSON `data` or from its slice of the binary data (which the
+    inputs must claim entirely)."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty list")
-
     inputs: dict[str, torch.Tensor] = {}
     offset = 0
     view = memoryview(binary)
     for i, raw in enumerate(raw_inputs):
         entry = _dict(raw, f"inputs[{i}]")
-        name = entry.get("name")
-        if not isinstance(name, str):
-            raise ProtocolError(f"inputs[{i}].name must be a string")
+        name, dtype, shape = _input_spec(entry, i, inputs, input_dtypes)
         where = f"input {name!r}"
-        if name not in input_dtypes:
-            raise ProtocolError(f"unknown input {name!r}; the model takes {sorted(input_dtypes)}")
-        if name in inputs:
-            raise ProtocolError(f"{where} is given twice")
-        shape = _shape(entry.get("shape"), where)
-        datatype = entry.get("datatype")
-        expected = OIP_DATATYPES[input_dtypes[name]]
-        if datatype != expected:
-            raise ProtocolError(f"{where}: datatype {datatype!r} does not match the model's {expected!r}")
-        dtype = input_dtypes[name]
-        count = math.prod(shape)
         entry_params = _dict(entry.get("parameters") or {}, f"{where}.parameters")
         if "binary_data_size" in entry_params:
-            size = entry_params["binary_data_size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ProtocolError(f"{where}: parameters.binary_data_size must be a non-negative integer")
-            if header_length is None:
-                raise ProtocolError(f"{where} has binary_data_size but the request has no {HEADER_LENGTH} header")
-            if offset + size > len(binary):
-                raise ProtocolError(
-                    f"{where}: binary_data_size={size} runs past the end of the binary data ({len(binary)} bytes)"
-                )
-            if size != count * ITEM_SIZES[dtype]:
-                raise ProtocolError(
-                    f"{where}: binary_data_size={size} does not match shape {shape} of {datatype} "
-                    f"({count * ITEM_SIZES[dtype]} bytes)"
-                )
+            size = _binary_size(entry_params["binary_data_size"], where, dtype, shape, has_header_length, view, offset)
             inputs[name] = _from_bytes(view[offset : offset + size], dtype, shape)
             offset += size
         else:
@@ -122,33 +122,77 @@ def decode_request(body: bytes, header_length: str | None, input_dtypes: Mapping
             inputs[name] = _from_json(entry["data"], dtype, shape, where)
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    return inputs
 
-    outputs = None
-    if "outputs" in doc:
-        raw_outputs = doc["outputs"]
-        if not isinstance(raw_outputs, list):
-            raise ProtocolError("'outputs' must be a list")
-        outputs = []
-        for i, raw in enumerate(raw_outputs):
-            entry = _dict(raw, f"outputs[{i}]")
-            name = entry.get("name")
-            if not isinstance(name, str):
-                raise ProtocolError(f"outputs[{i}].name must be a string")
-            out_params = _dict(entry.get("parameters") or {}, f"outputs[{i}].parameters")
-            outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", False))))
-    timeout_s = None
-    if "timeout" in params:
-        timeout = params["timeout"]
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-            raise ProtocolError("parameters.timeout must be a non-negative integer (microseconds)")
-        timeout_s = timeout / 1e6 if timeout else None
-    return InferRequest(
-        id=request_id,
-        inputs=inputs,
-        outputs=outputs,
-        binary_output=bool(params.get("binary_data_output", False)),
-        timeout_s=timeout_s,
-    )
+
+def _input_spec(
+    entry: dict[str, Any], i: int, seen: Mapping[str, torch.Tensor], input_dtypes: Mapping[str, str]
+) -> tuple[str, str, list[int]]:
+    """Check an input entry's name, shape and datatype against the model; returns (name, dtype name, shape)."""
+    name = entry.get("name")
+    if not isinstance(name, str):
+        raise ProtocolError(f"inputs[{i}].name must be a string")
+    where = f"input {name!r}"
+    if name not in input_dtypes:
+        raise ProtocolError(f"unknown input {name!r}; the model takes {sorted(input_dtypes)}")
+    if name in seen:
+        raise ProtocolError(f"{where} is given twice")
+    shape = _shape(entry.get("shape"), where)
+    datatype = entry.get("datatype")
+    expected = OIP_DATATYPES[input_dtypes[name]]
+    if datatype != expected:
+        raise ProtocolError(f"{where}: datatype {datatype!r} does not match the model's {expected!r}")
+    return name, input_dtypes[name], shape
+
+
+def _binary_size(
+    size: Any, where: str, dtype: str, shape: list[int], has_header_length: bool, view: memoryview, offset: int
+) -> int:
+    """Check an input's `binary_data_size` (binary tensor extension): a non-negative integer, within the binary
+    data left at `offset`, and exactly the bytes of `shape` in `dtype`."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError(f"{where}: parameters.binary_data_size must be a non-negative integer")
+    if not has_header_length:
+        raise ProtocolError(f"{where} has binary_data_size but the request has no {HEADER_LENGTH} header")
+    if offset + size > len(view):
+        raise ProtocolError(
+            f"{where}: binary_data_size={size} runs past the end of the binary data ({len(view)} bytes)"
+        )
+    count = math.prod(shape)
+    if size != count * ITEM_SIZES[dtype]:
+        raise ProtocolError(
+            f"{where}: binary_data_size={size} does not match shape {shape} of {OIP_DATATYPES[dtype]} "
+            f"({count * ITEM_SIZES[dtype]} bytes)"
+        )
+    return size
+
+
+def _decode_outputs(doc: dict[str, Any]) -> list[RequestedOutput] | None:
+    """The requested `outputs` (None when absent: all outputs), each with its `binary_data` flag."""
+    if "outputs" not in doc:
+        return None
+    raw_outputs = doc["outputs"]
+    if not isinstance(raw_outputs, list):
+        raise ProtocolError("'outputs' must be a list")
+    outputs = []
+    for i, raw in enumerate(raw_outputs):
+        entry = _dict(raw, f"outputs[{i}]")
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(f"outputs[{i}].name must be a string")
+        out_params = _dict(entry.get("parameters") or {}, f"outputs[{i}].parameters")
+        outputs.append(RequestedOutput(name, bool(out_params.get("binary_data", False))))
+    return outputs
+
+
+def _decode_timeout(params: dict[str, Any]) -> float | None:
+    """Triton's `timeout` parameter (microseconds) in seconds; None when absent or 0."""
+    if "timeout" not in params:
+        return None
+    timeout = params["timeout"]
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+        raise ProtocolError("parameters.timeout must be a non-negative integer (microseconds)")
+    return timeout / 1e6 if timeout else None
 
 
 def _shape(value: Any, where: str) -> list[int]:

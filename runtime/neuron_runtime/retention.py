@@ -268,15 +268,59 @@ def _delete_listed(path: Path, listing: _DirListing) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One GC run's arguments, and the result its steps fill in."""
+
+    keep: frozenset[str]
+    min_age_seconds: float
+    now: datetime
+    delete: bool
+    progress: Progress
+    result: GcResult
+
+    @property
+    def verb(self) -> str:
+        """How the run reports an expired artifact or leftover: deleting it, or only saying it would."""
+        return "deleting" if self.delete else "would delete"
+
+
+def _first_seen(run: _Run, where: str) -> None:
+    """Count an unreferenced artifact seen for the first time (its marker just written) as retained."""
+    run.progress(f"first seen unreferenced: {where} (retained until {iso(_plus(run.now, run.min_age_seconds))})")
+    run.result.first_seen += 1
+    run.result.retained += 1
+
+
 def collect_volume(
     root: Path, keep: frozenset[str], min_age_seconds: float, now: datetime, delete: bool, progress: Progress
 ) -> GcResult:
-    """One GC run over the artifact directory `root` (see the module docstring)."""
+    """One GC run over the artifact directory `root` (see the module docstring).
+
+    Steps: list the artifacts and leftovers (`_scan_volume`), refresh the markers of the kept artifacts
+    (`_mark_kept_dirs`), find the expired ones (`_expired_dirs`) and leftovers (`_expired_leftovers`), delete (or
+    report) each expired artifact (`_collect_dir`), then the leftovers (`_remove_leftovers`), then the markers of
+    artifacts gone by other means (`_remove_orphan_marker_files`)."""
     result = GcResult(dry_run=not delete, root=str(root))
     if not root.is_dir():
         progress(f"{root} does not exist (yet): nothing to collect")
         return result
+    run = _Run(keep, min_age_seconds, now, delete, progress, result)
     markers = root / MARKER_DIR
+    artifacts, leftovers = _scan_volume(root)
+    _mark_kept_dirs(markers, artifacts, run)
+    expired = _expired_dirs(markers, artifacts, run)
+    result.leftovers.extend(_expired_leftovers(leftovers, run))
+    for item, path, listing in expired:
+        _collect_dir(markers, item, path, listing, run)
+    _remove_leftovers(root, run)
+    if delete and markers.is_dir():  # markers of artifacts gone by other means
+        _remove_orphan_marker_files(markers, artifacts, run)
+    return result
+
+
+def _scan_volume(root: Path) -> tuple[list[Path], list[Path]]:
+    """The artifact directories (cache-key names, no symlinks) and the leftovers directly under `root`, sorted."""
     artifacts: list[Path] = []
     leftovers: list[Path] = []
     for entry in sorted(root.iterdir()):
@@ -284,76 +328,105 @@ def collect_volume(
             artifacts.append(entry)
         elif entry.name.startswith(LEFTOVER_PREFIXES):
             leftovers.append(entry)
+    return artifacts, leftovers
+
+
+def _mark_kept_dirs(markers: Path, artifacts: list[Path], run: _Run) -> None:
+    """Write the marker of every referenced artifact present with the run's time."""
     for path in artifacts:
-        if path.name in keep:
-            _write_marker_file(markers, path.name, now)
-            result.kept += 1
+        if path.name in run.keep:
+            _write_marker_file(markers, path.name, run.now)
+            run.result.kept += 1
+
+
+def _expired_dirs(markers: Path, artifacts: list[Path], run: _Run) -> list[tuple[Expired, Path, _DirListing]]:
+    """The unreferenced artifacts past the minimum age, each with its first listing, oldest first. Counts the
+    retained ones, and marks those seen for the first time."""
     expired: list[tuple[Expired, Path, _DirListing]] = []
     for path in artifacts:
-        if path.name in keep:
+        if path.name in run.keep:
             continue
         last = _read_marker_file(markers / path.name)
         if last is None:
-            _write_marker_file(markers, path.name, now)
-            progress(f"first seen unreferenced: {path} (retained until {iso(_plus(now, min_age_seconds))})")
-            result.first_seen += 1
-            result.retained += 1
+            _write_marker_file(markers, path.name, run.now)
+            _first_seen(run, str(path))
             continue
-        if _age(now, last) < min_age_seconds:
-            result.retained += 1
+        if _age(run.now, last) < run.min_age_seconds:
+            run.result.retained += 1
             continue
         listing = _list_dir(path)  # the first listing: only these files may go
         if listing is not None:  # else gone meanwhile
             expired.append((Expired(path.name, listing.size_bytes, last), path, listing))
     expired.sort(key=lambda e: (e[0].last_referenced, e[0].cache_key))
-    leftover_age = max(min_age_seconds, LEFTOVER_MIN_AGE_SECONDS)
+    return expired
+
+
+def _expired_leftovers(leftovers: list[Path], run: _Run) -> list[str]:
+    """Names of the leftovers whose newest file is older than the minimum age and `LEFTOVER_MIN_AGE_SECONDS`."""
+    leftover_age = max(run.min_age_seconds, LEFTOVER_MIN_AGE_SECONDS)
+    names: list[str] = []
     for path in leftovers:
         try:
             mtime = _newest_mtime(path) if path.is_dir() and not path.is_symlink() else path.lstat().st_mtime
         except FileNotFoundError:
             continue
-        if _age(now, datetime.fromtimestamp(mtime, timezone.utc)) >= leftover_age:
-            result.leftovers.append(path.name)
-    for item, path, listing in expired:
-        what = "deleting" if delete else "would delete"
-        progress(
-            f"{what} {path}: {item.size_bytes} bytes, last referenced {iso(item.last_referenced)} "
-            f"({_age(now, item.last_referenced) / 86400:.1f} days ago)"
-        )
-        if not delete:
-            result.expired.append(item)
-            continue
-        again = _read_marker_file(markers / path.name)  # right before deleting: a compile may have taken it
-        if not _stale(item.last_referenced, again, now, min_age_seconds):
-            progress(f"not deleting {path}: referenced again at {iso(again or now)} (a compile picked it up)")
-            result.skipped += 1
-            continue
-        if not _delete_listed(path, listing):
-            progress(f"not deleting {path}: replaced since it was listed")
-            result.skipped += 1
-            continue
-        result.expired.append(item)
-        if not path.exists():
-            (markers / path.name).unlink(missing_ok=True)
-        result.deleted_bytes += item.size_bytes
-    for name in result.leftovers:
+        if _age(run.now, datetime.fromtimestamp(mtime, timezone.utc)) >= leftover_age:
+            names.append(path.name)
+    return names
+
+
+def _collect_dir(markers: Path, item: Expired, path: Path, listing: _DirListing, run: _Run) -> None:
+    """Report an expired artifact directory and, on a deleting run, delete what its first listing held unless its
+    marker was refreshed meanwhile or the directory was replaced; its marker goes once the directory is gone."""
+    run.progress(
+        f"{run.verb} {path}: {item.size_bytes} bytes, last referenced {iso(item.last_referenced)} "
+        f"({_age(run.now, item.last_referenced) / 86400:.1f} days ago)"
+    )
+    if not run.delete:
+        run.result.expired.append(item)
+        return
+    again = _read_marker_file(markers / path.name)  # right before deleting: a compile may have taken it
+    if not _stale(item.last_referenced, again, run.now, run.min_age_seconds):
+        run.progress(f"not deleting {path}: referenced again at {iso(again or run.now)} (a compile picked it up)")
+        run.result.skipped += 1
+        return
+    if not _delete_listed(path, listing):
+        run.progress(f"not deleting {path}: replaced since it was listed")
+        run.result.skipped += 1
+        return
+    run.result.expired.append(item)
+    if not path.exists():
+        (markers / path.name).unlink(missing_ok=True)
+    run.result.deleted_bytes += item.size_bytes
+
+
+def _remove_leftovers(root: Path, run: _Run) -> None:
+    """Report the expired leftovers and, on a deleting run, remove them (counting their bytes)."""
+    for name in run.result.leftovers:
         path = root / name
-        progress(f"{'deleting' if delete else 'would delete'} leftover {path}")
-        if delete:
-            size = _tree_bytes(path) if path.is_dir() else path.lstat().st_size
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            result.deleted_bytes += size
-    if delete and markers.is_dir():  # markers of artifacts gone by other means
-        present = {p.name for p in artifacts}
-        for marker in markers.iterdir():
-            if marker.name not in present and marker.name not in keep and CACHE_KEY.match(marker.name):
-                marked = _read_marker_file(marker)
-                if marked is None or _age(now, marked) >= min_age_seconds:
-                    marker.unlink(missing_ok=True)
-    return result
+        run.progress(f"{run.verb} leftover {path}")
+        if run.delete:
+            run.result.deleted_bytes += _remove_leftover(path)
+
+
+def _remove_leftover(path: Path) -> int:
+    """Remove a leftover file or directory; returns its size in bytes."""
+    size = _tree_bytes(path) if path.is_dir() else path.lstat().st_size
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return size
+
+
+def _remove_orphan_marker_files(markers: Path, artifacts: list[Path], run: _Run) -> None:
+    """Remove the markers, past the minimum age (or unreadable), of unreferenced artifacts no longer present."""
+    present = {p.name for p in artifacts}
+    for marker in markers.iterdir():
+        if marker.name not in present and marker.name not in run.keep and CACHE_KEY.match(marker.name):
+            marked = _read_marker_file(marker)
+            if marked is None or _age(run.now, marked) >= run.min_age_seconds:
+                marker.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ S3
@@ -439,10 +512,28 @@ def collect_s3(
     delete: bool,
     progress: Progress,
 ) -> GcResult:
-    """One GC run over the artifact prefix `root` (see the module docstring)."""
+    """One GC run over the artifact prefix `root` (see the module docstring).
+
+    Steps: list the artifact prefixes (`_list_keys`), refresh the markers of the kept artifacts
+    (`_mark_kept_keys`), list the markers, find the expired artifacts (`_expired_prefixes`), delete (or report)
+    each (`_collect_prefix`), then the markers of artifacts gone by other means (`_remove_orphan_markers`)."""
     result = GcResult(dry_run=not delete, root=root.uri)
-    base = _prefix(root)
+    run = _Run(keep, min_age_seconds, now, delete, progress, result)
     markers = root.child(MARKER_DIR)
+    keys = _list_keys(s3, root)
+    _mark_kept_keys(s3, markers, keys, run)
+    marker_times = {str(obj["Key"])[len(_prefix(markers)) :]: obj for obj in _objects(s3, root, _prefix(markers))}
+    expired = _expired_prefixes(s3, root, keys, marker_times, run)
+    for item, object_keys in expired:
+        _collect_prefix(s3, root, item, object_keys, run)
+    if delete:  # markers of artifacts gone by other means
+        _remove_orphan_markers(s3, root, keys, marker_times, run)
+    return result
+
+
+def _list_keys(s3: Any, root: S3Location) -> list[str]:
+    """The cache keys with a prefix directly under `root`, sorted."""
+    base = _prefix(root)
     keys: list[str] = []
     for page in _pages(s3, root, base, delimiter="/"):
         for common in page.get("CommonPrefixes") or []:
@@ -450,26 +541,34 @@ def collect_s3(
             if CACHE_KEY.match(name):
                 keys.append(name)
     keys.sort()
+    return keys
+
+
+def _mark_kept_keys(s3: Any, markers: S3Location, keys: list[str], run: _Run) -> None:
+    """Write the marker of every referenced artifact present with the run's time."""
     for key in keys:
-        if key in keep:
-            _put(s3, markers.child(key), (iso(now) + "\n").encode())
-            result.kept += 1
-    marker_times = {str(obj["Key"])[len(_prefix(markers)) :]: obj for obj in _objects(s3, root, _prefix(markers))}
+        if key in run.keep:
+            _put(s3, markers.child(key), (iso(run.now) + "\n").encode())
+            run.result.kept += 1
+
+
+def _expired_prefixes(
+    s3: Any, root: S3Location, keys: list[str], marker_times: dict[str, Any], run: _Run
+) -> list[tuple[Expired, list[str]]]:
+    """The unreferenced artifacts past the minimum age, each with the keys of its first listing, oldest first.
+    Counts the retained ones, and marks those seen for the first time."""
+    markers = root.child(MARKER_DIR)
     expired: list[tuple[Expired, list[str]]] = []
     for key in keys:
-        if key in keep:
+        if key in run.keep:
             continue
         last = _read_marker_object(s3, markers.child(key)) if key in marker_times else None
         if last is None:
-            _put(s3, markers.child(key), (iso(now) + "\n").encode())
-            progress(
-                f"first seen unreferenced: {root.child(key).uri} (retained until {iso(_plus(now, min_age_seconds))})"
-            )
-            result.first_seen += 1
-            result.retained += 1
+            _put(s3, markers.child(key), (iso(run.now) + "\n").encode())
+            _first_seen(run, root.child(key).uri)
             continue
-        if _age(now, last) < min_age_seconds:
-            result.retained += 1
+        if _age(run.now, last) < run.min_age_seconds:
+            run.result.retained += 1
             continue
         objects = _objects(s3, root, _prefix(root.child(key)))  # the first listing: only these may go
         if not objects:
@@ -477,37 +576,45 @@ def collect_s3(
         size = sum(int(obj.get("Size") or 0) for obj in objects)
         expired.append((Expired(key, size, last), [str(obj["Key"]) for obj in objects]))
     expired.sort(key=lambda e: (e[0].last_referenced, e[0].cache_key))
-    for item, object_keys in expired:
-        prefix = root.child(item.cache_key)
-        progress(
-            f"{'deleting' if delete else 'would delete'} {prefix.uri}: {len(object_keys)} objects, "
-            f"{item.size_bytes} bytes, last referenced {iso(item.last_referenced)} "
-            f"({_age(now, item.last_referenced) / 86400:.1f} days ago)"
-        )
-        if not delete:
-            result.expired.append(item)
-            continue
-        again = _read_marker_object(s3, markers.child(item.cache_key))  # right before deleting
-        if not _stale(item.last_referenced, again, now, min_age_seconds):
-            progress(f"not deleting {prefix.uri}: referenced again at {iso(again or now)} (a compile picked it up)")
-            result.skipped += 1
-            continue
-        result.expired.append(item)
-        manifest = prefix.child(MANIFEST_NAME)
-        if manifest.key in object_keys:
-            # First, on its own: from now on no reader takes what remains for an artifact.
-            _delete(s3, manifest)
-        # Only what the first listing held: an object written since (a compile publishing again) stays.
-        _delete_keys(s3, root, [k for k in object_keys if k != manifest.key])
-        if not _objects(s3, root, _prefix(prefix)):
-            _delete(s3, markers.child(item.cache_key))
-        result.deleted_bytes += item.size_bytes
-    if delete:  # markers of artifacts gone by other means
-        present = set(keys)
-        orphans = []
-        for name, obj in marker_times.items():
-            old = _age(now, obj["LastModified"].astimezone(timezone.utc)) >= min_age_seconds
-            if CACHE_KEY.match(name) and name not in present and name not in keep and old:
-                orphans.append(str(obj["Key"]))
-        _delete_keys(s3, root, orphans)
-    return result
+    return expired
+
+
+def _collect_prefix(s3: Any, root: S3Location, item: Expired, object_keys: list[str], run: _Run) -> None:
+    """Report an expired artifact prefix and, on a deleting run, delete the objects its first listing held (the
+    manifest first) unless its marker was refreshed meanwhile; its marker goes once the prefix is empty."""
+    prefix = root.child(item.cache_key)
+    marker = root.child(MARKER_DIR).child(item.cache_key)
+    run.progress(
+        f"{run.verb} {prefix.uri}: {len(object_keys)} objects, "
+        f"{item.size_bytes} bytes, last referenced {iso(item.last_referenced)} "
+        f"({_age(run.now, item.last_referenced) / 86400:.1f} days ago)"
+    )
+    if not run.delete:
+        run.result.expired.append(item)
+        return
+    again = _read_marker_object(s3, marker)  # right before deleting
+    if not _stale(item.last_referenced, again, run.now, run.min_age_seconds):
+        run.progress(f"not deleting {prefix.uri}: referenced again at {iso(again or run.now)} (a compile picked it up)")
+        run.result.skipped += 1
+        return
+    run.result.expired.append(item)
+    manifest = prefix.child(MANIFEST_NAME)
+    if manifest.key in object_keys:
+        # First, on its own: from now on no reader takes what remains for an artifact.
+        _delete(s3, manifest)
+    # Only what the first listing held: an object written since (a compile publishing again) stays.
+    _delete_keys(s3, root, [k for k in object_keys if k != manifest.key])
+    if not _objects(s3, root, _prefix(prefix)):
+        _delete(s3, marker)
+    run.result.deleted_bytes += item.size_bytes
+
+
+def _remove_orphan_markers(s3: Any, root: S3Location, keys: list[str], marker_times: dict[str, Any], run: _Run) -> None:
+    """Remove the markers, past the minimum age, of unreferenced artifacts no longer present."""
+    present = set(keys)
+    orphans = []
+    for name, obj in marker_times.items():
+        old = _age(run.now, obj["LastModified"].astimezone(timezone.utc)) >= run.min_age_seconds
+        if CACHE_KEY.match(name) and name not in present and name not in run.keep and old:
+            orphans.append(str(obj["Key"]))
+    _delete_keys(s3, root, orphans)

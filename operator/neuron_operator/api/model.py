@@ -663,35 +663,53 @@ class NeuronModelSpec(CamelModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> NeuronModelSpec:
-        if self.target is Target.INF1:
-            if self.compiler.auto_cast_type.value not in INF1_AUTO_CAST_TYPES:
-                raise ValueError(_INF1_CAST_MESSAGE)
-            if self.compiler.opt_level != INF1_OPT_LEVEL:
-                raise ValueError(_INF1_OPT_MESSAGE)
-        names = [i.name for i in self.inputs]
-        if len(set(names)) != len(names):
-            raise ValueError("spec.inputs[].name: duplicate value")
-        if any(i.shape[0] != self.batch_size for i in self.inputs):
-            raise ValueError("spec.inputs[].shape[0] (the batch dimension) must equal spec.batchSize")
-        sizes = self.batch_sizes
-        if sizes:
-            if len(set(sizes)) != len(sizes):
-                raise ValueError("spec.batchSizes: duplicate value")
-            if sizes != sorted(sizes):
-                raise ValueError("spec.batchSizes must be in ascending order")
-            if sizes[-1] != self.batch_size:
-                raise ValueError(_BATCH_SIZES_LARGEST_MESSAGE)
-        b = self.buckets
-        if b is None:
-            return self
-        if b.input is not None and b.input not in names:
-            raise ValueError("spec.buckets.input must name one of spec.inputs")
-        bucketed = [i for i in self.inputs if b.input is None or i.name == b.input]
-        if any(b.axis >= len(i.shape) for i in bucketed):
-            raise ValueError("spec.buckets.axis must be a dimension of every bucketed input (less than its rank)")
-        if any(i.shape[b.axis] != b.sizes[-1] for i in bucketed):
-            raise ValueError("spec.buckets.sizes: the largest size must equal shape[axis] of every bucketed input")
+        _check_inf1(self)
+        _check_inputs(self)
+        _check_batch_sizes(self)
+        if self.buckets is not None:
+            _check_buckets(self, self.buckets)
         return self
+
+
+def _check_inf1(spec: NeuronModelSpec) -> None:
+    """inf1 (neuron-cc) takes only its auto-cast types and its one optimization level."""
+    if spec.target is Target.INF1:
+        if spec.compiler.auto_cast_type.value not in INF1_AUTO_CAST_TYPES:
+            raise ValueError(_INF1_CAST_MESSAGE)
+        if spec.compiler.opt_level != INF1_OPT_LEVEL:
+            raise ValueError(_INF1_OPT_MESSAGE)
+
+
+def _check_inputs(spec: NeuronModelSpec) -> None:
+    """Input names are unique and every input's batch dimension is spec.batchSize."""
+    names = [i.name for i in spec.inputs]
+    if len(set(names)) != len(names):
+        raise ValueError("spec.inputs[].name: duplicate value")
+    if any(i.shape[0] != spec.batch_size for i in spec.inputs):
+        raise ValueError("spec.inputs[].shape[0] (the batch dimension) must equal spec.batchSize")
+
+
+def _check_batch_sizes(spec: NeuronModelSpec) -> None:
+    """spec.batchSizes, when given: unique, ascending, the largest being spec.batchSize."""
+    sizes = spec.batch_sizes
+    if sizes:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("spec.batchSizes: duplicate value")
+        if sizes != sorted(sizes):
+            raise ValueError("spec.batchSizes must be in ascending order")
+        if sizes[-1] != spec.batch_size:
+            raise ValueError(_BATCH_SIZES_LARGEST_MESSAGE)
+
+
+def _check_buckets(spec: NeuronModelSpec, b: Buckets) -> None:
+    """spec.buckets names an input (or every one), and its axis and largest size fit every bucketed input."""
+    if b.input is not None and b.input not in [i.name for i in spec.inputs]:
+        raise ValueError("spec.buckets.input must name one of spec.inputs")
+    bucketed = [i for i in spec.inputs if b.input is None or i.name == b.input]
+    if any(b.axis >= len(i.shape) for i in bucketed):
+        raise ValueError("spec.buckets.axis must be a dimension of every bucketed input (less than its rank)")
+    if any(i.shape[b.axis] != b.sizes[-1] for i in bucketed):
+        raise ValueError("spec.buckets.sizes: the largest size must equal shape[axis] of every bucketed input")
 
 
 # --------------------------------------------------------------------------------------------------

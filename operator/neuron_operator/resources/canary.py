@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from neuron_operator.api.deployment import CanaryGates, Rollout
+from neuron_operator.api.deployment import CanaryGates, CanaryStep, Rollout
 from neuron_operator.api.reasons import Reason
 from neuron_operator.resources import loadmetrics, names
 from neuron_operator.subset import is_subset
@@ -251,119 +251,193 @@ def plan(rollout: Rollout, obs: Observed) -> Plan:
     events: list[tuple[str, Reason, str]] = []
     if prev is None:
         events.append(("Normal", Reason.CANARY_STARTED, f"canary of template {thash} started: {len(steps)} step(s)"))
-    cur = _Step(
-        phase=prev["phase"] if prev else "Progressing",
-        thash=thash,
-        step=int(prev["step"]) if prev else 0,
-        steps=len(steps),
-        weight=int(prev.get("weight", 0)) if prev else 0,
-        entered=(prev.get("stepEnteredAt") if prev else None) or now_text,
-        started=prev.get("stepStartedAt") if prev else None,
-        measurement=prev.get("measurement") if prev else None,
-    )
+    cur = _restored(prev, thash, len(steps), now_text)
     ready = (_ready_count(obs.canary), _ready_count(obs.stable))
     if cur.phase == "Aborted":
         return _aborted(cur, obs, ready, events, str(prev["message"]) if prev else "")
     if cur.phase in ("Promoting", "Promoted"):
-        # The stable Deployment takes the new template (its own rolling update, with the spec's budget); the canary
-        # serves beside it until every stable replica runs the new template, then goes.
-        done = _ready(obs.stable, n) and _is_template(obs.stable, obs.desired)
-        canary_replicas = int(((obs.canary or {}).get("spec") or {}).get("replicas", 0)) if not done else 0
-        message = (
-            "promoted: every replica runs the new template"
-            if done
-            else "promoting: the stable Deployment takes the new template"
-        )
-        final = replace(
-            cur, phase="Promoted" if done else "Promoting", step=len(steps), weight=100, entered=None, started=None
-        )
-        return Plan(
-            status=final.status((canary_replicas, n), ready, message),
-            stable=obs.desired,
-            canary=None if done else canary_manifest(obs.desired, canary_replicas),
-            events=tuple(events),
-            aborted=None,
-            progressing=None if done else message,
-        )
-    weight = steps[cur.step].weight
-    cur = replace(cur, weight=weight)
-    canary_n, stable_n = split(n, weight)
+        return _promotion(cur, obs, ready, events)
+    cur = replace(cur, weight=steps[cur.step].weight)
     if n == 0:  # suspended: both tracks at zero, the step waits for the replicas (its deadline does not run)
-        waiting = replace(cur, entered=None, started=None)
-        return Plan(
-            status=waiting.status((0, 0), (0, 0), "suspended: the canary resumes with the replicas"),
-            stable=stable_manifest(obs.desired, obs.stable, 0),
-            canary=canary_manifest(obs.desired, 0),
-            events=tuple(events),
-            aborted=None,
-            progressing=None,
+        return _suspended(cur, obs, events)
+    return _stepping(cur, obs, steps, gates, ready, events, now_text)
+
+
+def _restored(prev: dict[str, Any] | None, thash: str, steps: int, now_text: str) -> _Step:
+    """The step status.canary records for this template (``prev``); the first step, entered now, for none."""
+    if not prev:
+        return _Step(
+            phase="Progressing",
+            thash=thash,
+            step=0,
+            steps=steps,
+            weight=0,
+            entered=now_text,
+            started=None,
+            measurement=None,
         )
+    return _Step(
+        phase=prev["phase"],
+        thash=thash,
+        step=int(prev["step"]),
+        steps=steps,
+        weight=int(prev.get("weight", 0)),
+        entered=prev.get("stepEnteredAt") or now_text,
+        started=prev.get("stepStartedAt"),
+        measurement=prev.get("measurement"),
+    )
 
-    def abort(why: str) -> Plan:
-        # The Warning Event is Stalled's (CanaryAborted, this message): one per abort.
-        message = f"canary aborted at step {cur.step + 1}/{len(steps)} (weight {weight}%): {why}"
-        return _aborted(cur, obs, ready, events, message)
 
+def _promotion(cur: _Step, obs: Observed, ready: tuple[int, int], events: list[tuple[str, Reason, str]]) -> Plan:
+    """Promoting: the stable Deployment takes the new template (its own rolling update, with the spec's budget); the
+    canary serves beside it until every stable replica runs the new template, then goes (Promoted)."""
+    n = obs.replicas
+    done = _ready(obs.stable, n) and _is_template(obs.stable, obs.desired)
+    canary_replicas = int(((obs.canary or {}).get("spec") or {}).get("replicas", 0)) if not done else 0
+    message = (
+        "promoted: every replica runs the new template"
+        if done
+        else "promoting: the stable Deployment takes the new template"
+    )
+    final = replace(
+        cur, phase="Promoted" if done else "Promoting", step=cur.steps, weight=100, entered=None, started=None
+    )
+    return Plan(
+        status=final.status((canary_replicas, n), ready, message),
+        stable=obs.desired,
+        canary=None if done else canary_manifest(obs.desired, canary_replicas),
+        events=tuple(events),
+        aborted=None,
+        progressing=None if done else message,
+    )
+
+
+def _suspended(cur: _Step, obs: Observed, events: list[tuple[str, Reason, str]]) -> Plan:
+    """No replicas (spec.suspend): both tracks at zero; the step waits for the replicas (its deadline does not run)."""
+    waiting = replace(cur, entered=None, started=None)
+    return Plan(
+        status=waiting.status((0, 0), (0, 0), "suspended: the canary resumes with the replicas"),
+        stable=stable_manifest(obs.desired, obs.stable, 0),
+        canary=canary_manifest(obs.desired, 0),
+        events=tuple(events),
+        aborted=None,
+        progressing=None,
+    )
+
+
+def _abort_step(
+    cur: _Step, obs: Observed, ready: tuple[int, int], events: list[tuple[str, Reason, str]], why: str
+) -> Plan:
+    """The step ``cur`` aborted for ``why``. The Warning Event is Stalled's (CanaryAborted, this message): one per
+    abort."""
+    message = f"canary aborted at step {cur.step + 1}/{cur.steps} (weight {cur.weight}%): {why}"
+    return _aborted(cur, obs, ready, events, message)
+
+
+def _stepping(
+    cur: _Step,
+    obs: Observed,
+    steps: list[CanaryStep],
+    gates: CanaryGates,
+    ready: tuple[int, int],
+    events: list[tuple[str, Reason, str]],
+    now_text: str,
+) -> Plan:
+    """A step in progress: started once the canary is ready, judged, advanced, promoted, held for its pause, or
+    aborted (a refused canary pod, a failed gate, no verdict by its deadline)."""
     if obs.refused is not None:
-        return abort(obs.refused)
+        return _abort_step(cur, obs, ready, events, obs.refused)
     pause = steps[cur.step].pause_seconds
+    canary_n = split(obs.replicas, cur.weight)[0]
     step_started = False
     if cur.started is None:
-        canary_ready = obs.canary is not None and _ready(obs.canary, canary_n) and _is_template(obs.canary, obs.desired)
-        if canary_ready:
-            cur = replace(cur, started=now_text, measurement=None)
-            step_started = True
-            message = f"step {cur.step + 1} started: measuring the canary"
-        else:
-            message = f"waiting for {canary_n} canary replica(s) to be ready"
+        cur, step_started, message = _start(cur, obs, canary_n, now_text)
     else:
-        # Once started, a step keeps its start when the replica counts change (an autoscaler): the gates measure
-        # what the canary serves.
-        started_at = _parse(cur.started, obs.now)
-        verdict = obs.verdict
-        message = "measuring the canary"
-        if verdict is not None:
-            cur = replace(cur, measurement=verdict.measurement)
-            message = verdict.message
-            if verdict.passed is False:
-                return abort(verdict.message)
-        elapsed = (obs.now - started_at).total_seconds()
-        if verdict is not None and verdict.passed and elapsed >= pause:
-            events.append(
-                ("Normal", Reason.CANARY_STEP_PASSED, f"step {cur.step + 1}/{len(steps)} ({weight}%) passed: {message}")
-            )
-            if cur.step + 1 == len(steps):
-                events.append(
-                    ("Normal", Reason.CANARY_PROMOTED, f"every step passed: promoting template {thash} ({message})")
-                )
-                promoting = replace(cur, phase="Promoting", step=len(steps), weight=100, entered=None, started=None)
-                return Plan(
-                    status=promoting.status((canary_n, n), ready, "promoting"),
-                    stable=obs.desired,
-                    canary=canary_manifest(obs.desired, canary_n),
-                    events=tuple(events),
-                    aborted=None,
-                    progressing="promoting: the stable Deployment takes the new template",
-                )
-            weight = steps[cur.step + 1].weight
-            cur = replace(cur, step=cur.step + 1, weight=weight, entered=now_text, started=None)
-            canary_n, stable_n = split(n, weight)
-            message = f"step {cur.step + 1} of {len(steps)}: scaling the canary to {canary_n} replica(s)"
-        elif elapsed < pause:
-            until = (started_at + timedelta(seconds=pause)).strftime(TIME_FORMAT)
-            message = f"{message}; the step holds until {until}"
+        judged = _judged(cur, _parse(cur.started, obs.now), obs, steps, ready, events, now_text)
+        if isinstance(judged, Plan):
+            return judged
+        cur, message = judged
     waited = (obs.now - _parse(cur.entered or now_text, obs.now)).total_seconds()
     if waited > pause + gates.progress_deadline_seconds:
         deadline = gates.progress_deadline_seconds
-        return abort(f"no verdict {deadline}s after the step's pause ({pause}s) could have ended: {message}")
+        why = f"no verdict {deadline}s after the step's pause ({pause}s) could have ended: {message}"
+        return _abort_step(cur, obs, ready, events, why)
+    canary_n, stable_n = split(obs.replicas, cur.weight)
     return Plan(
         status=cur.status((canary_n, stable_n), ready, message),
         stable=stable_manifest(obs.desired, obs.stable, stable_n),
         canary=canary_manifest(obs.desired, canary_n),
         events=tuple(events),
         aborted=None,
-        progressing=f"canary step {cur.step + 1}/{len(steps)} ({weight}% of replicas): {message}",
+        progressing=f"canary step {cur.step + 1}/{cur.steps} ({cur.weight}% of replicas): {message}",
         step_started=step_started,
+    )
+
+
+def _start(cur: _Step, obs: Observed, canary_n: int, now_text: str) -> tuple[_Step, bool, str]:
+    """A step not started yet starts (now, measuring afresh) once its ``canary_n`` canary replicas run the desired
+    template and are ready. Returns the step, whether it started, and the message."""
+    canary_ready = obs.canary is not None and _ready(obs.canary, canary_n) and _is_template(obs.canary, obs.desired)
+    if canary_ready:
+        cur = replace(cur, started=now_text, measurement=None)
+        return cur, True, f"step {cur.step + 1} started: measuring the canary"
+    return cur, False, f"waiting for {canary_n} canary replica(s) to be ready"
+
+
+def _judged(
+    cur: _Step,
+    started_at: datetime,
+    obs: Observed,
+    steps: list[CanaryStep],
+    ready: tuple[int, int],
+    events: list[tuple[str, Reason, str]],
+    now_text: str,
+) -> Plan | tuple[_Step, str]:
+    """A step started at ``started_at`` under the gates' verdict: aborted (a failed gate) or promoted (the last
+    step passed), as a Plan; else the step (the next one once this one passed and held for its pause) and the
+    message.
+
+    Once started, a step keeps its start when the replica counts change (an autoscaler): the gates measure what the
+    canary serves."""
+    pause = steps[cur.step].pause_seconds
+    verdict = obs.verdict
+    message = "measuring the canary"
+    if verdict is not None:
+        cur = replace(cur, measurement=verdict.measurement)
+        message = verdict.message
+        if verdict.passed is False:
+            return _abort_step(cur, obs, ready, events, verdict.message)
+    elapsed = (obs.now - started_at).total_seconds()
+    if verdict is not None and verdict.passed and elapsed >= pause:
+        events.append(
+            ("Normal", Reason.CANARY_STEP_PASSED, f"step {cur.step + 1}/{len(steps)} ({cur.weight}%) passed: {message}")
+        )
+        if cur.step + 1 == len(steps):
+            return _promote(cur, obs, ready, events, message)
+        weight = steps[cur.step + 1].weight
+        cur = replace(cur, step=cur.step + 1, weight=weight, entered=now_text, started=None)
+        canary_n = split(obs.replicas, weight)[0]
+        message = f"step {cur.step + 1} of {len(steps)}: scaling the canary to {canary_n} replica(s)"
+    elif elapsed < pause:
+        until = (started_at + timedelta(seconds=pause)).strftime(TIME_FORMAT)
+        message = f"{message}; the step holds until {until}"
+    return cur, message
+
+
+def _promote(
+    cur: _Step, obs: Observed, ready: tuple[int, int], events: list[tuple[str, Reason, str]], message: str
+) -> Plan:
+    """Every step passed: the stable Deployment takes the new template, the canary keeps its replicas meanwhile."""
+    events.append(("Normal", Reason.CANARY_PROMOTED, f"every step passed: promoting template {cur.thash} ({message})"))
+    canary_n = split(obs.replicas, cur.weight)[0]
+    promoting = replace(cur, phase="Promoting", step=cur.steps, weight=100, entered=None, started=None)
+    return Plan(
+        status=promoting.status((canary_n, obs.replicas), ready, "promoting"),
+        stable=obs.desired,
+        canary=canary_manifest(obs.desired, canary_n),
+        events=tuple(events),
+        aborted=None,
+        progressing="promoting: the stable Deployment takes the new template",
     )
 
 

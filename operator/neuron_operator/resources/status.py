@@ -115,49 +115,71 @@ def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> t
     prev = body.get("status") or {}
     gen = body["metadata"].get("generation")
     b = StatusBuilder(previous_conditions(body), gen, clock, MODEL_VOCABULARY)
-    events: list[Event] = []
     b.set(C.ARCHITECTURE_FIT, obs.fit.ok, obs.fit.reason, obs.fit.message)
     status: dict[str, Any] = {"observedGeneration": gen, "cacheKey": obs.cache_key}
+    if _set_model_state(b, obs):
+        status["artifact"] = obs.artifact
+    if (last := _model_last_failure(prev, obs)) is not None:
+        status["lastFailure"] = last
+    status["conditions"] = b.dump()
+    status["phase"] = model_phase(b.conditions).value
+    return _with_removals(prev, status), _model_events(b, obs, prev)
+
+
+def _set_model_stopped(b: StatusBuilder, reason: Reason, message: str, reconciling: str) -> None:
+    """ArtifactReady, Reconciling, Stalled and Ready of a model stopped by ``reason`` (``reconciling``: what it
+    waits for)."""
+    b.set(C.ARTIFACT_READY, False, reason, message)
+    b.set(C.RECONCILING, False, reason, reconciling)
+    b.set(C.STALLED, True, reason, message)
+    b.set(C.READY, False, reason, message)
+
+
+def _set_model_state(b: StatusBuilder, obs: ModelObservation) -> bool:
+    """ArtifactReady, Reconciling, Stalled and Ready for where the model stands. True when its artifact is ready
+    (status.artifact is then the observed one)."""
     if obs.invalid or not obs.fit.ok:
         reason, message = obs.invalid or (obs.fit.reason, obs.fit.message)
-        b.set(C.ARTIFACT_READY, False, reason, message)
-        b.set(C.RECONCILING, False, reason, "nothing to do until the spec changes")
-        b.set(C.STALLED, True, reason, message)
-        b.set(C.READY, False, reason, message)
-    elif obs.artifact is not None:
+        _set_model_stopped(b, reason, message, "nothing to do until the spec changes")
+        return False
+    if obs.artifact is not None:
         msg = f"artifact {obs.artifact['shortDigest']} at {obs.artifact['uri']}"
         b.set(C.ARTIFACT_READY, True, obs.artifact_reason, msg)
         b.set(C.RECONCILING, False, Reason.RECONCILED, "the artifact is current")
         b.set(C.STALLED, False, Reason.RECONCILED, "")
         b.set(C.READY, True, obs.artifact_reason, msg)
-        status["artifact"] = obs.artifact
-    elif obs.failure is not None:
-        reason, message = Reason(obs.failure["reason"]), obs.failure["message"]
-        b.set(C.ARTIFACT_READY, False, reason, message)
-        b.set(C.RECONCILING, False, reason, "edit the spec to retry")
-        b.set(C.STALLED, True, reason, message)
-        b.set(C.READY, False, reason, message)
-    elif obs.blocked is not None:
+        return True
+    if obs.failure is not None:
+        _set_model_stopped(b, Reason(obs.failure["reason"]), obs.failure["message"], "edit the spec to retry")
+        return False
+    if obs.blocked is not None:
         # Not a compile failure: the operator retries by itself once the cause is gone (claim created, pod placed).
         reason, message = obs.blocked
-        b.set(C.ARTIFACT_READY, False, reason, message)
-        b.set(C.RECONCILING, False, reason, "waiting for the cause to be fixed; retried automatically")
-        b.set(C.STALLED, True, reason, message)
-        b.set(C.READY, False, reason, message)
-    else:
-        what = f"compile Job {obs.compiling} is running" if obs.compiling else "waiting for a compile Job"
-        b.set(C.ARTIFACT_READY, False, Reason.COMPILING, what)
-        b.set(C.RECONCILING, True, Reason.COMPILING, what)
-        b.set(C.STALLED, False, Reason.COMPILING, "")
-        b.set(C.READY, False, Reason.COMPILING, what)
-    # A failure stays visible until the next success (it explains the last attempt).
-    if obs.failure is not None:
-        status["lastFailure"] = obs.failure
-    elif obs.artifact is None and prev.get("lastFailure") and (obs.compiling or obs.blocked):
-        status["lastFailure"] = prev["lastFailure"]
-    status["conditions"] = b.dump()
-    status["phase"] = model_phase(b.conditions).value
+        _set_model_stopped(b, reason, message, "waiting for the cause to be fixed; retried automatically")
+        return False
+    what = f"compile Job {obs.compiling} is running" if obs.compiling else "waiting for a compile Job"
+    b.set(C.ARTIFACT_READY, False, Reason.COMPILING, what)
+    b.set(C.RECONCILING, True, Reason.COMPILING, what)
+    b.set(C.STALLED, False, Reason.COMPILING, "")
+    b.set(C.READY, False, Reason.COMPILING, what)
+    return False
 
+
+def _model_last_failure(prev: dict[str, Any], obs: ModelObservation) -> dict[str, Any] | None:
+    """status.lastFailure: this attempt's failure; the previous one while a new attempt runs or waits (a failure
+    stays visible until the next success: it explains the last attempt)."""
+    if obs.failure is not None:
+        return obs.failure
+    if obs.artifact is None and prev.get("lastFailure") and (obs.compiling or obs.blocked):
+        last: dict[str, Any] = prev["lastFailure"]
+        return last
+    return None
+
+
+def _model_events(b: StatusBuilder, obs: ModelObservation, prev: dict[str, Any]) -> list[Event]:
+    """The Events of a model pass: a fit warning, Ready becoming True (else an artifact change), then the
+    transitions of Stalled, Reconciling and ScalingLimited."""
+    events: list[Event] = []
     old_fit = get_condition(b.previous, C.ARCHITECTURE_FIT)
     if obs.fit.warning and (old_fit is None or old_fit.reason != obs.fit.reason):
         events.append(Event("Warning", obs.fit.reason, obs.fit.message))
@@ -173,13 +195,19 @@ def model_status(body: dict[str, Any], obs: ModelObservation, clock: Clock) -> t
                 f"replaces {str(old.get('sha256', ''))[:12]}",
             )
         )
+    return events + _transition_events(b)
+
+
+def _transition_events(b: StatusBuilder) -> list[Event]:
+    """The Events of Stalled (a new problem), Reconciling and ScalingLimited becoming True, in that order."""
+    events: list[Event] = []
     if (e := b.stalled_event()) is not None:
         events.append(e)
     if (c := b.flipped_to(C.RECONCILING, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
     if (c := b.flipped_to(C.SCALING_LIMITED, "True")) is not None:
         events.append(Event("Warning", c.reason, c.message))
-    return _with_removals(prev, status), events
+    return events
 
 
 def _with_removals(prev: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -255,151 +283,253 @@ def deployment_status(
     gen = body["metadata"].get("generation")
     b = StatusBuilder(previous_conditions(body), gen, clock, DEPLOYMENT_VOCABULARY)
     status: dict[str, Any] = {"observedGeneration": gen, "selector": obs.selector}
-    dstat = (obs.deployment or {}).get("status", {})
-    cstat = (obs.canary_deployment or {}).get("status", {})
-    replicas = int(dstat.get("replicas", 0)) + int(cstat.get("replicas", 0))
-    ready = int(dstat.get("readyReplicas", 0)) + int(cstat.get("readyReplicas", 0))
-    updated = (
-        int(dstat.get("updatedReplicas", 0)) if obs.canary_progressing is None else int(cstat.get("updatedReplicas", 0))
-    )
-    available = int(dstat.get("availableReplicas", 0)) + int(cstat.get("availableReplicas", 0))
-    want = obs.desired_replicas
+    n = _replica_counts(obs)
     status |= {
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "updatedReplicas": updated,
-        "availableReplicas": available,
-        "readySummary": f"{ready}/{want}",
+        "replicas": n.replicas,
+        "readyReplicas": n.ready,
+        "updatedReplicas": n.updated,
+        "availableReplicas": n.available,
+        "readySummary": f"{n.ready}/{n.want}",
         "coresPerReplica": obs.cores,
         "model": obs.model,
         "endpoint": obs.endpoint,
     }
-    serving = f"{available} replica(s) of the previous spec keep serving" if available else "no replica serves"
     if obs.blocked is not None:
-        reason, message, stalled = obs.blocked
-        if obs.deployment is not None:
-            message += f" ({serving})"
-        b.set(C.READY, False, reason, message)
-        b.set(C.STALLED, stalled, reason, message if stalled else "")
-        b.set(C.RECONCILING, not stalled, reason, "" if stalled else message)
-        if reason in (Reason.MODEL_NOT_FOUND, Reason.MODEL_NOT_READY, Reason.MODEL_FAILED):
-            b.set(C.ARTIFACT_READY, False, reason, message)
-        else:
-            b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
-            if reason in INFEASIBLE or reason is Reason.INVALID_SPEC:  # placement is what failed
-                b.set(C.SCHEDULABLE, False, reason, message)
-    else:
-        b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
-        d = obs.deployment or {}
-        current = int(dstat.get("observedGeneration", 0)) >= int(d.get("metadata", {}).get("generation", 1))
-        deadline = next(
-            (
-                c
-                for c in dstat.get("conditions", [])
-                if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
-            ),
-            None,
-        )
-        rolled_out = current and updated == want and available == want and replicas == want and ready == want
-        problem = obs.pod_problem if not rolled_out else None
-        if problem is not None and problem.reason is Reason.UNSCHEDULABLE:
-            b.set(C.SCHEDULABLE, False, Reason.UNSCHEDULABLE, problem.message)
-        else:
-            b.set(
-                C.SCHEDULABLE,
-                True,
-                Reason.FITS,
-                f"{obs.cores or 0} NeuronCores per replica fit the allowed instance types",
-            )
-        if obs.suspended:
-            b.set(C.READY, False, Reason.SUSPENDED, "spec.suspend is true: scaled to zero")
-            b.set(
-                C.RECONCILING,
-                not rolled_out,
-                Reason.SUSPENDED if rolled_out else Reason.SCALING,
-                f"{replicas} pods left",
-            )
-            b.set(C.STALLED, False, Reason.SUSPENDED, "")
-        elif obs.canary_aborted is not None:
-            message = f"{obs.canary_aborted} ({serving})"
-            b.set(C.READY, False, Reason.CANARY_ABORTED, message)
-            b.set(C.RECONCILING, False, Reason.CANARY_ABORTED, "")
-            b.set(C.STALLED, True, Reason.CANARY_ABORTED, message)
-        elif obs.canary_progressing is not None:
-            msg = f"{obs.canary_progressing}; {ready} ready, {available} available, {replicas} pods"
-            b.set(C.READY, False, Reason.CANARY_PROGRESSING, msg)
-            b.set(C.RECONCILING, True, Reason.CANARY_PROGRESSING, msg)
-            b.set(C.STALLED, False, Reason.CANARY_PROGRESSING, "")
-        elif (failure := obs.serving_failure) is not None and not rolled_out:
-            message = f"pod {failure.pod}: {failure.message} ({serving})"
-            b.set(C.READY, False, failure.reason, message)
-            b.set(C.RECONCILING, False, failure.reason, "")
-            b.set(C.STALLED, True, failure.reason, message)
-            last = {"reason": failure.reason.value, "message": message, "exitCode": failure.exit_code}
-            last["time"] = failure.finished_at or (prev.get("lastFailure") or {}).get("time") or _now(clock)
-            status["lastFailure"] = {k: v for k, v in last.items() if v is not None}
-        elif problem is not None:
-            message = f"{problem.message} ({serving})"
-            b.set(C.READY, False, problem.reason, message)
-            b.set(C.RECONCILING, False, problem.reason, "")
-            b.set(C.STALLED, True, problem.reason, message)
-            if problem.reason is not Reason.UNSCHEDULABLE:
-                same = (prev.get("lastFailure") or {}).get("reason") == problem.reason.value
-                last_time = (prev.get("lastFailure") or {}).get("time") if same else None
-                status["lastFailure"] = {
-                    "reason": problem.reason.value,
-                    "message": message,
-                    "time": last_time or _now(clock),
-                }
-        elif deadline is not None:  # after the runtime's own reason, which says why it never progressed
-            b.set(C.READY, False, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline.get("message", ""))
-            b.set(C.RECONCILING, False, Reason.PROGRESS_DEADLINE_EXCEEDED, "")
-            b.set(C.STALLED, True, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline.get("message", ""))
-        elif rolled_out:
-            b.set(C.READY, True, Reason.REPLICAS_READY, f"{ready}/{want} replicas ready on the current artifact")
-            b.set(C.RECONCILING, False, Reason.RECONCILED, "")
-            b.set(C.STALLED, False, Reason.RECONCILED, "")
-        else:
-            # Pods of another template exist: a rollout. Only the count differs (a scale, new pods on the current
-            # template still starting): scaling.
-            reason = Reason.ROLLING_OUT if obs.rolling_to_new_artifact or updated < replicas else Reason.SCALING
-            msg = f"{updated}/{want} updated, {ready} ready, {available} available, {replicas} pods"
-            b.set(C.READY, False, reason if reason is Reason.ROLLING_OUT else Reason.REPLICAS_UNAVAILABLE, msg)
-            b.set(C.RECONCILING, True, reason, msg)
-            b.set(C.STALLED, False, reason, "")
-    # Available agrees with the numbers in every state: enough replicas available to serve, never at zero.
-    if want == 0:
-        why = Reason.SUSPENDED if obs.suspended else Reason.SCALED_TO_ZERO
-        b.set(C.AVAILABLE, False, why, f"{available} available; spec asks for 0 replicas")
-    else:
-        enough = available >= _min_available(obs.deployment, want)
-        b.set(
-            C.AVAILABLE,
-            enough,
-            Reason.REPLICAS_READY if enough else Reason.REPLICAS_UNAVAILABLE,
-            f"{available} of {want} replicas available",
-        )
-    # While blocked (e.g. the model recompiles) the pods of the last template still describe what serves.
-    status["parity"] = obs.parity if obs.parity is not None or obs.blocked is None else prev.get("parity")
-    status["rollout"] = obs.rollout.status() if obs.rollout is not None else prev.get("rollout")
-    # While blocked (nothing was decided) the last decisions stand; otherwise they are this pass's.
-    status["autoscaling"] = obs.autoscaling if obs.blocked is None else prev.get("autoscaling")
-    status["canary"] = obs.canary if obs.blocked is None else prev.get("canary")
-    if obs.scaling_limited is not None:
-        limited, why, text = obs.scaling_limited
-        b.set(C.SCALING_LIMITED, limited, why, text or "the wanted replicas are within maxReplicas and fit")
-    elif obs.blocked is None:  # not autoscaled: the condition does not apply
-        b.conditions = [c for c in b.conditions if c.type != C.SCALING_LIMITED]
+        _set_blocked(b, obs, obs.blocked, n)
+    elif (last := _set_unblocked(b, obs, n, prev, clock)) is not None:
+        status["lastFailure"] = last
+    _set_available(b, obs, n)
+    status |= _carried_decisions(obs, prev)
+    _set_scaling_limited(b, obs)
     if "lastFailure" not in status and prev.get("lastFailure") and not is_ready(b):
         status["lastFailure"] = prev["lastFailure"]  # kept until the next success, as on NeuronModel
     status["conditions"] = b.dump()
     events: list[Event] = list(obs.events)
     if (c := b.flipped_to(C.READY, "True")) is not None:
         events.append(Event("Normal", c.reason, c.message))
-    if (e := b.stalled_event()) is not None:
-        events.append(e)
-    if (c := b.flipped_to(C.RECONCILING, "True")) is not None:
-        events.append(Event("Normal", c.reason, c.message))
-    if (c := b.flipped_to(C.SCALING_LIMITED, "True")) is not None:
-        events.append(Event("Warning", c.reason, c.message))
-    return _with_removals(prev, status), events
+    return _with_removals(prev, status), events + _transition_events(b)
+
+
+@dataclass(frozen=True)
+class _ReplicaCounts:
+    """The replicas of the runtime Deployment and of the canary's, as status reports them."""
+
+    replicas: int
+    ready: int
+    updated: int  # of the canary Deployment while a canary steps or promotes
+    available: int
+    want: int  # the desired replicas
+
+    @property
+    def serving(self) -> str:
+        """What serves while the current spec does not (appended to a blocked or failed state's message)."""
+        return (
+            f"{self.available} replica(s) of the previous spec keep serving" if self.available else "no replica serves"
+        )
+
+
+def _replica_counts(obs: DeploymentObservation) -> _ReplicaCounts:
+    """The counts of both Deployments' status: summed, but ``updated`` from one of them."""
+    dstat = (obs.deployment or {}).get("status", {})
+    cstat = (obs.canary_deployment or {}).get("status", {})
+    return _ReplicaCounts(
+        replicas=int(dstat.get("replicas", 0)) + int(cstat.get("replicas", 0)),
+        ready=int(dstat.get("readyReplicas", 0)) + int(cstat.get("readyReplicas", 0)),
+        updated=(
+            int(dstat.get("updatedReplicas", 0))
+            if obs.canary_progressing is None
+            else int(cstat.get("updatedReplicas", 0))
+        ),
+        available=int(dstat.get("availableReplicas", 0)) + int(cstat.get("availableReplicas", 0)),
+        want=obs.desired_replicas,
+    )
+
+
+def _set_blocked(
+    b: StatusBuilder, obs: DeploymentObservation, blocked: tuple[Reason, str, bool], n: _ReplicaCounts
+) -> None:
+    """The conditions of a pass that could not converge the Deployment (model not ready, placement failed, ...)."""
+    reason, message, stalled = blocked
+    if obs.deployment is not None:
+        message += f" ({n.serving})"
+    b.set(C.READY, False, reason, message)
+    b.set(C.STALLED, stalled, reason, message if stalled else "")
+    b.set(C.RECONCILING, not stalled, reason, "" if stalled else message)
+    if reason in (Reason.MODEL_NOT_FOUND, Reason.MODEL_NOT_READY, Reason.MODEL_FAILED):
+        b.set(C.ARTIFACT_READY, False, reason, message)
+    else:
+        b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
+        if reason in INFEASIBLE or reason is Reason.INVALID_SPEC:  # placement is what failed
+            b.set(C.SCHEDULABLE, False, reason, message)
+
+
+def _set_unblocked(
+    b: StatusBuilder, obs: DeploymentObservation, n: _ReplicaCounts, prev: dict[str, Any], clock: Clock
+) -> dict[str, Any] | None:
+    """The conditions of a pass that converged the Deployment; returns the status.lastFailure it found, if any."""
+    b.set(C.ARTIFACT_READY, True, obs.artifact_reason, "the model's artifact is ready")
+    rolled_out = _rolled_out(obs, n)
+    deadline = _progress_deadline((obs.deployment or {}).get("status", {}))
+    problem = obs.pod_problem if not rolled_out else None
+    if problem is not None and problem.reason is Reason.UNSCHEDULABLE:
+        b.set(C.SCHEDULABLE, False, Reason.UNSCHEDULABLE, problem.message)
+    else:
+        b.set(
+            C.SCHEDULABLE,
+            True,
+            Reason.FITS,
+            f"{obs.cores or 0} NeuronCores per replica fit the allowed instance types",
+        )
+    return _set_serving_state(b, obs, n, rolled_out, problem, deadline, prev, clock)
+
+
+def _progress_deadline(dstat: dict[str, Any]) -> dict[str, Any] | None:
+    """The Deployment's Progressing condition when it says ProgressDeadlineExceeded."""
+    return next(
+        (
+            c
+            for c in dstat.get("conditions", [])
+            if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        ),
+        None,
+    )
+
+
+def _rolled_out(obs: DeploymentObservation, n: _ReplicaCounts) -> bool:
+    """Whether the Deployment controller saw the current spec and every count is the desired one."""
+    d = obs.deployment or {}
+    dstat = d.get("status", {})
+    current = int(dstat.get("observedGeneration", 0)) >= int(d.get("metadata", {}).get("generation", 1))
+    return current and n.updated == n.want and n.available == n.want and n.replicas == n.want and n.ready == n.want
+
+
+def _set_serving_state(
+    b: StatusBuilder,
+    obs: DeploymentObservation,
+    n: _ReplicaCounts,
+    rolled_out: bool,
+    problem: PodProblem | None,
+    deadline: dict[str, Any] | None,
+    prev: dict[str, Any],
+    clock: Clock,
+) -> dict[str, Any] | None:
+    """Ready, Reconciling and Stalled of a converged pass, the first state that applies winning; returns the
+    status.lastFailure of a failed state (a refusing runtime, a pod that cannot start)."""
+    last: dict[str, Any] | None = None
+    if obs.suspended:
+        _set_suspended(b, n, rolled_out)
+    elif obs.canary_aborted is not None:
+        _set_stalled(b, Reason.CANARY_ABORTED, f"{obs.canary_aborted} ({n.serving})")
+    elif obs.canary_progressing is not None:
+        msg = f"{obs.canary_progressing}; {n.ready} ready, {n.available} available, {n.replicas} pods"
+        _set_progressing(b, Reason.CANARY_PROGRESSING, Reason.CANARY_PROGRESSING, msg)
+    elif (failure := obs.serving_failure) is not None and not rolled_out:
+        message = f"pod {failure.pod}: {failure.message} ({n.serving})"
+        _set_stalled(b, failure.reason, message)
+        last = _serving_failure_record(failure, message, prev, clock)
+    elif problem is not None:
+        message = f"{problem.message} ({n.serving})"
+        _set_stalled(b, problem.reason, message)
+        last = _pod_problem_record(problem, message, prev, clock)
+    elif deadline is not None:  # after the runtime's own reason, which says why it never progressed
+        _set_stalled(b, Reason.PROGRESS_DEADLINE_EXCEEDED, deadline.get("message", ""))
+    elif rolled_out:
+        b.set(C.READY, True, Reason.REPLICAS_READY, f"{n.ready}/{n.want} replicas ready on the current artifact")
+        b.set(C.RECONCILING, False, Reason.RECONCILED, "")
+        b.set(C.STALLED, False, Reason.RECONCILED, "")
+    else:
+        _set_rolling(b, obs, n)
+    return last
+
+
+def _set_suspended(b: StatusBuilder, n: _ReplicaCounts, rolled_out: bool) -> None:
+    """spec.suspend: not Ready, Reconciling while pods are left."""
+    b.set(C.READY, False, Reason.SUSPENDED, "spec.suspend is true: scaled to zero")
+    b.set(
+        C.RECONCILING,
+        not rolled_out,
+        Reason.SUSPENDED if rolled_out else Reason.SCALING,
+        f"{n.replicas} pods left",
+    )
+    b.set(C.STALLED, False, Reason.SUSPENDED, "")
+
+
+def _set_stalled(b: StatusBuilder, reason: Reason, message: str) -> None:
+    """Not Ready, not Reconciling, Stalled with ``reason`` and ``message``."""
+    b.set(C.READY, False, reason, message)
+    b.set(C.RECONCILING, False, reason, "")
+    b.set(C.STALLED, True, reason, message)
+
+
+def _set_progressing(b: StatusBuilder, ready_reason: Reason, reason: Reason, message: str) -> None:
+    """Not Ready (``ready_reason``), Reconciling with ``reason``, not Stalled."""
+    b.set(C.READY, False, ready_reason, message)
+    b.set(C.RECONCILING, True, reason, message)
+    b.set(C.STALLED, False, reason, "")
+
+
+def _set_rolling(b: StatusBuilder, obs: DeploymentObservation, n: _ReplicaCounts) -> None:
+    """Pods of another template exist: a rollout. Only the count differs (a scale, new pods on the current
+    template still starting): scaling."""
+    reason = Reason.ROLLING_OUT if obs.rolling_to_new_artifact or n.updated < n.replicas else Reason.SCALING
+    msg = f"{n.updated}/{n.want} updated, {n.ready} ready, {n.available} available, {n.replicas} pods"
+    _set_progressing(b, reason if reason is Reason.ROLLING_OUT else Reason.REPLICAS_UNAVAILABLE, reason, msg)
+
+
+def _serving_failure_record(
+    failure: ServingFailure, message: str, prev: dict[str, Any], clock: Clock
+) -> dict[str, Any]:
+    """status.lastFailure of a runtime that refused to serve (its time: when the container ended, else kept)."""
+    last = {"reason": failure.reason.value, "message": message, "exitCode": failure.exit_code}
+    last["time"] = failure.finished_at or (prev.get("lastFailure") or {}).get("time") or _now(clock)
+    return {k: v for k, v in last.items() if v is not None}
+
+
+def _pod_problem_record(problem: PodProblem, message: str, prev: dict[str, Any], clock: Clock) -> dict[str, Any] | None:
+    """status.lastFailure of a pod that cannot start or keeps crashing (None: unschedulable, not a failure); its
+    time is kept while the reason stays the same."""
+    if problem.reason is Reason.UNSCHEDULABLE:
+        return None
+    same = (prev.get("lastFailure") or {}).get("reason") == problem.reason.value
+    last_time = (prev.get("lastFailure") or {}).get("time") if same else None
+    return {
+        "reason": problem.reason.value,
+        "message": message,
+        "time": last_time or _now(clock),
+    }
+
+
+def _set_available(b: StatusBuilder, obs: DeploymentObservation, n: _ReplicaCounts) -> None:
+    """Available agrees with the numbers in every state: enough replicas available to serve, never at zero."""
+    if n.want == 0:
+        why = Reason.SUSPENDED if obs.suspended else Reason.SCALED_TO_ZERO
+        b.set(C.AVAILABLE, False, why, f"{n.available} available; spec asks for 0 replicas")
+    else:
+        enough = n.available >= _min_available(obs.deployment, n.want)
+        b.set(
+            C.AVAILABLE,
+            enough,
+            Reason.REPLICAS_READY if enough else Reason.REPLICAS_UNAVAILABLE,
+            f"{n.available} of {n.want} replicas available",
+        )
+
+
+def _carried_decisions(obs: DeploymentObservation, prev: dict[str, Any]) -> dict[str, Any]:
+    """status.parity, rollout, autoscaling and canary: this pass's, or the previous ones where it decided none."""
+    return {
+        # While blocked (e.g. the model recompiles) the pods of the last template still describe what serves.
+        "parity": obs.parity if obs.parity is not None or obs.blocked is None else prev.get("parity"),
+        "rollout": obs.rollout.status() if obs.rollout is not None else prev.get("rollout"),
+        # While blocked (nothing was decided) the last decisions stand; otherwise they are this pass's.
+        "autoscaling": obs.autoscaling if obs.blocked is None else prev.get("autoscaling"),
+        "canary": obs.canary if obs.blocked is None else prev.get("canary"),
+    }
+
+
+def _set_scaling_limited(b: StatusBuilder, obs: DeploymentObservation) -> None:
+    """ScalingLimited when autoscaled; removed when not (kept as it was while blocked)."""
+    if obs.scaling_limited is not None:
+        limited, why, text = obs.scaling_limited
+        b.set(C.SCALING_LIMITED, limited, why, text or "the wanted replicas are within maxReplicas and fit")
+    elif obs.blocked is None:  # not autoscaled: the condition does not apply
+        b.conditions = [c for c in b.conditions if c.type != C.SCALING_LIMITED]

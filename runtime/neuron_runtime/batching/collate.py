@@ -99,7 +99,29 @@ def pad_axis(tensor: torch.Tensor, axis: int, size: int) -> torch.Tensor:
 
 
 def prepare(signature: Signature, inputs: dict[str, torch.Tensor], max_rows: int | None = None) -> Prepared:
-    """Check a decoded request against the signature and pad it to its bucket."""
+    """Check a decoded request against the signature and pad it to its bucket.
+
+    Steps: the input names (`_check_names`), each input's dtype, rank and batch dimension (`_check_input`), the
+    rows every input agrees on (`_agree_rows`), each non-batch dimension and the bucket-axis length
+    (`_check_dims`), the per-request row limit, then padding to the bucket (`_pad_to_bucket`)."""
+    _check_names(signature, inputs)
+    rows: int | None = None
+    length: int | None = None
+    for sig in signature.inputs:
+        tensor = inputs[sig.name]
+        _check_input(sig, tensor)
+        rows = _agree_rows(sig, tensor, rows)
+        length = _check_dims(sig, tensor, signature.bucket_axis, length)
+    assert rows is not None
+    if max_rows is not None and rows > max_rows:
+        raise RequestError(f"request has {rows} rows; this model accepts at most {max_rows} per request")
+    tensors = tuple(inputs[sig.name] for sig in signature.inputs)
+    bucket, tensors = _pad_to_bucket(signature, tensors, length)
+    return Prepared(tensors=tensors, rows=rows, bucket=bucket, length=length)
+
+
+def _check_names(signature: Signature, inputs: dict[str, torch.Tensor]) -> None:
+    """Refuse unknown inputs, then missing ones."""
     expected = signature.input_names()
     missing = [n for n in expected if n not in inputs]
     unknown = sorted(set(inputs) - set(expected))
@@ -107,57 +129,70 @@ def prepare(signature: Signature, inputs: dict[str, torch.Tensor], max_rows: int
         raise RequestError(f"unknown input(s) {unknown}; the model takes {expected}")
     if missing:
         raise RequestError(f"missing input(s) {missing}; the model takes {expected}")
-    rows: int | None = None
-    length: int | None = None
-    axis = signature.bucket_axis
-    for sig in signature.inputs:
-        tensor = inputs[sig.name]
-        if tensor.dtype != sig.dtype:
-            raise RequestError(f"input {sig.name!r}: dtype {tensor.dtype} does not match the model's {sig.dtype}")
-        if tensor.dim() != len(sig.shape) + 1:
-            raise RequestError(
-                f"input {sig.name!r}: shape {list(tensor.shape)} has rank {tensor.dim()}, "
-                f"expected rank {len(sig.shape) + 1} ([batch, {', '.join(map(str, sig.shape))}])"
-            )
-        if tensor.shape[0] < 1:
-            raise RequestError(f"input {sig.name!r}: the batch dimension must be >= 1")
-        if rows is None:
-            rows = tensor.shape[0]
-        elif tensor.shape[0] != rows:
-            raise RequestError(
-                f"input {sig.name!r}: batch dimension {tensor.shape[0]} differs from the other inputs' {rows}"
-            )
-        for dim, (got, want) in enumerate(zip(tensor.shape[1:], sig.shape, strict=True), start=1):
-            if sig.bucketed and dim == axis:
-                if length is None:
-                    length = got
-                elif got != length:
-                    raise RequestError(
-                        f"input {sig.name!r}: length {got} on axis {dim} differs from the other inputs' {length}"
-                    )
-                continue
-            if got != want:
-                raise RequestError(
-                    f"input {sig.name!r}: shape {list(tensor.shape)} does not match the model's "
-                    f"[batch, {', '.join(map(str, sig.shape))}] (axis {dim} must be {want})"
-                )
-    assert rows is not None
-    if max_rows is not None and rows > max_rows:
-        raise RequestError(f"request has {rows} rows; this model accepts at most {max_rows} per request")
-    bucket: int | None = None
-    tensors = tuple(inputs[sig.name] for sig in signature.inputs)
-    if axis is not None and length is not None:
-        if length < 1:
-            raise RequestError(f"inputs have length 0 on the bucket axis {axis}")
-        bucket = choose_bucket(length, signature.bucket_sizes)
-        if bucket is None:
-            raise RequestError(
-                f"length {length} on axis {axis} exceeds the largest traced bucket {signature.bucket_sizes[-1]}"
-            )
-        tensors = tuple(
-            pad_axis(t, axis, bucket) if sig.bucketed else t for t, sig in zip(tensors, signature.inputs, strict=True)
+
+
+def _check_input(sig: InputSig, tensor: torch.Tensor) -> None:
+    """Refuse an input whose dtype or rank differs from the model's, or that has no rows."""
+    if tensor.dtype != sig.dtype:
+        raise RequestError(f"input {sig.name!r}: dtype {tensor.dtype} does not match the model's {sig.dtype}")
+    if tensor.dim() != len(sig.shape) + 1:
+        raise RequestError(
+            f"input {sig.name!r}: shape {list(tensor.shape)} has rank {tensor.dim()}, "
+            f"expected rank {len(sig.shape) + 1} ([batch, {', '.join(map(str, sig.shape))}])"
         )
-    return Prepared(tensors=tensors, rows=rows, bucket=bucket, length=length)
+    if tensor.shape[0] < 1:
+        raise RequestError(f"input {sig.name!r}: the batch dimension must be >= 1")
+
+
+def _agree_rows(sig: InputSig, tensor: torch.Tensor, rows: int | None) -> int:
+    """The request's rows: this input's batch dimension, which must equal the earlier inputs' (`rows`)."""
+    if rows is None:
+        return tensor.shape[0]
+    if tensor.shape[0] != rows:
+        raise RequestError(
+            f"input {sig.name!r}: batch dimension {tensor.shape[0]} differs from the other inputs' {rows}"
+        )
+    return rows
+
+
+def _check_dims(sig: InputSig, tensor: torch.Tensor, axis: int | None, length: int | None) -> int | None:
+    """Check the non-batch dimensions against the model's; returns the request's length on the bucket `axis`
+    (which every bucketed input must share), `length` as is when this input is not bucketed."""
+    for dim, (got, want) in enumerate(zip(tensor.shape[1:], sig.shape, strict=True), start=1):
+        if sig.bucketed and dim == axis:
+            if length is None:
+                length = got
+            elif got != length:
+                raise RequestError(
+                    f"input {sig.name!r}: length {got} on axis {dim} differs from the other inputs' {length}"
+                )
+            continue
+        if got != want:
+            raise RequestError(
+                f"input {sig.name!r}: shape {list(tensor.shape)} does not match the model's "
+                f"[batch, {', '.join(map(str, sig.shape))}] (axis {dim} must be {want})"
+            )
+    return length
+
+
+def _pad_to_bucket(
+    signature: Signature, tensors: tuple[torch.Tensor, ...], length: int | None
+) -> tuple[int | None, tuple[torch.Tensor, ...]]:
+    """Choose the bucket for `length` and zero-pad the bucketed inputs to it; (None, tensors) without buckets."""
+    axis = signature.bucket_axis
+    if axis is None or length is None:
+        return None, tensors
+    if length < 1:
+        raise RequestError(f"inputs have length 0 on the bucket axis {axis}")
+    bucket = choose_bucket(length, signature.bucket_sizes)
+    if bucket is None:
+        raise RequestError(
+            f"length {length} on axis {axis} exceeds the largest traced bucket {signature.bucket_sizes[-1]}"
+        )
+    padded = tuple(
+        pad_axis(t, axis, bucket) if sig.bucketed else t for t, sig in zip(tensors, signature.inputs, strict=True)
+    )
+    return bucket, padded
 
 
 def concat(requests: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
