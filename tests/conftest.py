@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Final
 
 import pytest
 from lightkube import Client
@@ -106,11 +107,25 @@ def namespace(cluster: KindCluster | ExistingCluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+#: The fast suite's limit per test (setup, call and teardown together): a broken guard or a hung wait fails in seconds
+#: instead of holding the run for the global 300 s. The slowest fast tests take about 2 s alone on this 2-core
+#: machine; the margin covers CI, where the session's kind cluster is created in the background meanwhile.
+FAST_TEST_TIMEOUT: Final = 15
+#: Fixtures that start a real server or build a tool on first use, and the limit of the tests that use them.
+SLOW_FIXTURES: Final = {"s3_server": 240}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests that use the cluster fixture carry the `cluster` marker, so `-m "not cluster"` is the fast suite.
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "cluster" in fixtures:
             item.add_marker(pytest.mark.cluster)
+        # A test's own timeout marker (module or function) wins; cluster and image tests keep the global one.
+        if any(item.get_closest_marker(m) for m in ("cluster", "images", "timeout")):
+            continue
+        limit = max([FAST_TEST_TIMEOUT, *(SLOW_FIXTURES[f] for f in fixtures & set(SLOW_FIXTURES))])
+        item.add_marker(pytest.mark.timeout(limit))
 
 
 @pytest.fixture(scope="session")

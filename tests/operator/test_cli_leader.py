@@ -338,6 +338,7 @@ async def test_kopf_returning_on_its_own_signal_is_a_graceful_stop(
     assert apiserver.lease()["holderIdentity"] == ""
 
 
+@pytest.mark.timeout(60)  # a `neuron-operator run` process (kopf import) through its SIGTERM exit
 def test_the_cli_serves_probes_as_a_standby_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     """The real ``neuron-operator run`` process, its apiserver unreachable: probes and metrics answer, the
     leader gauge says standby, and SIGTERM (handled by main()) ends it with exit code 0."""

@@ -138,6 +138,7 @@ def infer_body(row: torch.Tensor) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": row.tolist()}]}
 
 
+@pytest.mark.timeout(120)  # traces a model, then serves it with worker processes
 async def test_poisoned_requests_get_400_and_their_batch_mates_are_served(poisoned_artifact: CompileResult) -> None:
     # Each wave is one full batch of 4: True marks a poisoned request.
     waves = [

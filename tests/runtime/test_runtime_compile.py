@@ -164,6 +164,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+@pytest.mark.timeout(120)  # two `neuron-runtime compile` processes, each importing torch and tracing
 @pytest.mark.slow
 def test_cli_compile_is_deterministic_then_cache_hit(tmp_path: Path) -> None:
     """Two compile Jobs (fresh processes) of one request write the same manifest apart from timing fields."""

@@ -731,6 +731,7 @@ def test_under_uvloop(mlp_artifact: CompileResult, monkeypatch: pytest.MonkeyPat
     uvloop.run(scenario())
 
 
+@pytest.mark.timeout(60)  # imports the KServe and Triton clients
 def test_coexists_with_kserve_and_tritonclient() -> None:
     """kserve, tritonclient.grpc and the runtime each define `inference.ModelInferRequest`: all three import in one
     process (the runtime's and, here, tritonclient's in descriptor pools of their own)."""

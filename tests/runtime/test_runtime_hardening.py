@@ -42,6 +42,7 @@ def held_body_headers(length: int = 100_000) -> bytes:
     ).encode() + b'{"inputs": ['
 
 
+@pytest.mark.timeout(120)  # a `neuron-runtime serve` process through its drain deadline
 @pytest.mark.slow
 async def test_sigterm_exits_within_the_drain_although_a_body_is_held_open(mlp_artifact: CompileResult) -> None:
     drain_s = 2.0
@@ -81,6 +82,7 @@ async def test_sigterm_exits_within_the_drain_although_a_body_is_held_open(mlp_a
     assert elapsed < drain_s + 2.0 + 3.0, f"SIGTERM took {elapsed:.1f} s with a held body (drain {drain_s} s)"
 
 
+@pytest.mark.timeout(120)  # a `neuron-runtime serve` process and its read timeout
 async def test_a_stalled_body_gets_408_and_others_are_served(mlp_artifact: CompileResult) -> None:
     with running_server(mlp_artifact, model_name="mlp", read_timeout_s=0.5) as s:
         reader, writer = await open_partial(s.port, held_body_headers())

@@ -71,6 +71,7 @@ async def until(predicate, limit_s: float, what: str) -> None:  # type: ignore[n
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.timeout(120)  # a `neuron-runtime serve` process through a SIGTERM drain
 @pytest.mark.slow
 async def test_sigterm_drains_in_flight_requests_and_exits_0(mlp_artifact: CompileResult) -> None:
     proc, lines = start_server(
@@ -111,6 +112,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(mlp_artifact: Compi
             proc.wait()
 
 
+@pytest.mark.timeout(
+    120
+)  # a `neuron-runtime serve` process (torch import, load, warm-up) through its whole shutdown delay and drain
 @pytest.mark.slow
 async def test_after_sigterm_it_keeps_serving_and_closes_kept_alive_connections(mlp_artifact: CompileResult) -> None:
     """A client holding a kept-alive connection to a pod being replaced is served during the shutdown delay, and
@@ -147,6 +151,7 @@ async def test_after_sigterm_it_keeps_serving_and_closes_kept_alive_connections(
             proc.wait()
 
 
+@pytest.mark.timeout(120)  # a `neuron-runtime serve` process (torch import) that refuses
 @pytest.mark.slow
 def test_serve_refuses_a_digest_mismatch(mlp_artifact: CompileResult) -> None:
     proc, lines = start_server(mlp_artifact.directory, NEURON_RUNTIME_EXPECTED_SHA256="0" * 64)

@@ -139,6 +139,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.timeout(120)  # worker processes (each importing torch) killed until the crash-loop limit
 @pytest.mark.slow
 def test_workers_dying_faster_than_allowed_end_the_process_with_a_termination_message(
     mlp_artifact: CompileResult, tmp_path: Path
