@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from lightkube import Client, KubeConfig
@@ -113,6 +113,18 @@ def run_kubectl(
     if check and proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
     return proc
+
+
+class _Kubectl(Protocol):
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+def post_raw(cluster: _Kubectl, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` as JSON to an apiserver path through the cluster's kubectl; the JSON answer."""
+    out = cluster.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body)).stdout
+    return dict(json.loads(out))
 
 
 def docker_env() -> dict[str, str]:
@@ -371,8 +383,7 @@ class KindCluster:
 
     def post_raw(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` as JSON to an apiserver path (e.g. a service or pod proxy) and return the JSON answer."""
-        out = self.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body)).stdout
-        return dict(json.loads(out))
+        return post_raw(self, path, body)
 
     def docker(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -706,8 +717,7 @@ class ExistingCluster:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
     def post_raw(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        out = self.kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body)).stdout
-        return dict(json.loads(out))
+        return post_raw(self, path, body)
 
     @property
     def s3(self) -> S3Endpoint:
