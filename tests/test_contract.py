@@ -188,3 +188,30 @@ def test_the_operator_may_import_only_the_contract_and_config_of_the_runtime() -
     }
     others = {f"neuron_runtime.{m}" for m in modules - {"__init__", "config", "contract"}}
     assert others == set(rule["forbidden_modules"]) - {"grpc"}
+
+
+def _documented_codes(section: str) -> dict[str, int]:
+    """reason -> exit code from the lines `  <code>  <Reason>[ / <Reason>]  ...` of one section of cli's help."""
+    import re
+
+    found: dict[str, int] = {}
+    for line in section.splitlines():
+        if m := re.match(r"^\s+(\d+)\s+([A-Z]\w+)(?:\s+/\s+([A-Z]\w+))?\s", line + " "):
+            for reason in filter(None, m.groups()[1:]):
+                found[reason] = int(m.group(1))
+    return found
+
+
+def test_the_clis_documented_exit_codes_are_the_contracts() -> None:
+    from neuron_runtime import cli
+
+    doc = cli.__doc__ or ""
+    compile_part, rest = doc.split("`--output-root`", 1)
+    gc_part, serve_part = rest.split("`serve` exits", 1)
+    assert _documented_codes(compile_part) == {f.value: f.exit_code for f in CompileFailure}
+    gc = _documented_codes(gc_part)
+    assert set(gc) == {"BadRequest", "StorageAccessDenied", "StorageNotFound", "StorageUnavailable", "InternalError"}
+    assert all(CompileFailure(r).exit_code == code for r, code in gc.items())
+    assert _documented_codes(serve_part) == {r.value: r.exit_code for r in ServeRefusal}
+    permanent = ", ".join(str(c) for c in contract.permanent_compile_exit_codes())
+    assert f"does not retry: {permanent})" in compile_part

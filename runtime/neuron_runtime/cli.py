@@ -3,7 +3,8 @@
 Heavy modules (torch, aiohttp) are imported inside the commands, so `neuron-runtime --help` stays fast and a
 compile-cache hit never loads torch.
 
-`compile` exit codes (also in the termination message's `reason`):
+`compile` exit codes (also in the termination message's `reason`; defined in `neuron_runtime.contract`, where
+`CompileFailure.permanent` says which the compile Job does not retry: 2, 3, 5, 8, 9):
   0  succeeded (or cache hit)
   2  BadRequest        the compile request is not valid JSON / fails validation
   3  SourceFailed      the model source cannot be fetched, verified (sha256) or loaded
@@ -33,6 +34,7 @@ list continues in NEURON_RUNTIME_GC_KEEP_1, _2, ...). Exit codes:
   3  ArtifactInvalid      the artifact does not verify (digest, manifest, format version)
   6  ParityFailed         a graph's outputs on this device differ from the eager reference beyond the tolerance
   7  IncompatibleRuntime  this image's torch / Neuron SDK cannot serve the artifact (see `neuron_runtime.compat`)
+  8  WorkerCrashLoop      worker processes died more often than `worker_restarts` allows
   3  StorageNotFound      (artifact_uri set) the artifact's objects are not in the bucket
   9  StorageAccessDenied  (artifact_uri set) S3 refused the credentials
  10  StorageUnavailable   (artifact_uri set) the S3 endpoint did not answer
