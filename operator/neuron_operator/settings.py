@@ -6,6 +6,7 @@ flags override them. Builders receive the parsed ``OperatorSettings`` object, ne
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from pydantic import Field, field_validator
@@ -17,6 +18,8 @@ from neuron_runtime.config import S3_ENDPOINT_PATTERN
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/neuron-dev"
 #: uid and gid of the runtime images' unprivileged user (the Dockerfile's USER).
 RUNTIME_UID: Final = 65532
+#: The pod identity of every runtime pod (the compile and GC Jobs always; serving unless runtimeRunAsRoot).
+NON_ROOT_IDENTITY: Final = MappingProxyType({"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID})
 
 
 class OperatorSettings(BaseSettings):
@@ -171,7 +174,7 @@ class OperatorSettings(BaseSettings):
         """runAsNonRoot, runAsUser and runAsGroup of serving pods (pod securityContext)."""
         if self.runtime_run_as_root:
             return {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0}
-        return {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID}
+        return dict(NON_ROOT_IDENTITY)
 
     def image_for_target(self, target: str) -> str:
         if target == "cpu":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from neuron_operator.api.common import Toleration
-from neuron_operator.settings import RUNTIME_UID, OperatorSettings
+from neuron_operator.settings import NON_ROOT_IDENTITY, RUNTIME_UID, OperatorSettings
 
 #: Writable scratch (an emptyDir; the root filesystem is read-only), handed to Python through HOME and TMPDIR.
 SCRATCH_VOLUME: Final = "scratch"
@@ -50,9 +50,6 @@ def pod_security(identity: dict[str, Any]) -> dict[str, Any]:
     return {**identity, "fsGroup": RUNTIME_UID, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-TASK_IDENTITY: Final = {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID}
-
-
 def http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     """An HTTP GET probe of ``path`` on the named ``port`` (2 s per try)."""
     return {
@@ -90,7 +87,7 @@ def runtime_task_pod(
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "securityContext": pod_security(TASK_IDENTITY),
+        "securityContext": pod_security(dict(NON_ROOT_IDENTITY)),
         "containers": [
             {
                 **container,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -26,11 +26,11 @@ _R = TypeVar("_R", bound=BaseModel)
 
 
 @dataclass(frozen=True)
-class FieldMap:
+class FieldMap(Generic[_R]):
     """How one API type maps onto one runtime type."""
 
     api: type[BaseModel]
-    runtime: type[BaseModel]
+    runtime: type[_R]
     #: API field -> runtime field, copied (an enum as its value, a nested API type through its own map).
     fields: Mapping[str, str]
     #: API fields that do not reach the runtime type, with where they go instead.
@@ -38,16 +38,15 @@ class FieldMap:
     #: Runtime fields this map does not set, with where their value comes from.
     runtime_only: Mapping[str, str] = field(default_factory=dict)
 
-    def convert(self, obj: BaseModel, runtime: type[_R], **overrides: Any) -> _R:
+    def convert(self, obj: BaseModel, **overrides: Any) -> _R:
         """The runtime object of ``obj`` (API None = the runtime's default); ``overrides`` replace mapped values
         (e.g. a source URI as the compile pod sees it) or set ``runtime_only`` fields."""
-        assert runtime is self.runtime, f"{self.api.__name__} maps to {self.runtime.__name__}"
         assert isinstance(obj, self.api), f"{type(obj).__name__} is not a {self.api.__name__}"
         data = {rt_name: _plain(getattr(obj, name)) for name, rt_name in self.fields.items()}
         data = {k: v for k, v in data.items() if v is not None}
         unknown = set(overrides) - set(self.fields.values()) - set(self.runtime_only)
         assert not unknown, f"overrides of fields {self.runtime.__name__} does not map: {unknown}"
-        return runtime.model_validate({**data, **overrides})
+        return self.runtime.model_validate({**data, **overrides})
 
 
 def _plain(value: Any) -> Any:
@@ -55,8 +54,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, BaseModel):
-        fmap = MAPS[type(value)]
-        return fmap.convert(value, fmap.runtime)
+        return MAPS[type(value)].convert(value)
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -166,7 +164,7 @@ SERVE_NOT_FROM_SPEC: Final[Mapping[str, str]] = {
     "worker_backend": "runtime default (auto)",
 }
 
-MAPS: Final[Mapping[type[BaseModel], FieldMap]] = {
+MAPS: Final[Mapping[type[BaseModel], FieldMap[Any]]] = {
     m.api: m for m in (TORCHSCRIPT, PYTHON, TENSOR, BUCKETS, COMPILER, MODEL, PLACEMENT, BATCHING, PARITY)
 }
 
@@ -190,10 +188,10 @@ def compile_request(
     source: rt.TorchScriptSource | rt.PythonSource
     if spec.source.torchscript is not None:
         ts = spec.source.torchscript
-        source = TORCHSCRIPT.convert(ts, rt.TorchScriptSource, uri=source_uri.get(ts.uri, ts.uri))
+        source = TORCHSCRIPT.convert(ts, uri=source_uri.get(ts.uri, ts.uri))
     else:
         py = spec.source.python
         assert py is not None  # the API guarantees exactly one source
         weights = source_uri.get(py.weights_uri, py.weights_uri) if py.weights_uri else None
-        source = PYTHON.convert(py, rt.PythonSource, weights_uri=weights)
-    return MODEL.convert(spec, rt.CompileRequest, source=source, runtime_image=runtime_image)
+        source = PYTHON.convert(py, weights_uri=weights)
+    return MODEL.convert(spec, source=source, runtime_image=runtime_image)
